@@ -1,0 +1,1 @@
+"""Network definitions: StyleGAN2 G/D, EfficientNet-Lite0, LPIPS, MTCNN, detector heads."""

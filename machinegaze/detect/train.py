@@ -1,0 +1,198 @@
+"""Training a detector, fastai's `fine_tune` recipe written out as one loop you can read whole.
+
+1. Freeze the body and train the new head for `freeze_epochs` with a one-cycle schedule (warm-up almost the
+   whole way, pct_start=0.99, as fastai does for this phase). Unlike fastai (train_bn=True) the body's
+   BatchNorm statistics are frozen too, so this phase costs one forward pass per image and no backward
+   pass through the body: on a CPU that is the difference between one and three units of work.
+2. Unfreeze; train everything for `epochs` with a one-cycle schedule (pct_start=0.3, div=5) and
+   discriminative learning rates: from lr/lr_mult for the layers nearest the input, geometrically up to lr
+   for the head (the ImageNet features near the input need the least change).
+3. Calibrate on the validation split: temperature scaling, then the threshold with the best balanced accuracy.
+
+AdamW (betas 0.9/0.99, as fastai), binary cross-entropy with fakes weighted by n_real/n_fake so the classes
+count equally, random horizontal flips. Images arrive already preprocessed (uint8, see sources.py).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from machinegaze import GazeError
+from machinegaze.detect import evaluate as ev
+from machinegaze.detect.model import Detector, DetectorSpec, bce_loss, build_detector, freeze_body
+from machinegaze.detect.sources import (ImageCache, Item, Source, gather, parse_sources, preprocess_for,
+                                        to_tensor)
+from machinegaze.progress import ProgressFn, report
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = "effnet_lite0"
+    pretrained: bool = True
+    size: int = 128
+    jpeg_quality: int = 75
+    policy: bool = True  # preprocessing policy: same size and same JPEG quality for every image
+    freeze_epochs: int = 1
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 2e-3  # head LR in the frozen phase; lr/2 is the head LR after unfreezing (fastai)
+    lr_mult: float = 100.0  # body LRs go down to (lr/2)/lr_mult near the input
+    weight_decay: float = 0.01
+    max_per_source: int | None = 400  # images per source and split (train, test; val gets a quarter)
+    balance: bool = True
+    seed: int = 0
+    width: int = 32  # smallcnn width
+
+    def __post_init__(self):
+        if self.epochs < 0 or self.freeze_epochs < 0 or self.epochs + self.freeze_epochs == 0:
+            raise GazeError("need at least one training epoch (--epochs / --freeze-epochs)")
+        if self.batch_size < 2:
+            raise GazeError(f"batch size must be >= 2, got {self.batch_size}")
+        if not self.lr > 0:
+            raise GazeError(f"learning rate must be > 0, got {self.lr}")
+
+    @property
+    def spec(self) -> DetectorSpec:
+        return DetectorSpec(self.arch, self.size, self.jpeg_quality if self.policy else None, self.width)
+
+    @property
+    def preprocess(self):
+        return preprocess_for(self.policy, self.size, self.jpeg_quality)
+
+    def split_cap(self, split: str) -> int | None:
+        if self.max_per_source is None:
+            return None
+        return {"train": self.max_per_source, "val": max(1, math.ceil(self.max_per_source / 4)),
+                "test": self.max_per_source}[split]
+
+
+@dataclass
+class TrainResult:
+    model: Detector
+    history: list[dict] = field(default_factory=list)
+    train_items: list[Item] = field(default_factory=list)
+    val_items: list[Item] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+
+
+def _one_cycle(opt: torch.optim.Optimizer, max_lrs: list[float], total: int, pct_start: float, div: float):
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lrs, total_steps=max(total, 1), pct_start=pct_start,
+                                               div_factor=div, final_div_factor=1e5, anneal_strategy="cos",
+                                               cycle_momentum=True, base_momentum=0.85, max_momentum=0.95)
+
+
+def _discriminative(lr: float, mult: float, n: int) -> list[float]:
+    """n learning rates spaced geometrically from lr/mult to lr (fastai's slice(lr/mult, lr))."""
+    if n == 1:
+        return [lr]
+    return [float(lr / mult * mult ** (i / (n - 1))) for i in range(n)]
+
+
+def _batches(n: int, bs: int, g: torch.Generator) -> list[torch.Tensor]:
+    perm = torch.randperm(n, generator=g)
+    out = [perm[i:i + bs] for i in range(0, n, bs)]
+    if len(out) > 1 and len(out[-1]) < 2:  # BatchNorm cannot train on one image
+        out[-2] = torch.cat([out[-2], out.pop()])
+    return out
+
+
+def fit(model: Detector, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, x_val: np.ndarray | None = None,
+        y_val: np.ndarray | None = None, progress: ProgressFn = None) -> list[dict]:
+    """Train `model` in place on uint8 images [N, H, W, 3] with labels y (1 = fake); return the history."""
+    y = np.asarray(y).astype(np.float32)
+    if len(x) < 2 or len(np.unique(y)) < 2:
+        raise GazeError(f"training needs real and fake images (got {int((y == 0).sum())} real, {int((y == 1).sum())} fake)")
+    g = torch.Generator().manual_seed(cfg.seed)
+    pos_weight = float((y == 0).sum() / max((y == 1).sum(), 1)) if cfg.balance else 1.0
+    groups = model.layer_groups()
+    steps_per_epoch = len(_batches(len(x), cfg.batch_size, torch.Generator().manual_seed(0)))
+    total_steps = (cfg.freeze_epochs + cfg.epochs) * steps_per_epoch
+    history: list[dict] = []
+    step = 0
+    phases = [("frozen", cfg.freeze_epochs), ("unfrozen", cfg.epochs)]
+    for phase, n_epochs in phases:
+        if n_epochs == 0:
+            continue
+        if phase == "frozen":
+            freeze_body(model, True)
+            lrs = [cfg.lr] * len(groups)
+            pct, div = 0.99, 25.0
+        else:
+            freeze_body(model, False)
+            lrs = _discriminative(cfg.lr / 2, cfg.lr_mult, len(groups))
+            pct, div = 0.3, 5.0
+        param_groups = [{"params": [p for p in grp if p.requires_grad], "lr": lr} for grp, lr in zip(groups, lrs)]
+        param_groups = [pg for pg in param_groups if pg["params"]]
+        opt = torch.optim.AdamW(param_groups, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+        sched = _one_cycle(opt, [pg["lr"] for pg in param_groups], n_epochs * steps_per_epoch, pct, div)
+        for epoch in range(n_epochs):
+            model.train()
+            if phase == "frozen":
+                model.body.eval()  # frozen BatchNorm statistics as well as weights
+            t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+            for idx in _batches(len(x), cfg.batch_size, g):
+                xb = to_tensor(x[idx.numpy()])
+                flip = torch.rand(len(idx), generator=g) < 0.5
+                xb[flip] = xb[flip].flip(-1)
+                yb = torch.from_numpy(y[idx.numpy()])
+                if phase == "frozen":
+                    with torch.no_grad():
+                        fmap = model.feature_map(xb)
+                    logits = model.logit_from_map(fmap)
+                else:
+                    logits = model(xb)
+                loss = bce_loss(logits, yb, pos_weight)
+                if not torch.isfinite(loss):
+                    raise GazeError(f"training diverged (loss {loss.item()}) at step {step}; try a lower --lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                seen += len(idx)
+                loss_sum += loss.item() * len(idx)
+                report(progress, step, total_steps, stage=phase, epoch=len(history) + 1, loss=loss.item())
+            rec = {"epoch": len(history) + 1, "phase": phase, "train_loss": loss_sum / seen,
+                   "images_per_s": seen / (time.perf_counter() - t0)}
+            if x_val is not None and y_val is not None and len(x_val):
+                logits = ev.predict_logits(model, x_val)
+                p = ev.sigmoid(logits)
+                rec["val_loss"] = float(ev.losses(y_val, p).mean())
+                rec["val_accuracy"] = ev.accuracy(y_val, (p >= 0.5).astype(int))
+                rec["val_auc"] = ev.roc_auc(y_val, p)
+            history.append(rec)
+    freeze_body(model, False)
+    model.eval()
+    return history
+
+
+def train_detector(train_sources: str | list[str] | list[Source], cfg: TrainConfig = TrainConfig(),
+                   data_root: str | os.PathLike | None = None, cache: ImageCache | None = None,
+                   progress: ProgressFn = None) -> TrainResult:
+    """Train on the train split of the sources, calibrate on their val split; return the ready detector."""
+    sources = train_sources if train_sources and not isinstance(train_sources, str) and \
+        not isinstance(train_sources[0], str) else parse_sources(train_sources, data_root)  # type: ignore[arg-type]
+    cache = cache or ImageCache()
+    pre = cfg.preprocess
+    tr = gather(sources, "train", cfg.split_cap("train"), cfg.seed)
+    va = gather(sources, "val", cfg.split_cap("val"), cfg.seed)
+    x_tr = cache.arrays(tr, pre, sources, progress)
+    x_va = cache.arrays(va, pre, sources, progress)
+    y_tr = np.array([it.label for it in tr])
+    y_va = np.array([it.label for it in va])
+    torch.manual_seed(cfg.seed)
+    model = build_detector(cfg.spec, pretrained=cfg.pretrained)
+    t0 = time.perf_counter()
+    history = fit(model, x_tr, y_tr, cfg, x_va, y_va, progress)
+    seconds = time.perf_counter() - t0
+    if len(va) and len(np.unique(y_va)) == 2:
+        cal = ev.calibrate(ev.predict_logits(model, x_va), y_va)
+        model.set_calibration(cal.temperature, cal.threshold)
+    n_seen = len(tr) * (cfg.freeze_epochs + cfg.epochs)
+    return TrainResult(model, history, tr, va, seconds, n_seen / max(seconds, 1e-9))

@@ -287,8 +287,8 @@ def class_index(name: str | int, class_names: Optional[Sequence[str]], n_outputs
     close = difflib.get_close_matches(key, list(normed), n=5, cutoff=0.6)
     close += [c for c in normed if key in c and c not in close][:5]
     hint = f"did you mean: {', '.join(normed[c] for c in close[:6])}? " if close else ""
-    raise GazeError(f"unknown class {s!r}; {hint}valid: an index 0..{len(class_names) - 1} or one of: "
-                    f"{', '.join(class_names)}")
+    raise GazeError(f"unknown class {s!r}; {hint}valid: an index 0..{len(class_names) - 1} or one of the "
+                    f"{len(class_names)} names from `gaze dream --list-classes` (e.g. {', '.join(class_names[:3])})")
 
 
 def _check_layer(dnet: DreamNet, layer: str) -> str:
@@ -569,10 +569,8 @@ def deepdream(image: torch.Tensor, dnet: DreamNet, objective: Objective, cfg: Dr
             dy, dx = (int(v) for v in torch.randint(-cfg.jitter, cfg.jitter + 1, (2,), generator=gen)) if cfg.jitter else (0, 0)
             rolled = torch.roll(x, (dy, dx), (2, 3))
             g, value = objective_gradient(dnet, objective, rolled, cfg.tile, cfg.margin, gen, strides)
-            g = torch.roll(g, (-dy, -dx), (2, 3))
-            g = gaussian_blur(g, cfg.smooth)
-            g = g / (g.abs().mean() + 1e-8)
-            x = (x + cfg.step_size * g).clamp(-1, 1)
+            g = gaussian_blur(torch.roll(g, (-dy, -dx), (2, 3)), cfg.smooth)
+            x = x.add_(g, alpha=cfg.step_size / (float(g.abs().mean()) + 1e-8)).clamp_(-1, 1)  # normalised step
             history.append(value)
             step += 1
             report(progress, step, total, octave=octave + 1, objective=value)

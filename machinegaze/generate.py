@@ -58,15 +58,30 @@ def seeds_to_ws(G: Generator, seeds: Sequence[int], trunc: float = 1.0, trunc_cu
     return G.mapping(z, c, truncation_psi=trunc, truncation_cutoff=trunc_cutoff)
 
 
+def images_per_chunk(G: Generator, budget_bytes: float = 1.5e9) -> int:
+    """How many images to synthesise at once so the largest activations stay within a memory budget.
+
+    A layer holds about five activation-sized buffers at its peak (input, modulated input, conv output,
+    padded/filtered copies when upsampling), so per image ~ 5 * 4 bytes * max(channels * res^2)."""
+    biggest = 0
+    for res in G.synthesis.block_resolutions:
+        conv1 = getattr(G.synthesis, f"b{res}").conv1
+        biggest = max(biggest, conv1.weight.shape[0] * (res + 3) ** 2)
+    return max(1, int(budget_bytes // (5 * 4 * biggest)))
+
+
 @torch.no_grad()
 def synthesize(G: Generator, ws: torch.Tensor, noise_mode: str = "const", batch_size: int = 8,
                progress: ProgressFn = None) -> torch.Tensor:
-    """Images [N, C, R, R] (raw, nominally [-1, 1]) for ws [N, num_ws, w_dim], in batches."""
+    """Images [N, C, R, R] (raw, nominally [-1, 1]) for ws [N, num_ws, w_dim], in batches.
+
+    Batches are split further when one would exceed the activation-memory budget (large resolutions)."""
     if noise_mode not in NOISE_MODES:
         raise GazeError(f"--noise-mode must be one of {', '.join(NOISE_MODES)}, got {noise_mode!r}")
     if ws.ndim != 3 or ws.shape[1:] != (G.num_ws, G.w_dim):
         raise GazeError(f"latent has shape {tuple(ws.shape)}, this network needs [N, {G.num_ws}, {G.w_dim}]")
     dev = next(G.parameters()).device
+    batch_size = max(1, min(batch_size, images_per_chunk(G)))
     out = []
     for i in range(0, ws.shape[0], batch_size):
         out.append(G.synthesis(ws[i:i + batch_size].to(dev), noise_mode=noise_mode).cpu())

@@ -10,6 +10,15 @@ from machinegaze.nets.efficientnet import EfficientNetLite0
 skdata = pytest.importorskip("skimage.data")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The machine is shared: single-threaded torch is faster here than two contending threads."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def net():
     try:

@@ -17,21 +17,26 @@ ACT_GAIN = {"linear": 1.0, "lrelu": math.sqrt(2.0), "relu": math.sqrt(2.0)}
 
 # ---------------------------------------------------------------- bias + activation
 def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, act: str = "linear", gain: float | None = None,
-             clamp: float | None = None) -> torch.Tensor:
-    """x + b (on dim 1), activation, times gain (default: the activation's own gain), then clamp to ±clamp."""
+             clamp: float | None = None, inplace: bool | None = None) -> torch.Tensor:
+    """x + b (on dim 1), activation, times gain (default: the activation's own gain), then clamp to ±clamp.
+
+    inplace=True overwrites x (only for tensors the caller owns, outside autograd)."""
+    if inplace is None:
+        inplace = False
     if b is not None:
-        x = x + b.reshape([1, -1] + [1] * (x.ndim - 2))
+        bb = b.reshape([1, -1] + [1] * (x.ndim - 2))
+        x = x.add_(bb) if inplace else x + bb
     if act == "lrelu":
-        x = F.leaky_relu(x, 0.2)
+        x = F.leaky_relu(x, 0.2, inplace=inplace)
     elif act == "relu":
-        x = F.relu(x)
+        x = F.relu(x, inplace=inplace)
     elif act != "linear":
         raise ValueError(f"unknown activation {act}")
     g = ACT_GAIN[act] if gain is None else gain
     if g != 1:
-        x = x * g
+        x = x.mul_(g) if inplace else x * g
     if clamp is not None and clamp >= 0:
-        x = x.clamp(-clamp, clamp)
+        x = x.clamp_(-clamp, clamp) if inplace else x.clamp(-clamp, clamp)
     return x
 
 

@@ -87,16 +87,17 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     which keeps one big convolution per layer whatever the batch size.
     """
     b = x.shape[0]
-    out_ch, in_ch, kh, kw = weight.shape
+    inplace = not torch.is_grad_enabled()  # inference: scale and add into the conv output, no extra buffers
     x = x * styles.reshape(b, -1, 1, 1).to(x.dtype)
     x = conv2d_resample(x, weight.to(x.dtype), resample_filter, up=up, padding=padding, flip_weight=flip_weight)
     if demodulate:
         # dcoefs[b, o] = 1/sqrt(sum_{i,k} (W[o,i,k] * s[b,i])^2) = 1/sqrt(s^2 @ sum_k W^2)
         w2 = weight.square().sum(dim=[2, 3])                     # [O, I]
         dcoefs = (styles.square() @ w2.t() + 1e-8).rsqrt()       # [B, O]
-        x = x * dcoefs.reshape(b, -1, 1, 1).to(x.dtype)
+        d = dcoefs.reshape(b, -1, 1, 1).to(x.dtype)
+        x = x.mul_(d) if inplace else x * d
     if noise is not None:
-        x = x + noise.to(x.dtype)
+        x = x.add_(noise.to(x.dtype)) if inplace else x + noise.to(x.dtype)
     return x
 
 
@@ -127,7 +128,8 @@ class SynthesisLayer(nn.Module):
         x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
                              resample_filter=self.resample_filter, flip_weight=(self.up == 1))
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=clamp)
+        return bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=clamp,
+                        inplace=not torch.is_grad_enabled())
 
 
 class ToRGBLayer(nn.Module):

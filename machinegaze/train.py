@@ -1,0 +1,700 @@
+"""Train a StyleGAN2 generator + discriminator (Karras et al. 2020), the NVlabs recipe in one visible loop.
+
+    for each minibatch (step):
+        Gmain  G loss: softplus(-D(aug(G(z))))                          non-saturating logistic loss
+        Greg   path-length regularisation, every pl_interval steps      (optional, pl_weight > 0)
+        Dmain  D loss: softplus(D(aug(G(z)))) + softplus(-D(aug(x)))
+        Dreg   R1: gamma/2 * |grad_x D(aug(x))|^2, every r1_interval steps ("lazy"), weighted by the interval
+        G_ema  <- exponential moving average of G (half-life ema_kimg, ramped up over the first images)
+
+with style-mixing regularisation (two z's, a random crossover layer, probability 0.9), DiffAugment
+(Zhao et al. 2020: colour, translation, cutout, applied to every image D sees, real or fake) and Adam
+(lr 0.0025, betas (0, 0.99), with NVlabs' lazy-regularisation correction of lr and betas).
+
+Exact resume and rank-independence come from one rule: every random number of a step is drawn from a
+generator seeded by (seed, step, phase, chunk), where a chunk is a fixed slice of `batch_gpu` images of the
+global minibatch. Data order is a per-epoch permutation seeded by (seed, epoch). Nothing depends on how
+many steps ran in this process or on which process ran a chunk, so
+
+  - a run killed and resumed from a snapshot (weights, Adam moments, step, pl_mean) is bit-identical to an
+    uninterrupted one;
+  - N processes (torchrun, gloo) each computing `batch / (N * batch_gpu)` chunks give the same gradients as
+    one process accumulating all chunks (gradients are summed over chunks and ranks, every loss is divided
+    by the global batch).
+
+The minibatch-stddev layer of D groups samples within a chunk, so results depend on `batch_gpu` (as in
+NVlabs), not on the number of processes.
+
+Snapshots are machinegaze .safetensors files (checkpoints.save_networks, atomic): G, D, G_ema and the
+training state in `extra` tensors, so `gaze generate --network snapshot-....safetensors` works on them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from machinegaze import GazeError
+from machinegaze.progress import ProgressFn, report
+
+SNAPSHOT_PREFIX = "snapshot-"
+METRICS_FILE = "metrics.jsonl"
+AUGMENT_OPS = ("color", "translation", "cutout")
+
+# Network presets. Channels per resolution r are min(cbase // r, cmax), as in NVlabs.
+PRESETS = {
+    # unit tests: 16-32 px, a few thousand parameters
+    "tiny": dict(z_dim=32, w_dim=32, map_layers=2, cbase=512, cmax=32),
+    # the bundled CPU face model (64 px): small enough to learn faces in about an hour on two CPU cores
+    "small": dict(z_dim=128, w_dim=128, map_layers=2, cbase=2048, cmax=128),
+    # between the two: a little more capacity, a few times slower
+    "medium": dict(z_dim=256, w_dim=256, map_layers=4, cbase=4096, cmax=256),
+    # NVlabs' StyleGAN2 config F (for GPUs)
+    "paper": dict(z_dim=512, w_dim=512, map_layers=8, cbase=32768, cmax=512),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = ""                     # folder or .zip of images (centre-cropped and resized to res)
+    outdir: str = "runs/train"         # snapshots, metrics.jsonl, fakes grids
+    kimg: float = 100.0                # train until this many thousand real images have been shown to D
+    batch: int = 32                    # global minibatch
+    batch_gpu: int = 0                 # images per chunk per process (gradient accumulation); 0 = batch / processes
+    res: int = 64
+    split: str = ""                    # train on one split of the dataset (data.ImageDataset.split); '' = all images
+    cfg: str = "small"                 # network preset (PRESETS); the fields below override it when non-zero
+    z_dim: int = 0
+    w_dim: int = 0
+    map_layers: int = 0
+    cbase: int = 0
+    cmax: int = 0
+    mbstd_group: int = 4
+    lr: float = 0.0025                 # Adam, G and D
+    beta1: float = 0.0
+    beta2: float = 0.99
+    gamma: Optional[float] = None      # R1 weight; None = NVlabs' auto 0.0002 * res^2 / batch
+    r1_interval: int = 16
+    pl_weight: float = 0.0             # path-length regularisation (0 = off)
+    pl_interval: int = 4
+    pl_batch_shrink: int = 2
+    pl_decay: float = 0.01
+    style_mixing: float = 0.9
+    ema_kimg: Optional[float] = None   # None = NVlabs' auto batch * 10 / 32
+    ema_rampup: Optional[float] = 0.05
+    augment: str = "color,translation,cutout"  # DiffAugment ops, comma-separated; '' or 'none' = off
+    mirror: bool = True                # random x-flips of real images
+    seed: int = 0
+    tick_kimg: float = 1.0             # log a line of metrics every tick
+    snap_kimg: float = 5.0             # write a snapshot every this many kimg (and at the end)
+    threads: int = 0                   # torch threads per process; 0 = CPU count / processes
+    resume: bool = False               # continue from the latest snapshot in outdir
+
+    def __post_init__(self):
+        if self.cfg not in PRESETS:
+            raise GazeError(f"--cfg: unknown preset '{self.cfg}' (choose from: {', '.join(PRESETS)})")
+        if self.res < 8 or self.res & (self.res - 1):
+            raise GazeError(f"--res: {self.res} is not a power of two >= 8")
+        if self.batch < 1 or self.batch_gpu < 0:
+            raise GazeError("--batch must be >= 1 (and --batch-gpu >= 0)")
+        if not self.kimg > 0:
+            raise GazeError(f"--kimg: {self.kimg} must be > 0")
+        if not (self.tick_kimg > 0 and self.snap_kimg > 0):
+            raise GazeError("--tick-kimg and --snap-kimg must be > 0")
+        bad = [op for op in self.augment_ops() if op not in AUGMENT_OPS]
+        if bad:
+            raise GazeError(f"--augment: unknown op '{bad[0]}' (choose from: {', '.join(AUGMENT_OPS)})")
+        if not 0.0 <= self.style_mixing <= 1.0:
+            raise GazeError(f"--style-mixing: {self.style_mixing} is not in [0, 1]")
+
+    def augment_ops(self) -> list[str]:
+        s = (self.augment or "").strip().lower()
+        return [] if s in ("", "none", "off") else [p.strip() for p in s.split(",") if p.strip()]
+
+    def net(self, key: str) -> int:
+        v = getattr(self, key)
+        return int(v) if v else int(PRESETS[self.cfg][key])
+
+    def resolved_gamma(self) -> float:
+        return float(self.gamma) if self.gamma is not None else 0.0002 * self.res ** 2 / self.batch
+
+    def resolved_ema_kimg(self) -> float:
+        return float(self.ema_kimg) if self.ema_kimg is not None else self.batch * 10 / 32
+
+
+# Fields that may change when a run is resumed (run length and I/O); everything else must match the snapshot.
+RESUMABLE_CHANGES = ("data", "outdir", "kimg", "tick_kimg", "snap_kimg", "threads", "resume")
+
+
+def build_networks(cfg: TrainConfig, img_channels: int = 3):
+    """Fresh G and D for a config (weights from torch's global RNG: seed it first)."""
+    from machinegaze.nets.stylegan2 import Discriminator, Generator
+
+    G = Generator(z_dim=cfg.net("z_dim"), c_dim=0, w_dim=cfg.net("w_dim"), img_resolution=cfg.res,
+                  img_channels=img_channels, mapping_kwargs=dict(num_layers=cfg.net("map_layers")),
+                  synthesis_kwargs=dict(channel_base=cfg.net("cbase"), channel_max=cfg.net("cmax")))
+    D = Discriminator(c_dim=0, img_resolution=cfg.res, img_channels=img_channels, channel_base=cfg.net("cbase"),
+                      channel_max=cfg.net("cmax"), epilogue_kwargs=dict(mbstd_group_size=cfg.mbstd_group))
+    return G, D
+
+
+# ================================================================ randomness: a pure function of (seed, step, ...)
+PHASES = {"Gmain": 1, "Greg": 2, "Dmain": 3, "Dreg": 4, "data": 5}
+
+
+def step_generator(seed: int, step: int, phase: str, chunk: int) -> torch.Generator:
+    state = np.random.SeedSequence([seed, step, PHASES[phase], chunk]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed((int(state[0]) << 32) | int(state[1]))
+
+
+class DataStream:
+    """An endless stream of dataset indices: epoch e is a permutation seeded by (seed, e)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._epoch, self._perm = -1, None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            g = step_generator(self.seed, epoch, "data", 0)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        return self._perm
+
+    def indices(self, start: int, count: int) -> torch.Tensor:
+        """Indices of stream positions start .. start + count - 1."""
+        out = []
+        pos = start
+        while pos < start + count:
+            epoch, off = divmod(pos, self.n)
+            take = min(self.n - off, start + count - pos)
+            out.append(self._permutation(epoch)[off:off + take])
+            pos += take
+        return torch.cat(out)
+
+
+# ================================================================ DiffAugment (Zhao et al. 2020), our own code
+def diff_augment(x: torch.Tensor, ops: list[str], g: torch.Generator) -> torch.Tensor:
+    """Differentiable augmentations, parameters drawn from g (per sample, in a fixed order).
+
+    color: brightness +U(-0.5, 0.5), saturation x U(0, 2), contrast x U(0.5, 1.5);
+    translation: integer shift up to 1/8 of the side, zero fill; cutout: a zero square of half the side.
+    """
+    n, _, h, w = x.shape
+    if "color" in ops:
+        x = x + (torch.rand(n, 1, 1, 1, generator=g) - 0.5)
+        m = x.mean(dim=1, keepdim=True)
+        x = (x - m) * (torch.rand(n, 1, 1, 1, generator=g) * 2) + m
+        m = x.mean(dim=[1, 2, 3], keepdim=True)
+        x = (x - m) * (torch.rand(n, 1, 1, 1, generator=g) + 0.5) + m
+    if "translation" in ops:
+        sy, sx = int(h * 0.125 + 0.5), int(w * 0.125 + 0.5)
+        ty = torch.randint(-sy, sy + 1, (n, 1), generator=g)
+        tx = torch.randint(-sx, sx + 1, (n, 1), generator=g)
+        iy = torch.arange(h)[None, :] - ty                       # output row i reads input row i - ty
+        ix = torch.arange(w)[None, :] - tx
+        my = ((iy >= 0) & (iy < h)).to(x.dtype)
+        mx = ((ix >= 0) & (ix < w)).to(x.dtype)
+        c = x.shape[1]
+        x = x.gather(2, iy.clamp(0, h - 1)[:, None, :, None].expand(n, c, h, w))
+        x = x.gather(3, ix.clamp(0, w - 1)[:, None, None, :].expand(n, c, h, w))
+        x = x * (my[:, None, :, None] * mx[:, None, None, :])
+    if "cutout" in ops:
+        ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
+        cy = torch.randint(0, h + (1 - ch % 2), (n, 1), generator=g)  # square centre
+        cx = torch.randint(0, w + (1 - cw % 2), (n, 1), generator=g)
+        ry = torch.arange(h)[None, :] - (cy - ch // 2)
+        rx = torch.arange(w)[None, :] - (cx - cw // 2)
+        inside_y = (ry >= 0) & (ry < ch)
+        inside_x = (rx >= 0) & (rx < cw)
+        mask = ~(inside_y[:, :, None] & inside_x[:, None, :])
+        x = x * mask[:, None].to(x.dtype)
+    return x
+
+
+# ================================================================ data
+def load_training_images(cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
+    """All training images as one uint8 tensor [N, 3, res, res] in memory, and a description."""
+    from machinegaze.data import ImageDataset
+
+    if not cfg.data:
+        raise GazeError("--data: give a folder or .zip of training images")
+    ds = ImageDataset(cfg.data, resolution=cfg.res)
+    if cfg.split:
+        ds = ds.split(cfg.split)
+        if not ds.names:
+            raise GazeError(f"{cfg.data}: split '{cfg.split}' holds no images")
+    arr = np.stack([ds.image_uint8(i) for i in range(len(ds.names))])
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+    import hashlib
+    h = hashlib.sha256(x.numpy().tobytes()).hexdigest()[:16]
+    sources: dict[str, int] = {}
+    for n in ds.names:
+        src = n.split("/", 1)[0] if "/" in n else "."
+        sources[src] = sources.get(src, 0) + 1
+    return x, {"path": str(cfg.data), "split": cfg.split, "images": int(x.shape[0]), "sha256_16": h,
+               "sources": sources}
+
+
+# ================================================================ distributed helpers (gloo on CPU)
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_world: int = 1
+
+    @property
+    def on(self) -> bool:
+        return self.world > 1
+
+    def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
+        if self.on:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+        return t
+
+    def broadcast_(self, t: torch.Tensor) -> torch.Tensor:
+        if self.on:
+            torch.distributed.broadcast(t, src=0)
+        return t
+
+    def barrier(self) -> None:
+        if self.on:
+            torch.distributed.barrier()
+
+
+def init_dist() -> Dist:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1), gloo backend."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(),
+                local_world=int(os.environ.get("LOCAL_WORLD_SIZE", str(dist.get_world_size()))))
+
+
+def _sync_grads(params: list[torch.nn.Parameter], dist: Dist) -> None:
+    """Sum gradients over ranks (one flat all-reduce) and replace NaN/Inf like NVlabs."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    if dist.on:
+        flat = torch.cat([g.flatten() for g in grads])
+        dist.all_reduce_(flat)
+        torch.nan_to_num(flat, nan=0, posinf=1e5, neginf=-1e5, out=flat)
+        off = 0
+        for p, g in zip(params, grads):
+            p.grad = flat[off:off + g.numel()].view_as(p).clone()
+            off += g.numel()
+    else:
+        for p, g in zip(params, grads):
+            p.grad = torch.nan_to_num(g, nan=0, posinf=1e5, neginf=-1e5)
+
+
+# ================================================================ the training state
+@dataclass
+class State:
+    cfg: TrainConfig
+    G: torch.nn.Module
+    D: torch.nn.Module
+    G_ema: torch.nn.Module
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    pl_mean: torch.Tensor
+    step: int = 0
+    wall_s: float = 0.0               # training time of earlier sessions (for the model card)
+    dataset: dict = field(default_factory=dict)
+
+
+def _adam(params, cfg: TrainConfig, interval: Optional[int]) -> torch.optim.Adam:
+    ratio = interval / (interval + 1) if interval else 1.0  # lazy regularisation correction (NVlabs)
+    return torch.optim.Adam(params, lr=cfg.lr * ratio, betas=(cfg.beta1 ** ratio, cfg.beta2 ** ratio), eps=1e-8)
+
+
+def new_state(cfg: TrainConfig, img_channels: int = 3) -> State:
+    import copy
+    torch.manual_seed(cfg.seed)
+    G, D = build_networks(cfg, img_channels)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_G = _adam(G.parameters(), cfg, cfg.pl_interval if cfg.pl_weight > 0 else None)
+    opt_D = _adam(D.parameters(), cfg, cfg.r1_interval if cfg.resolved_gamma() > 0 else None)
+    return State(cfg, G.requires_grad_(False), D.requires_grad_(False), G_ema, opt_G, opt_D, torch.zeros([]))
+
+
+def _opt_tensors(prefix: str, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for idx, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            out[f"{prefix}.{idx}.{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+    return out
+
+
+def _load_opt(prefix: str, opt: torch.optim.Optimizer, extra: dict[str, torch.Tensor]) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict] = {}
+    for k, v in extra.items():
+        if k.startswith(prefix + "."):
+            _, idx, name = k.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v.clone()
+    n_params = len(sd["param_groups"][0]["params"])
+    if state and set(state) != set(range(n_params)):
+        raise GazeError(f"snapshot: optimiser state '{prefix}' does not match the networks")
+    opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+
+
+def snapshot_path(outdir: str | os.PathLike, nimg: int) -> Path:
+    return Path(outdir) / f"{SNAPSHOT_PREFIX}{nimg:09d}.safetensors"
+
+
+def save_snapshot(state: State, path: str | os.PathLike, nimg: int) -> Path:
+    from machinegaze import checkpoints
+
+    extra = {"pl_mean": state.pl_mean.reshape(1), "step": torch.tensor([state.step], dtype=torch.int64),
+             **_opt_tensors("opt_G", state.opt_G), **_opt_tensors("opt_D", state.opt_D)}
+    meta = {"kind": "machinegaze-training-snapshot", "step": state.step, "nimg": nimg, "kimg": nimg / 1000,
+            "config": asdict(state.cfg), "dataset": state.dataset, "wall_s": round(state.wall_s, 1),
+            "rng": "counter-based: every draw of a step comes from a generator seeded by (seed, step, phase, chunk)",
+            "loss": "non-saturating logistic, R1, style mixing, DiffAugment; Adam"}
+    return checkpoints.save_networks(path, {"G": state.G, "D": state.D, "G_ema": state.G_ema}, meta=meta, extra=extra)
+
+
+def latest_snapshot(outdir: str | os.PathLike) -> Optional[Path]:
+    snaps = sorted(Path(outdir).glob(f"{SNAPSHOT_PREFIX}*.safetensors"))
+    return snaps[-1] if snaps else None
+
+
+def load_snapshot(path: str | os.PathLike, cfg: Optional[TrainConfig] = None) -> State:
+    """A State from a snapshot. With cfg, only the RESUMABLE_CHANGES fields of cfg are taken; the rest must
+    equal the snapshot's."""
+    from machinegaze import checkpoints
+
+    nets = checkpoints.load_networks(path)
+    meta = nets.meta
+    if meta.get("kind") != "machinegaze-training-snapshot" or nets.G is None or nets.D is None:
+        raise GazeError(f"{path}: not a machinegaze training snapshot (no training state to resume from)")
+    saved = dict(meta["config"])
+    if cfg is not None:
+        mine = asdict(cfg)
+        diff = [k for k in saved if k not in RESUMABLE_CHANGES and saved[k] != mine.get(k)]
+        if diff:
+            k = diff[0]
+            raise GazeError(f"--resume: --{k.replace('_', '-')} is {mine.get(k)!r} but the run was started with "
+                            f"{saved[k]!r} (only {', '.join(RESUMABLE_CHANGES[:-1])} may change on resume)")
+        saved.update({k: mine[k] for k in RESUMABLE_CHANGES})
+    run_cfg = TrainConfig(**saved)
+    st = new_state(run_cfg, nets.G.img_channels)
+    for mine_net, theirs in ((st.G, nets.G), (st.D, nets.D), (st.G_ema, nets.G_ema or nets.G)):
+        mine_net.load_state_dict(theirs.state_dict())
+    _load_opt("opt_G", st.opt_G, nets.extra)
+    _load_opt("opt_D", st.opt_D, nets.extra)
+    st.pl_mean = nets.extra["pl_mean"].reshape([]).clone()
+    st.step = int(nets.extra["step"][0])
+    st.wall_s = float(meta.get("wall_s", 0.0))
+    st.dataset = dict(meta.get("dataset") or {})
+    return st
+
+
+# ================================================================ one step, phase by phase
+def run_G(G, z: torch.Tensor, g: torch.Generator, mixing_prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image and ws for z, with style mixing (a second z from g after a random crossover layer, prob p)."""
+    ws = G.mapping(z, None)
+    z2 = torch.randn(z.shape, generator=g)
+    cutoff = int(torch.randint(1, ws.shape[1], (), generator=g)) if ws.shape[1] > 1 else ws.shape[1]
+    if float(torch.rand((), generator=g)) < mixing_prob and cutoff < ws.shape[1]:
+        ws = torch.cat([ws[:, :cutoff], G.mapping(z2, None)[:, cutoff:]], dim=1)
+    # Synthesis noise is drawn from torch's global RNG: seed it from g so it is part of the chunk's stream.
+    noise_seed = int(torch.randint(0, 2 ** 62, (), generator=g))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(noise_seed)
+        img = G.synthesis(ws, noise_mode="random")
+    return img, ws
+
+
+def _reals(images: torch.Tensor, stream: DataStream, start: int, count: int, g: torch.Generator,
+           mirror: bool) -> torch.Tensor:
+    x = images[stream.indices(start, count)].to(torch.float32).div_(127.5).sub_(1.0)
+    if mirror:
+        flip = torch.rand(count, generator=g) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return x
+
+
+class Trainer:
+    """Runs steps on a State. Stats of the current tick are summed in self.stats."""
+
+    def __init__(self, state: State, images: torch.Tensor, dist: Dist):
+        cfg = state.cfg
+        self.s, self.images, self.dist = state, images, dist
+        self.bg = cfg.batch_gpu or cfg.batch // dist.world
+        if self.bg < 1 or cfg.batch % (self.bg * dist.world):
+            raise GazeError(f"--batch {cfg.batch} is not a multiple of --batch-gpu {self.bg} x {dist.world} processes")
+        g = min(cfg.mbstd_group, self.bg)
+        if self.bg % g:
+            raise GazeError(f"--batch-gpu {self.bg} is not a multiple of the minibatch-stddev group {cfg.mbstd_group}")
+        self.rounds = cfg.batch // (self.bg * dist.world)
+        self.ops = cfg.augment_ops()
+        self.gamma = cfg.resolved_gamma()
+        self.stream = DataStream(images.shape[0], cfg.seed)
+        self.stats: dict[str, float] = {}
+        self.last_line: dict = {}
+
+    def chunks(self):
+        """(global chunk index, first stream offset within the minibatch) for this process."""
+        for r in range(self.rounds):
+            c = self.dist.rank * self.rounds + r
+            yield c, c * self.bg
+
+    def _add(self, **kv: float) -> None:
+        for k, v in kv.items():
+            self.stats[k] = self.stats.get(k, 0.0) + float(v)
+
+    def step(self) -> None:
+        """One minibatch: Gmain [+ Greg], Dmain [+ Dreg], w_avg, G_ema. Lazy regularisers (interval > 1) take
+        their own optimiser step, as in NVlabs; with interval 1 they join the main loss."""
+        s, cfg = self.s, self.s.cfg
+        G, D = s.G, s.D
+        lazy_pl = cfg.pl_weight > 0 and cfg.pl_interval > 1
+        lazy_r1 = self.gamma > 0 and cfg.r1_interval > 1
+        G.requires_grad_(True)
+        s.opt_G.zero_grad(set_to_none=True)
+        w_sum = self._g_main()
+        if cfg.pl_weight > 0 and not lazy_pl:
+            self._g_pl(gain=1)
+        self._sync_step(G, s.opt_G)
+        if lazy_pl and s.step % cfg.pl_interval == 0:
+            s.opt_G.zero_grad(set_to_none=True)
+            self._g_pl(gain=cfg.pl_interval)
+            self._sync_step(G, s.opt_G)
+        G.requires_grad_(False)
+        D.requires_grad_(True)
+        s.opt_D.zero_grad(set_to_none=True)
+        self._d_main()
+        if self.gamma > 0 and not lazy_r1:
+            self._d_r1(gain=1)
+        self._sync_step(D, s.opt_D)
+        if lazy_r1 and s.step % cfg.r1_interval == 0:
+            s.opt_D.zero_grad(set_to_none=True)
+            self._d_r1(gain=cfg.r1_interval)
+            self._sync_step(D, s.opt_D)
+        D.requires_grad_(False)
+        # w_avg (the truncation centre) from this step's mapping outputs, then G_ema
+        self.dist.all_reduce_(w_sum)
+        G.mapping.w_avg.copy_((w_sum / cfg.batch).float().lerp(G.mapping.w_avg, G.mapping.w_avg_beta))
+        s.step += 1
+        nimg = s.step * cfg.batch
+        ema_nimg = cfg.resolved_ema_kimg() * 1000
+        if cfg.ema_rampup is not None and cfg.ema_rampup > 0:
+            ema_nimg = min(ema_nimg, nimg * cfg.ema_rampup)
+        beta = 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
+        with torch.no_grad():
+            for p_ema, p in zip(s.G_ema.parameters(), G.parameters()):
+                p_ema.copy_(p.lerp(p_ema, beta))
+            for b_ema, b in zip(s.G_ema.buffers(), G.buffers()):
+                b_ema.copy_(b)
+
+    def _g_main(self) -> torch.Tensor:
+        """G loss softplus(-D(aug(G(z)))), gradients accumulated; returns the sum of this process's w's."""
+        s, cfg = self.s, self.s.cfg
+        G, D = s.G, s.D
+        w_sum = torch.zeros(G.w_dim, dtype=torch.float64)
+        for c, _ in self.chunks():
+            g = step_generator(cfg.seed, s.step, "Gmain", c)
+            z = torch.randn(self.bg, G.z_dim, generator=g)
+            img, ws = run_G(G, z, g, cfg.style_mixing)
+            logits = D(diff_augment(img, self.ops, g))
+            loss = F.softplus(-logits)
+            loss.sum().div(cfg.batch).backward()
+            with torch.no_grad():
+                w_sum += G.mapping(z, None)[:, 0].double().sum(0)
+            self._add(loss_G=loss.sum(), n_G=self.bg)
+        return w_sum
+
+    def _g_pl(self, gain: int) -> None:
+        """Path-length penalty (|J_w^T y| - pl_mean)^2 on batch_gpu / pl_batch_shrink images per chunk.
+
+        The penalty uses pl_mean from before this step; pl_mean is then updated once with the global mean
+        (NVlabs updates it per GPU before the penalty; this way the result does not depend on the rank split)."""
+        s, cfg = self.s, self.s.cfg
+        G = s.G
+        nb = max(self.bg // cfg.pl_batch_shrink, 1)
+        n_all = nb * self.rounds * self.dist.world
+        pl_sum = torch.zeros([], dtype=torch.float64)
+        for c, _ in self.chunks():
+            g = step_generator(cfg.seed, s.step, "Greg", c)
+            z = torch.randn(nb, G.z_dim, generator=g)
+            img, ws = run_G(G, z, g, cfg.style_mixing)
+            pl_noise = torch.randn(img.shape, generator=g) / math.sqrt(img.shape[2] * img.shape[3])
+            (grad,) = torch.autograd.grad((img * pl_noise).sum(), ws, create_graph=True)
+            lengths = grad.square().sum(2).mean(1).sqrt()
+            penalty = (lengths - s.pl_mean).square()
+            (penalty.sum() * (cfg.pl_weight * gain / n_all)).backward()
+            pl_sum += lengths.detach().double().sum()
+            self._add(pl_penalty=penalty.sum(), n_pl=nb)
+        self.dist.all_reduce_(pl_sum)
+        s.pl_mean = s.pl_mean.lerp(torch.tensor(float(pl_sum) / n_all, dtype=torch.float32), cfg.pl_decay)
+
+    def _d_main(self) -> None:
+        """D loss softplus(D(aug(G(z)))) + softplus(-D(aug(x)))."""
+        s, cfg = self.s, self.s.cfg
+        G, D = s.G, s.D
+        for c, off in self.chunks():
+            g = step_generator(cfg.seed, s.step, "Dmain", c)
+            z = torch.randn(self.bg, G.z_dim, generator=g)
+            with torch.no_grad():
+                fake, _ = run_G(G, z, g, cfg.style_mixing)
+            real = _reals(self.images, self.stream, s.step * cfg.batch + off, self.bg, g, cfg.mirror)
+            fake_logits = D(diff_augment(fake, self.ops, g))
+            real_logits = D(diff_augment(real, self.ops, g))
+            loss_gen, loss_real = F.softplus(fake_logits), F.softplus(-real_logits)
+            (loss_gen.sum() + loss_real.sum()).div(cfg.batch).backward()
+            self._add(loss_D=loss_gen.sum() + loss_real.sum(), fake_score=fake_logits.sum(),
+                      real_score=real_logits.sum(), n_D=self.bg)
+
+    def _d_r1(self, gain: int) -> None:
+        """R1: gamma/2 * |d D(aug(x)) / dx|^2 on this step's reals (gradient w.r.t. the un-augmented image)."""
+        s, cfg = self.s, self.s.cfg
+        D = s.D
+        for c, off in self.chunks():
+            g = step_generator(cfg.seed, s.step, "Dreg", c)
+            real = _reals(self.images, self.stream, s.step * cfg.batch + off, self.bg, g, cfg.mirror)
+            real.requires_grad_(True)
+            logits = D(diff_augment(real, self.ops, g))
+            (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+            penalty = grad.square().sum([1, 2, 3])
+            (penalty.sum() * (self.gamma / 2 * gain / cfg.batch)).backward()
+            self._add(r1_penalty=penalty.sum(), n_r1=self.bg)
+
+    def _sync_step(self, net: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        _sync_grads(list(net.parameters()), self.dist)
+        opt.step()
+
+
+# ================================================================ the loop
+def _fixed_grid_z(G, n: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.random.RandomState(seed).randn(n, G.z_dim)).float()
+
+
+def _save_fakes(G_ema, z: torch.Tensor, path: Path) -> None:
+    from machinegaze.data import make_grid, save_image
+    with torch.no_grad():
+        img = torch.cat([G_ema(z[i:i + 16], noise_mode="const") for i in range(0, z.shape[0], 16)])
+    save_image(make_grid(img.clamp(-1, 1), ncols=int(math.sqrt(z.shape[0]))), path)
+
+
+def _rewrite_metrics(path: Path, max_step: int) -> None:
+    """On resume, drop log lines written after the snapshot we resume from."""
+    from machinegaze.data import atomic_write_bytes
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= max_step:
+                keep.append(line)
+        except ValueError:
+            pass
+    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+
+def train(cfg: TrainConfig, progress: ProgressFn = None, stop_after_steps: Optional[int] = None) -> Path:
+    """Train (or resume) and return the path of the last snapshot. Under torchrun every process calls this;
+    rank 0 writes files and reports progress. `stop_after_steps` ends early (tests: a simulated kill)."""
+    dist = init_dist()
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // dist.local_world))
+    outdir = Path(cfg.outdir)
+    state = None
+    if cfg.resume:
+        snap = latest_snapshot(outdir)
+        if snap is None:
+            raise GazeError(f"--resume: no snapshot in {outdir}")
+        state = load_snapshot(snap, cfg)
+        cfg = state.cfg
+    images, dsinfo = load_training_images(cfg)
+    if state is None:
+        state = new_state(cfg, images.shape[1])
+        state.dataset = dsinfo
+    elif state.dataset.get("sha256_16") not in (None, dsinfo["sha256_16"]):
+        raise GazeError(f"--resume: {cfg.data} is not the dataset this run was trained on "
+                        f"({dsinfo['images']} images, fingerprint {dsinfo['sha256_16']}; the run used "
+                        f"{state.dataset.get('images')} images, {state.dataset.get('sha256_16')})")
+    if images.shape[0] < 1:
+        raise GazeError(f"{cfg.data}: no images")
+    for net in (state.G, state.D, state.G_ema):  # identical start on every rank
+        for t in list(net.parameters()) + list(net.buffers()):
+            dist.broadcast_(t.data)
+    trainer = Trainer(state, images, dist)
+    B = cfg.batch
+    total_steps = math.ceil(cfg.kimg * 1000 / B)
+    tick_steps = max(1, round(cfg.tick_kimg * 1000 / B))
+    snap_steps = max(1, round(cfg.snap_kimg * 1000 / B))
+    metrics = outdir / METRICS_FILE
+    main = dist.rank == 0
+    if main:
+        outdir.mkdir(parents=True, exist_ok=True)
+        if cfg.resume:
+            _rewrite_metrics(metrics, state.step)
+        else:
+            old = latest_snapshot(outdir)
+            if old is not None:
+                raise GazeError(f"{outdir} already holds snapshots ({old.name}); use --resume or a new --outdir")
+            with open(outdir / "config.json", "w") as f:
+                json.dump({"config": asdict(cfg), "dataset": dsinfo, "world_size": dist.world}, f, indent=1)
+            from machinegaze.data import make_grid, save_image
+            save_image(make_grid(images[:64].float().div(127.5).sub(1)), outdir / "reals.png")
+    grid_z = _fixed_grid_z(state.G)
+    last = latest_snapshot(outdir) if cfg.resume else None
+    t_start = time.time()
+    t_tick, steps_tick = time.time(), 0
+    wall0 = state.wall_s
+    stop_at = state.step + stop_after_steps if stop_after_steps is not None else None
+    while state.step < total_steps:
+        if stop_at is not None and state.step >= stop_at:
+            return Path(last) if last is not None else None  # a simulated kill: no final snapshot
+        trainer.step()
+        steps_tick += 1
+        state.wall_s = wall0 + time.time() - t_start
+        done = state.step >= total_steps
+        if state.step % tick_steps == 0 or done:
+            stats = torch.tensor([trainer.stats.get(k, 0.0) for k in sorted(trainer.stats)], dtype=torch.float64)
+            keys = sorted(trainer.stats)
+            dist.all_reduce_(stats)
+            st = dict(zip(keys, stats.tolist()))
+            trainer.stats = {}
+            dt = time.time() - t_tick
+            line = {"step": state.step, "kimg": round(state.step * B / 1000, 3),
+                    "loss_G": st.get("loss_G", 0) / max(st.get("n_G", 1), 1),
+                    "loss_D": st.get("loss_D", 0) / max(st.get("n_D", 1), 1),
+                    "real_score": st.get("real_score", 0) / max(st.get("n_D", 1), 1),
+                    "fake_score": st.get("fake_score", 0) / max(st.get("n_D", 1), 1),
+                    "img_per_s": round(steps_tick * B / max(dt, 1e-9), 2), "wall_s": round(state.wall_s, 1)}
+            if st.get("n_r1"):
+                line["r1_penalty"] = st["r1_penalty"] / st["n_r1"]
+            if st.get("n_pl"):
+                line["pl_penalty"] = st["pl_penalty"] / st["n_pl"]
+                line["pl_mean"] = float(state.pl_mean)
+            if main:
+                with open(metrics, "a") as f:
+                    f.write(json.dumps(line) + "\n")
+            t_tick, steps_tick = time.time(), 0
+            trainer.last_line = line
+        if state.step % snap_steps == 0 or done:
+            if main:
+                last = save_snapshot(state, snapshot_path(outdir, state.step * B), state.step * B)
+                _save_fakes(state.G_ema, grid_z, outdir / f"fakes-{state.step * B:09d}.png")
+            dist.barrier()
+        if main:
+            ll = getattr(trainer, "last_line", {})
+            report(progress, state.step * B, total_steps * B, kimg=round(state.step * B / 1000, 2),
+                   G=ll.get("loss_G", float("nan")), D=ll.get("loss_D", float("nan")),
+                   img_s=ll.get("img_per_s", float("nan")))
+    final = snapshot_path(outdir, state.step * B)
+    if main and not final.is_file():  # resumed a finished run with the same kimg
+        save_snapshot(state, final, state.step * B)
+    dist.barrier()
+    return final

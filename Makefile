@@ -16,6 +16,10 @@ $(BIN)/gaze: pyproject.toml
 	touch $(BIN)/gaze
 
 setup: $(BIN)/gaze
+	# Debian's Chromium for the browser tests (tests/test_web_browser.py); never a downloaded browser build.
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -q && apt-get install -y -q chromium) || echo "warning: could not install chromium (browser tests will skip)"; \
+	fi
 
 tour: setup
 	$(BIN)/gaze tour --outdir tour

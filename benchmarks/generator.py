@@ -74,6 +74,32 @@ def run_case(name: str, batch: int, threads: int, reps: int, compiled: bool, tun
                 compile_s=t_compile, peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
 
 
+def end_to_end(name: str, threads: int) -> dict:
+    """What a user feels: `gaze generate` in a fresh process, load + 8 seeds + PNG writing, wall time."""
+    import os
+    import tempfile
+
+    import torch
+
+    from machinegaze.checkpoints import save_networks
+    from machinegaze.nets.stylegan2 import Generator
+    c = CASES[name]
+    torch.manual_seed(0)
+    G = Generator(z_dim=c["z_dim"], c_dim=0, w_dim=c["w_dim"], img_resolution=c["res"], img_channels=3,
+                  mapping_kwargs=dict(num_layers=c["mapping_layers"]),
+                  synthesis_kwargs=dict(channel_base=c["channel_base"], channel_max=c["channel_max"]))
+    with tempfile.TemporaryDirectory() as d:
+        net = save_networks(os.path.join(d, "net.safetensors"), {"G_ema": G})
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "machinegaze.cli", "generate", "--network", str(net),
+                            "--seeds", "0-7", "--outdir", os.path.join(d, "out")], capture_output=True, text=True, env=env)
+        dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr)
+    return dict(case=name, seconds=dt)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--case")
@@ -83,6 +109,7 @@ def main() -> None:
     ap.add_argument("--compiled", action="store_true")
     ap.add_argument("--no-tune", action="store_true")
     ap.add_argument("--quick", action="store_true", help="128 px only")
+    ap.add_argument("--e2e", action="store_true", help="also time `gaze generate --seeds 0-7` end to end")
     a = ap.parse_args()
     if a.case:
         reps = a.reps or (1 if a.case == "1024" else 5)
@@ -107,6 +134,10 @@ def main() -> None:
               f"{x['gflop_per_img']:6.1f} GFLOP/img  {x['gflop_s']:6.1f} GFLOP/s  matmul {x['matmul_gflop_s']:6.1f}  "
               f"eff {100 * x['efficiency']:5.1f}%  peak RSS {x['peak_rss_gb']:.2f} GB"
               + (f"  compile {x['compile_s']:.1f}s" if x["compiled"] else ""), flush=True)
+    if a.e2e:
+        for name in (["128"] if a.quick else ["128", "1024"]):
+            e = end_to_end(name, a.threads)
+            print(f"{name:>5} px  end to end: gaze generate --seeds 0-7 (load + 8 images + PNGs) {e['seconds']:.1f} s", flush=True)
 
 
 if __name__ == "__main__":

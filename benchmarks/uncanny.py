@@ -2,7 +2,8 @@
 
 A step = G forward (batch 8, random noise) + frozen D forward + backward through both + Adam on G.
 Baseline, same process and batch: G + D forward under inference_mode (what one step must at least cost).
-Also the cost of one snapshot evaluation (16 faces rendered and judged, 120 LPIPS-alex pairs, colour stats).
+Wall seconds and process CPU seconds per step are both printed: on a shared machine CPU seconds (1 thread) are
+the better estimate of the uncontended time. Also the cost of one snapshot evaluation (16 faces rendered and judged, 120 LPIPS-alex pairs, colour stats).
 
 Networks: the bundled model when `zoo.resolve_network('default')` finds it (case `bundled`), else a fresh
 G/D of train.py's "small" preset at 64 px (what the bundled model is trained with); plus a 64 px
@@ -69,11 +70,12 @@ def run_case(case: str, batch: int, threads: int, reps: int) -> dict:
             t = time.perf_counter()
             critic(G(z, noise_mode="random"))
             fwd.append(time.perf_counter() - t)
-    steps = []
+    steps, cpu = [], []
     for i in range(reps + 2):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         U.finetune_step(G, critic, opt, batch)
         steps.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     lp = zoo.load_lpips("alex")
     theta0 = {k: v.detach().clone() for k, v in G0.named_parameters()}
     ze, ce = U.eval_inputs(G, range(16))
@@ -86,6 +88,7 @@ def run_case(case: str, batch: int, threads: int, reps: int) -> dict:
     eval_s = time.perf_counter() - t
     step_s, fwd_s = median(steps[2:]), median(fwd[1:])
     return dict(case=case, what=what, batch=batch, threads=threads, g_params=n_params, step_s=step_s,
+                step_cpu_s=median(cpu[2:]),
                 fwd_s=fwd_s, ratio=step_s / fwd_s, eval_s=eval_s,
                 peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
 
@@ -101,7 +104,7 @@ def main() -> None:
         print(json.dumps(run_case(a.case, a.batch, a.threads, a.reps)))
         return
     print(f"uncanny fine-tuning, batch {a.batch}, {a.threads} thread(s), median of {a.reps} steps")
-    print(f"{'case':8s} {'G params':>9s} {'s/step':>8s} {'fwd s':>7s} {'step/fwd':>8s} {'eval s':>7s} {'peak RSS':>9s}  network")
+    print(f"{'case':8s} {'G params':>9s} {'s/step':>8s} {'cpu s':>7s} {'fwd s':>7s} {'step/fwd':>8s} {'eval s':>7s} {'peak RSS':>9s}  network")
     for case in ("bundled", "c8192"):
         cmd = [sys.executable, __file__, "--case", case, "--batch", str(a.batch), "--threads", str(a.threads),
                "--reps", str(a.reps)]
@@ -110,7 +113,7 @@ def main() -> None:
             print(f"{case}: failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
             continue
         x = json.loads(r.stdout.strip().splitlines()[-1])
-        print(f"{x['case']:8s} {x['g_params'] / 1e6:8.2f}M {x['step_s']:8.3f} {x['fwd_s']:7.3f} {x['ratio']:8.2f} "
+        print(f"{x['case']:8s} {x['g_params'] / 1e6:8.2f}M {x['step_s']:8.3f} {x['step_cpu_s']:7.3f} {x['fwd_s']:7.3f} {x['ratio']:8.2f} "
               f"{x['eval_s']:7.2f} {x['peak_rss_gb']:7.2f} GB  {x['what']}", flush=True)
 
 

@@ -582,6 +582,11 @@ def load_networks(path: str | os.PathLike) -> Networks:
         head = f.read(16)
     if not head:
         raise GazeError(f"{path}: empty file")
+    # safetensors first: its 8-byte little-endian header length can start with 0x80 (a header of 0x..80 bytes),
+    # which would otherwise pass for a pickle's PROTO opcode. A pickle's first 8 bytes never read as a length
+    # that fits in the file.
+    if len(head) >= 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
+        return load_safetensors_networks(path)
     if head[:1] == b"\x80":
         return load_nvlabs_pickle(path)
     if head[:2] == b"PK":

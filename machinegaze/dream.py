@@ -404,8 +404,9 @@ def objective_gradient(dnet: DreamNet, objective: Objective, x: torch.Tensor, ti
     With tile > 0 and an image larger than one tile, the image is cut into tiles (grid origin shifted at
     random, aligned to the largest layer stride); each tile is run with `margin` pixels of context on every
     side, only the activations over its core count (weighted by the core's share of the image), and the
-    gradients are added up. Memory is bounded by (tile + 2 * margin)^2. For objectives that are means over
-    positions and a network whose receptive field fits in the margin, this equals the untiled gradient."""
+    gradients are added up. For objectives that are means over
+    positions and a network whose receptive field fits in the margin, this equals the untiled gradient.
+    Memory is bounded by the crop size, about (tile + 2 * margin)^2 pixels."""
     layers = list(objective.layers())
     fx = FeatureExtractor(dnet.module, layers, forward=dnet)
     h, w = x.shape[-2:]
@@ -424,13 +425,10 @@ def objective_gradient(dnet: DreamNet, objective: Objective, x: torch.Tensor, ti
     ox = int(torch.randint(0, tile // align, (1,), generator=gen)) * align
     grad = torch.zeros_like(x)
     value = 0.0
+    size = tile + 2 * margin
     for y0, y1 in _spans(h, tile, oy):
         for x0, x1 in _spans(w, tile, ox):
-            cy0, cy1 = max(0, y0 - margin), min(h, y1 + margin)
-            cx0, cx1 = max(0, x0 - margin), min(w, x1 + margin)
-            if cy1 - cy0 < dnet.min_size or cx1 - cx0 < dnet.min_size:  # too thin to run: widen the context
-                cy0, cy1 = _widen(cy0, cy1, h, dnet.min_size)
-                cx0, cx1 = _widen(cx0, cx1, w, dnet.min_size)
+            (cy0, cy1), (cx0, cx1) = _context(y0, y1, h, margin, size, align), _context(x0, x1, w, margin, size, align)
             xg = x[:, :, cy0:cy1, cx0:cx1].detach().requires_grad_(True)
             acts = fx(xg)
             core = (y0, y1, x0, x1)
@@ -444,11 +442,18 @@ def objective_gradient(dnet: DreamNet, objective: Objective, x: torch.Tensor, ti
     return grad, value
 
 
-def _widen(a: int, b: int, n: int, size: int) -> tuple[int, int]:
-    if b - a >= size or n < size:
-        return a, b
-    a = max(0, min(a, b - size))
-    return a, min(n, a + size)
+def _context(a: int, b: int, n: int, margin: int, size: int, align: int) -> tuple[int, int]:
+    """The span [a, b) with `margin` of context each side, grown inwards at the image edges to `size` (so every
+    crop has nearly the same shape: the allocator then reuses its buffers instead of fragmenting), start aligned."""
+    if n <= size:
+        return 0, n
+    lo, hi = max(0, a - margin), min(n, b + margin)
+    if hi - lo < size:
+        if lo == 0:
+            hi = size
+        else:  # hi == n
+            lo = (n - size) // align * align
+    return lo, hi
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -96,3 +96,152 @@ def style_mixing_grid(G: Generator, row_seeds: Sequence[int], col_seeds: Sequenc
         tiles += [img_of[r]] + [mixes[(r, c)] for c in col_seeds]
     grid = make_grid(torch.cat(tiles).clamp(-1, 1), ncols=len(col_seeds) + 1)
     return grid, mixes
+
+
+# ================================================================ breeding (ArtBreeder-style)
+# A child's "genes" are the three layer groups. Interpolation: gene weight g = the fraction taken from the second
+# parent, child = A + g * (B - A) on that group's layers (g = 0 is A's layers exactly, g = 1 B's). Crossover: every
+# W+ layer (uniform) or every group (grouped) comes whole from A or B, drawn with a seed. Mutation: a small step
+# in W along a direction the mapping network itself produces (mapping(z_seed) - w_avg), scaled by a strength.
+CROSSOVER_MODES = ("uniform", "grouped")
+
+
+def parse_genes(spec: str | dict) -> dict[str, float]:
+    """'coarse=0.8,middle=0.3,fine=0' -> {'coarse': 0.8, 'middle': 0.3, 'fine': 0.0}; groups not named are 0.
+    'all=0.5' sets every group."""
+    if isinstance(spec, dict):
+        items = list(spec.items())
+    else:
+        items = []
+        for part in str(spec).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            name, sep, val = part.partition("=")
+            if not sep:
+                raise GazeError(f"--genes: '{part}' is not group=weight (e.g. coarse=0.8,middle=0.3,fine=0)")
+            items.append((name.strip(), val.strip()))
+    if not items:
+        raise GazeError("--genes: empty (e.g. coarse=0.8,middle=0.3,fine=0)")
+    out = dict.fromkeys(GROUPS, 0.0)
+    for name, val in items:
+        try:
+            v = float(val)
+        except (TypeError, ValueError):
+            raise GazeError(f"--genes: weight '{val}' for {name} is not a number") from None
+        if not 0.0 <= v <= 1.0:
+            raise GazeError(f"--genes: weight {v} for {name} is outside 0..1 (the fraction taken from the second parent)")
+        if name == "all":
+            out = dict.fromkeys(GROUPS, v)
+        elif name in GROUPS:
+            out[name] = v
+        else:
+            raise GazeError(f"--genes: unknown layer group {name!r} (choose from {', '.join(GROUPS)}, all)")
+    return out
+
+
+def layer_weights(G: Generator, genes: dict[str, float]) -> torch.Tensor:
+    """[num_ws] fraction of parent B per style layer."""
+    genes = parse_genes(genes)
+    t = torch.zeros(G.num_ws)
+    for g, v in genes.items():
+        t[group_layers(G, g)] = float(v)
+    return t
+
+
+def _check_ws(G: Generator, w: torch.Tensor, what: str) -> torch.Tensor:
+    if not isinstance(w, torch.Tensor):
+        raise GazeError(f"{what}: expected a tensor, got {type(w).__name__}")
+    if w.ndim == 2:
+        w = w.unsqueeze(0)
+    if w.ndim != 3 or w.shape[1:] != (G.num_ws, G.w_dim):
+        raise GazeError(f"{what}: latent has shape {tuple(w.shape)}, this network needs [N, {G.num_ws}, {G.w_dim}]")
+    return w.float()
+
+
+def breed(G: Generator, w_a: torch.Tensor, w_b: torch.Tensor, genes: dict[str, float] | str) -> torch.Tensor:
+    """Per-layer-group interpolation between parents ws [N|1, num_ws, w_dim]: gene g = fraction from w_b.
+    Genes 0 give w_a exactly, genes 1 on every group give w_b exactly."""
+    w_a, w_b = _check_ws(G, w_a, "parent A"), _check_ws(G, w_b, "parent B")
+    t = layer_weights(G, genes).view(1, -1, 1)
+    mixed = w_a + (w_b - w_a) * t
+    return torch.where(t == 0, w_a, torch.where(t == 1, w_b, mixed)).expand_as(mixed).clone()
+
+
+def crossover(G: Generator, w_a: torch.Tensor, w_b: torch.Tensor, mode: str = "uniform", seed: int = 0,
+              rate: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(child, mask): each W+ layer ('uniform') or each layer group ('grouped') taken whole from w_b with
+    probability `rate`, else from w_a. Deterministic for a seed; mask [num_ws] bool is True where B was used."""
+    if mode not in CROSSOVER_MODES:
+        raise GazeError(f"--crossover must be one of {', '.join(CROSSOVER_MODES)}, got {mode!r}")
+    if not 0.0 <= rate <= 1.0:
+        raise GazeError(f"crossover rate {rate} is outside 0..1")
+    w_a, w_b = _check_ws(G, w_a, "parent A"), _check_ws(G, w_b, "parent B")
+    gen = torch.Generator().manual_seed(int(seed))
+    if mode == "uniform":
+        mask = torch.rand(G.num_ws, generator=gen) < rate
+    else:
+        mask = torch.zeros(G.num_ws, dtype=torch.bool)
+        draws = torch.rand(len(GROUPS), generator=gen) < rate  # one draw per group, in GROUPS order
+        for take, g in zip(draws.tolist(), GROUPS):
+            if take:
+                mask[group_layers(G, g)] = True
+    child = torch.where(mask.view(1, -1, 1), w_b, w_a).expand(max(w_a.shape[0], w_b.shape[0]), -1, -1).clone()
+    return child, mask
+
+
+@torch.no_grad()
+def mutate(G: Generator, w: torch.Tensor, strength: float = 0.1, seed: int = 0,
+           class_idx: Optional[int] = None) -> torch.Tensor:
+    """w + strength * (mapping(z_seed) - w_avg) on every layer: a step towards (strength 1: by) a random face's
+    offset from the average, so the step has the size and direction of real variation in W."""
+    w = _check_ws(G, w, "latent")
+    if strength == 0:
+        return w.clone()
+    if not (abs(strength) <= 10 and strength == strength):
+        raise GazeError(f"--mutate strength {strength} is out of range (-10 .. 10)")
+    d = seeds_to_ws(G, [seed], class_idx=class_idx)[:, :1] - G.mapping.w_avg.view(1, 1, -1)
+    return w + float(strength) * d
+
+
+@dataclass(frozen=True)
+class BreedConfig:
+    genes: Optional[str] = None        # 'coarse=0.8,middle=0.3,fine=0' (fraction from the second parent)
+    crossover: Optional[str] = None    # 'uniform' | 'grouped' (instead of genes)
+    crossover_seed: int = 0
+    crossover_rate: float = 0.5
+    mutate: float = 0.0                # strength of the random step in W (0: none)
+    mutation_seed: int = 0
+    trunc: float = 1.0                 # for seed parents
+    class_idx: Optional[int] = None
+    noise_mode: str = "const"
+
+
+def make_child(G: Generator, w_a: torch.Tensor, w_b: torch.Tensor, cfg: BreedConfig = BreedConfig()) -> torch.Tensor:
+    """One child of two parents: genes (interpolation) or crossover, then optional mutation."""
+    if (cfg.genes is None) == (cfg.crossover is None):
+        raise GazeError("give either --genes (interpolate by layer group) or --crossover uniform|grouped")
+    if cfg.genes is not None:
+        child = breed(G, w_a, w_b, cfg.genes)
+    else:
+        child, _ = crossover(G, w_a, w_b, cfg.crossover, cfg.crossover_seed, cfg.crossover_rate)
+    if cfg.mutate:
+        child = mutate(G, child, cfg.mutate, cfg.mutation_seed, cfg.class_idx)
+    return child
+
+
+def breed_grid(G: Generator, parents: torch.Tensor, cfg: BreedConfig = BreedConfig()
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parent x parent grid: cell (i, j) is the child of parents i (A) and j (B). Returns (grid image with the
+    parents on the top row and left column [1, C, H, W], children ws [P*P, num_ws, w_dim] row-major)."""
+    parents = _check_ws(G, parents, "parents")
+    n = parents.shape[0]
+    if n < 2:
+        raise GazeError("--grid needs at least two parents")
+    kids = torch.cat([make_child(G, parents[i:i + 1], parents[j:j + 1], cfg) for i in range(n) for j in range(n)])
+    src = synthesize(G, parents, noise_mode=cfg.noise_mode)
+    imgs = synthesize(G, kids, noise_mode=cfg.noise_mode)
+    tiles = [torch.ones_like(src[:1])] + [src[j:j + 1] for j in range(n)]
+    for i in range(n):
+        tiles += [src[i:i + 1]] + [imgs[i * n + j:i * n + j + 1] for j in range(n)]
+    return make_grid(torch.cat(tiles).clamp(-1, 1), ncols=n + 1), kids

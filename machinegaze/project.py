@@ -64,6 +64,7 @@ class Recipe:
     optimize_noise: bool = True        # optimise the noise buffers (NVlabs) or keep the network's own
     noise_weight: float = 1e5          # weight of the noise regularisation
     lpips_res: int = 256               # images larger than this are area-downsampled to it for the loss
+    clamp: bool = False                # compare the synthesis clamped to [-1, 1] (as it is saved) in the loss
 
     def __post_init__(self):
         if self.steps < 1:
@@ -87,7 +88,7 @@ PRESETS: dict[str, Recipe] = {
     "nvlabs": Recipe(),
     # Chosen by measurement (benchmarks/project.py): reaches the nvlabs preset's final LPIPS in <= 1/5 of its time.
     "fast": Recipe(steps=150, space="w+", w_steps=30, init="search", candidates=64, lr=0.05, schedule="cosine",
-                   lr_rampup=0.02, w_noise=0.0, optimize_noise=False, noise_weight=0.0),
+                   lr_rampup=0.02, w_noise=0.0, optimize_noise=False, noise_weight=0.0, clamp=True),
 }
 
 
@@ -100,7 +101,7 @@ class ProjectConfig:
     class_idx: Optional[int] = None    # conditional networks: the label to project under
     align: bool = False                # FFHQ-align the target's face first (else centre-crop + resize)
     w_avg_samples: int = 10000
-    reference_samples: int = 64        # generated images whose D scores are the "in domain" reference
+    reference_samples: int = 32        # generated images whose D scores are the "in domain" reference
     video: bool = True
     max_frames: int = 300
 
@@ -231,12 +232,14 @@ def learning_rate(r: Recipe, step: int) -> float:
 
 
 @torch.inference_mode()
-def search_start(G: Generator, dist: TargetDistance, pool: torch.Tensor, batch: int = 16) -> tuple[int, torch.Tensor]:
+def search_start(G: Generator, dist: TargetDistance, pool: torch.Tensor, batch: int = 16,
+                 clamp: bool = False) -> tuple[int, torch.Tensor]:
     """Index of the w in pool [K, 1, C] whose image is closest to the target, and all K distances."""
     d = []
     for i in range(0, pool.shape[0], batch):
         ws = pool[i:i + batch].expand(-1, G.num_ws, -1)
-        d.append(dist(G.synthesis(ws, noise_mode="const")))
+        img = G.synthesis(ws, noise_mode="const")
+        d.append(dist(img.clamp(-1, 1) if clamp else img))
     d = torch.cat(d)
     return int(d.argmin()), d
 
@@ -280,7 +283,7 @@ def final_lpips(G: Generator, lpips: LPIPS, ws: torch.Tensor, target: torch.Tens
     """The reported score: LPIPS between the output image (network's own noise, clamped) and the target."""
     with torch.no_grad():
         img = G.synthesis(ws, noise_mode="const")
-        d = lpips(_fit(img.clamp(-1, 1), 256), _fit(target, 256))
+        d = lpips(_fit(img.clamp(-1, 1), 256), _fit(target.clamp(-1, 1), 256))
     return float(d[0]), img
 
 
@@ -314,14 +317,15 @@ def project(G: Generator, target: torch.Tensor, recipe: Recipe = PRESETS["fast"]
     # Statistics, the distance to the target, the start.
     w_avg, w_std, pool = w_stats(G, w_avg_samples, c)
     loss_res = min(r.lpips_res, G.img_resolution)
-    dist = TargetDistance(lpips, target, loss_res)
+    dist_target = target.clamp(-1, 1) if r.clamp else target
+    dist = TargetDistance(lpips, dist_target, loss_res)
     setup: dict = {"w_std": w_std}
     w0 = w_avg
     if r.init == "search":
-        dsearch = dist if r.candidate_res >= loss_res else TargetDistance(lpips, target, r.candidate_res)
+        dsearch = dist if r.candidate_res >= loss_res else TargetDistance(lpips, dist_target, r.candidate_res)
         pick = torch.randperm(pool.shape[0], generator=gen)[: r.candidates]
         cands = torch.cat([w_avg, w_avg.lerp(pool[pick], r.candidate_psi)])
-        best, d = search_start(G, dsearch, cands)
+        best, d = search_start(G, dsearch, cands, clamp=r.clamp)
         w0 = cands[best:best + 1].clone()
         setup.update(candidates=int(cands.shape[0]), start_lpips=float(d[best]), w_avg_lpips=float(d[0]),
                      start_is_w_avg=best == 0)
@@ -340,11 +344,16 @@ def project(G: Generator, target: torch.Tensor, recipe: Recipe = PRESETS["fast"]
     history: list[dict] = []
     steps_ws = torch.empty(r.steps, G.num_ws, G.w_dim)
 
+    own_noise = [m.noise_const for m in layers]
     with swapped_noise(G, bufs):
         for step in range(r.steps):
             if r.space == "w+" and step == r.w_steps and w_opt.shape[1] == 1:  # warm start over: one w per layer
-                w_opt = w_opt.detach().repeat(1, G.num_ws, 1).requires_grad_(True)
+                w_old, st = w_opt, opt.state.get(w_opt, {})
+                w_opt = w_old.detach().repeat(1, G.num_ws, 1).requires_grad_(True)
                 opt = make_opt([w_opt] + (bufs if r.optimize_noise else []))
+                if st:  # Adam's moments carry over, so the first W+ steps are as measured as the last W ones
+                    opt.state[w_opt] = {k: (v.repeat(1, G.num_ws, 1) if k.startswith("exp_avg") else v.clone())
+                                        for k, v in st.items()}
             t = step / r.steps
             lr = learning_rate(r, step)
             for g in opt.param_groups:
@@ -353,7 +362,7 @@ def project(G: Generator, target: torch.Tensor, recipe: Recipe = PRESETS["fast"]
             w_in = w_opt + torch.randn(w_opt.shape, generator=gen) * w_noise_scale if w_noise_scale > 0 else w_opt
             ws = w_in.expand(-1, G.num_ws, -1) if w_in.shape[1] == 1 else w_in
             img = G.synthesis(ws, noise_mode="const")
-            d = dist(img)[0]
+            d = dist(img.clamp(-1, 1) if r.clamp else img)[0]
             loss = d
             if r.optimize_noise and r.noise_weight > 0:
                 loss = loss + r.noise_weight * noise_regularization(bufs)
@@ -370,11 +379,11 @@ def project(G: Generator, target: torch.Tensor, recipe: Recipe = PRESETS["fast"]
             cur = w_opt.detach().expand(-1, G.num_ws, -1) if w_opt.shape[1] == 1 else w_opt.detach()
             steps_ws[step] = cur[0]
             wall, cpu = clock.now()
-            history.append({"step": step + 1, "wall_s": wall, "cpu_s": cpu, "loss": float(loss), "dist": float(d),
+            history.append({"step": step + 1, "wall_s": wall, "cpu_s": cpu, "loss": float(loss.detach()), "dist": float(d.detach()),
                             "lr": lr})
-            report(progress, step + 1, r.steps, lpips=float(d))
+            report(progress, step + 1, r.steps, lpips=float(d.detach()))
             if monitor is not None:
-                with clock.excluded():
+                with clock.excluded(), swapped_noise(G, own_noise):  # scored as the output will be
                     monitor(step + 1, cur.clone(), wall, cpu)
     wall, cpu = clock.now()
     ws = steps_ws[-1:].clone()
@@ -382,7 +391,7 @@ def project(G: Generator, target: torch.Tensor, recipe: Recipe = PRESETS["fast"]
     if r.optimize_noise:  # what the loop itself saw, for the record
         with swapped_noise(G, [b.detach() for b in bufs]), torch.no_grad():
             setup["lpips_with_optimised_noise"] = float(lpips(_fit(G.synthesis(ws, noise_mode="const").clamp(-1, 1), 256),
-                                                                _fit(target, 256))[0])
+                                                                _fit(target.clamp(-1, 1), 256))[0])
     return Projection(ws=ws, image=img, target=target, lpips=score, steps_ws=steps_ws, history=history, recipe=r,
                       wall_s=wall, cpu_s=cpu, setup=setup)
 

@@ -5,12 +5,15 @@ on what the picture shows, files). A stop whose parts are not available says so 
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
+
+import torch
 
 from machinegaze import GazeError
 
@@ -30,6 +33,7 @@ class TourConfig:
     network: Optional[str] = None  # default: the bundled face GAN, else a golden test network
     faces: Optional[Path] = None
     quick: bool = False
+    network_path: Optional[str] = None  # filled in by run_tour
 
 
 def _find_network(cfg: TourConfig) -> tuple[str, str]:
@@ -87,6 +91,120 @@ def stop_interpolate(cfg: TourConfig, G, desc: str) -> Stop:
 STOPS: list[Callable] = [stop_generate, stop_mix, stop_interpolate]
 
 
+def _tour_image(name: str, outdir: Path) -> Path:
+    """A bundled sample photo (scikit-image's coffee cup) written into the tour folder."""
+    from PIL import Image
+    if name != "coffee":
+        raise GazeError(f"unknown sample {name}")
+    try:
+        from skimage import data as skdata
+    except ImportError:
+        raise GazeError("scikit-image is not installed (pip install scikit-image) for the coffee sample") from None
+    p = outdir / "coffee.png"
+    Image.fromarray(skdata.coffee()).save(p)
+    return p
+
+
+def stop_project(cfg: TourConfig, G, desc: str) -> Stop:
+    from machinegaze import project as proj
+    from machinegaze.data import make_grid, save_image
+    from machinegaze.generate import GenerateConfig, generate_images, save_w, synthesize
+    from machinegaze.mix import breed
+    if cfg.network_path is None:
+        raise GazeError("no network file")
+    steps = 60 if cfg.quick else 150
+    pcfg = proj.ProjectConfig(steps=steps, video=not cfg.quick, w_avg_samples=2000, reference_samples=16)
+    face, _ = generate_images(G, [123], GenerateConfig(trunc=0.7))
+    save_image(face, cfg.outdir / "project_face_target.png")
+    a = proj.run_project(cfg.network_path, cfg.outdir / "project_face_target.png", cfg.outdir / "project_face", pcfg)
+    b = proj.run_project(cfg.network_path, _tour_image("coffee", cfg.outdir), cfg.outdir / "project_coffee", pcfg)
+    wa, wb = a.projection.ws, b.projection.ws
+    child = breed(G, wa, wb, {"coarse": 0.0, "middle": 0.5, "fine": 1.0})
+    save_w(cfg.outdir / "child.npz", child)
+    imgs = synthesize(G, torch.cat([wa, child, wb]))
+    save_image(make_grid(imgs.clamp(-1, 1), ncols=3), cfg.outdir / "breed.png")
+    ra, rb = a.result, b.result
+    files = ["project_face/target.png", "project_face/proj.png", "project_coffee/target.png", "project_coffee/proj.png",
+             "breed.png", "child.npz"]
+    files += [f for f in ("project_face/proj.mp4", "project_coffee/proj.mp4") if (cfg.outdir / f).exists()]
+    return Stop("Project and breed",
+                f"A face the model made, recovered by projection into W+ ({steps} steps; LPIPS "
+                f"{ra.get('lpips', float('nan')):.3f}), and the coffee cup forced into face space (LPIPS "
+                f"{rb.get('lpips', float('nan')):.3f}; the discriminator rates it {_realism(rb)} against {_realism(ra)} "
+                "for the face). The bred child (middle) keeps the face's coarse layers, half of each parent's middle "
+                "layers and the cup's fine layers (colour).", files)
+
+
+def _realism(r: dict) -> str:
+    """The discriminator's 'real' logit of the projection and its percentile among the network's own images."""
+    d = (r.get("realism") or {}).get("projection") or {}
+    if "d_logit" not in d:
+        return "n/a"
+    return f"logit {d['d_logit']:.2f} ({d.get('percentile_among_generated', float('nan')):.0f}th percentile of its own faces)"
+
+
+def stop_dream(cfg: TourConfig, G, desc: str) -> Stop:
+    from machinegaze import dream
+    size = 224 if cfg.quick else 320
+    dcfg = dream.DreamConfig(size=size, octaves=3, steps=6 if cfg.quick else 10)
+    dream.run(dcfg, _tour_image("coffee", cfg.outdir), cfg.outdir / "dream_coffee.png")
+    return Stop("Dream", "DeepDream on the coffee photo with EfficientNet-Lite0 (ImageNet weights): each octave "
+                "amplifies what a mid-level layer already half-sees, so textures turn into eyes, fur and "
+                "dog-like shapes.", ["coffee.png", "dream_coffee.png"])
+
+
+def stop_uncanny(cfg: TourConfig, G, desc: str) -> Stop:
+    from machinegaze import uncanny
+    if cfg.network_path is None:
+        raise GazeError("no network file")
+    steps = 20 if cfg.quick else 60
+    ucfg = uncanny.UncannyConfig(steps=steps, snapshot_every=steps // 4, batch=4, eval_seeds=tuple(range(8)))
+    res = uncanny.run_uncanny(cfg.network_path, cfg.outdir / "uncanny", ucfg)
+    files = [str(p.relative_to(cfg.outdir)) for p in res.files.values()
+             if p.suffix in (".png", ".mp4", ".html") and p.exists()]
+    m0, m1 = res.metrics[0], res.metrics[-1]
+    return Stop("Amplify the uncanny",
+                f"The generator fine-tuned for {res.steps_done} steps towards what its frozen discriminator calls "
+                f"fake: critic P(fake) went {m0['critic_fake']:.2f} -> {m1['critic_fake']:.2f}, diversity (mean "
+                f"pairwise LPIPS) {m0['diversity']:.3f} -> {m1['diversity']:.3f}.", files)
+
+
+def stop_detect(cfg: TourConfig, G, desc: str) -> Stop:
+    import numpy as np
+
+    from machinegaze import zoo
+    from machinegaze.data import make_grid, save_image
+    from machinegaze.detect.evaluate import grad_cam
+    from machinegaze.detect.predict import predict_paths, write_predictions_csv
+    from machinegaze.detect.sources import Preprocess, to_tensor
+    from machinegaze.data import open_image
+    from machinegaze.generate import GenerateConfig, generate_images
+    model = zoo.load_detector(None)
+    fdir = cfg.outdir / "detect_faces"
+    fdir.mkdir(parents=True, exist_ok=True)
+    imgs, _ = generate_images(G, list(range(200, 208)), GenerateConfig(trunc=0.7))
+    for i in range(imgs.shape[0]):
+        save_image(imgs[i:i + 1], fdir / f"generated_{i}.png")
+    paths = [fdir] + ([cfg.faces] if cfg.faces else [])
+    preds = predict_paths(model, paths)
+    write_predictions_csv(preds, cfg.outdir / "detect_predictions.csv")
+    pre = Preprocess(model.spec.size, model.spec.jpeg_quality)
+    x = to_tensor(np.stack([pre(open_image(p.path)) for p in preds[:8]]))
+    cam = grad_cam(model, x)
+    heat = torch.cat([cam * 2 - 1, torch.zeros_like(cam) - 1, (1 - cam) * 2 - 1], 1)
+    overlay = (0.55 * x + 0.45 * heat).clamp(-1, 1)
+    save_image(make_grid(torch.cat([x, overlay]), ncols=x.shape[0]), cfg.outdir / "detect_gradcam.png")
+    n_fake = sum(p.verdict == "fake" for p in preds[:8])
+    return Stop("Detect", f"The bundled detector's calibrated verdicts on 8 faces the bundled generator made: "
+                f"{n_fake}/8 called fake (mean P(fake) {np.mean([p.prob_fake for p in preds[:8]]):.2f})"
+                + (f"; plus {len(preds) - 8} of your faces from {cfg.faces}" if cfg.faces else "")
+                + ". Bottom row: Grad-CAM, red where the 'fake' score looked.",
+                ["detect_gradcam.png", "detect_predictions.csv"])
+
+
+STOPS += [stop_project, stop_dream, stop_uncanny, stop_detect]
+
+
 def render_index(stops: list[Stop], outdir: Path, header: str) -> Path:
     from machinegaze.data import atomic_path
     parts = [f"<!doctype html><meta charset=utf-8><title>machinegaze tour</title>",
@@ -115,6 +233,7 @@ def run_tour(cfg: TourConfig, on_stop: Optional[Callable[[Stop], None]] = None) 
     from machinegaze import checkpoints
     cfg.outdir.mkdir(parents=True, exist_ok=True)
     path, desc = _find_network(cfg)
+    cfg = dataclasses.replace(cfg, network_path=path)
     G = checkpoints.load_networks(path).generator
     stops = []
     t_all = time.perf_counter()
@@ -122,7 +241,7 @@ def run_tour(cfg: TourConfig, on_stop: Optional[Callable[[Stop], None]] = None) 
         t0 = time.perf_counter()
         try:
             s = fn(cfg, G, desc)
-        except GazeError as e:
+        except (GazeError, ImportError) as e:
             s = Stop(fn.__name__.replace("stop_", "").title(), "", skipped=str(e))
         s.seconds = time.perf_counter() - t0
         stops.append(s)

@@ -452,7 +452,7 @@ class Trainer:
 
     def _add(self, **kv: float) -> None:
         for k, v in kv.items():
-            self.stats[k] = self.stats.get(k, 0.0) + float(v)
+            self.stats[k] = self.stats.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v)
 
     def step(self) -> None:
         """One minibatch: Gmain [+ Greg], Dmain [+ Dreg], w_avg, G_ema. Lazy regularisers (interval > 1) take
@@ -696,5 +696,25 @@ def train(cfg: TrainConfig, progress: ProgressFn = None, stop_after_steps: Optio
     final = snapshot_path(outdir, state.step * B)
     if main and not final.is_file():  # resumed a finished run with the same kimg
         save_snapshot(state, final, state.step * B)
-    dist.barrier()
+    if dist.on:
+        dist.barrier()
+        torch.distributed.destroy_process_group()
     return final
+
+
+# ================================================================ shipping a trained model
+def export_networks(snapshot: str | os.PathLike, out: str | os.PathLike, meta: Optional[dict] = None,
+                    half: bool = True) -> Path:
+    """G_ema + D of a training snapshot as a (by default fp16) network file without the training state;
+    the run's config, dataset description, step and wall time go into the metadata."""
+    from machinegaze import checkpoints
+
+    nets = checkpoints.load_networks(snapshot)
+    if nets.G_ema is None:
+        raise GazeError(f"{snapshot}: holds no G_ema")
+    m = nets.meta
+    info = {"kind": "machinegaze-trained-generator", "source_snapshot": Path(snapshot).name,
+            "step": m.get("step"), "kimg": m.get("kimg"), "wall_s": m.get("wall_s"), "config": m.get("config"),
+            "dataset": m.get("dataset"), "loss": m.get("loss")}
+    info.update(meta or {})
+    return checkpoints.save_networks(out, {"G_ema": nets.G_ema, "D": nets.D}, meta=info, half=half)

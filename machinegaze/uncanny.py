@@ -510,6 +510,8 @@ def run_uncanny(network: str | os.PathLike, outdir: str | os.PathLike, cfg: Unca
         if start_step == 0:
             rec0 = snapshot(0, [])
             if cfg.max_collapse is not None and rec0["diversity"] < cfg.max_collapse:
+                for p in (outdir / "metrics.jsonl", grid_path(outdir, 0), outdir / "run.json"):
+                    p.unlink(missing_ok=True)  # nothing was fine-tuned: leave no half-started run behind
                 raise GazeError(f"the starting generator's diversity ({rec0['diversity']:.4f}) is already below "
                                 f"--max-collapse {cfg.max_collapse}")
             report(progress, 0, cfg.steps, critic_fake=rec0["critic_fake"], diversity=rec0["diversity"])

@@ -47,7 +47,10 @@ def _bundled(relpath: str):
 
 
 GENERATORS: dict[str, tuple[str, object]] = {}
-# Filled as bundled models land, e.g. GENERATORS["faces64"] = ("...", _bundled("faces64.safetensors")).
+GENERATORS["faces64"] = ("StyleGAN2 64 px faces trained on CPU by machinegaze (G_ema + D, fp16); "
+                         "see assets/MODEL_CARD_faces64.md", _bundled("faces64.safetensors"))
+GENERATORS["faces64-early"] = ("the same run's early snapshot (~10% of training), for before/after comparisons",
+                               _bundled("faces64_early.safetensors"))
 
 ALIASES = {"default": "faces64"}
 

@@ -333,3 +333,23 @@ def test_labels_are_real_zero_fake_one():
     assert (REAL, FAKE) == (0, 1)
     it = Item("x", FAKE, "s", "g")
     assert select([it], None) == [it]
+
+
+def test_generator_source_renders_seeds_on_the_fly(tmp_path):
+    from machinegaze.checkpoints import save_networks
+    from machinegaze.nets.stylegan2 import Generator
+    torch.manual_seed(0)
+    G = Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3,
+                  mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=128, channel_max=32))
+    net = save_networks(tmp_path / "g.safetensors", {"G_ema": G.eval()})
+    src = parse_source(f"stylegan2:{net}", n_generated=12)
+    items = src.items()
+    assert len(items) == 12 and all(it.label == FAKE and it.seed is not None for it in items)
+    assert len({split_of(it.group) for it in items}) > 1  # seeds split like identities
+    pre = Preprocess(32, 75)
+    a = ImageCache().arrays(items[:3], pre, [src])
+    b = ImageCache().arrays(items[:3], pre, [src])
+    assert a.shape == (3, 32, 32, 3) and np.array_equal(a, b)  # NVlabs seeds: the same images every time
+    assert not np.array_equal(a[0], a[1])
+    with pytest.raises(GazeError):
+        ImageCache().arrays(items[:1], pre)  # generated items need their source

@@ -171,7 +171,8 @@ def test_tiles_bound_the_crop_size(dnet):
     dm.objective_gradient(dnet, dm.LayerObjective("relu3"), rand_image(200, 120), tile=32, margin=16,
                           generator=torch.Generator().manual_seed(0), strides=strides)
     h.remove()
-    assert len(seen) > 4 and max(max(s) for s in seen) <= 32 + 2 * 16
+    assert len(seen) > 4 and max(max(s) for s in seen) <= 32 + 2 * 16 + 2
+    assert len(set(seen)) <= 4  # nearly uniform crops (edge tiles take more context instead of shrinking)
 
 
 def test_zoom_video(dnet, tmp_path):

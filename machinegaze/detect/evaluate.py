@@ -6,7 +6,7 @@ run a model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -304,6 +304,7 @@ class EvalResult:
     summary: dict
     per_source: list[dict]
     per_subgroup: list[dict]
+    preprocess: dict = field(default_factory=dict)  # {"size", "jpeg_quality"} the images were fed at
 
     @property
     def labels(self) -> np.ndarray:
@@ -314,8 +315,8 @@ class EvalResult:
         return sigmoid(self.logits / self.temperature)
 
     def to_dict(self) -> dict:
-        return {"temperature": self.temperature, "threshold": self.threshold, "summary": self.summary,
-                "per_source": self.per_source, "per_subgroup": self.per_subgroup}
+        return {"temperature": self.temperature, "threshold": self.threshold, "preprocess": self.preprocess,
+                "summary": self.summary, "per_source": self.per_source, "per_subgroup": self.per_subgroup}
 
     def write(self, out_dir) -> None:
         """metrics.json and predictions.csv (path, source, label, logit, prob_fake, verdict) into out_dir."""
@@ -367,4 +368,6 @@ def evaluate_detector(model: torch.nn.Module, items: list, sources: Sequence | N
     cache = cache or ImageCache()
     x = cache.arrays(items, pre, sources, progress)
     logits = predict_logits(model, x, progress=progress)
-    return score_items(items, logits, float(model.temperature), float(model.threshold), n_boot, seed)
+    res = score_items(items, logits, float(model.temperature), float(model.threshold), n_boot, seed)
+    res.preprocess = {"size": pre.size, "jpeg_quality": pre.jpeg_quality}
+    return res

@@ -57,7 +57,7 @@ def load_eval(run_dir: str | os.PathLike) -> ev.EvalResult:
             items.append(Item(row["path"], 1 if row["label"] == "fake" else 0, row["source"], row["path"], attrs))
             logits.append(float(row["logit"]))
     return ev.EvalResult(items, np.array(logits), float(m["temperature"]), float(m["threshold"]), m["summary"],
-                         m["per_source"], m["per_subgroup"])
+                         m["per_source"], m["per_subgroup"], m.get("preprocess") or {})
 
 
 # ---------------------------------------------------------------- figures from predictions
@@ -200,7 +200,12 @@ def pixel_figures(res: ev.EvalResult, model=None, sources=None, cache=None, k_lo
     if not res.items:
         return out
     spec = getattr(model, "spec", None)
-    pre = Preprocess(spec.size, spec.jpeg_quality) if spec is not None else Preprocess()
+    if spec is not None:
+        pre = Preprocess(spec.size, spec.jpeg_quality)
+    elif res.preprocess:
+        pre = Preprocess(int(res.preprocess["size"]), res.preprocess.get("jpeg_quality"))
+    else:
+        pre = Preprocess()
     idx = ev.top_losses(res.labels, res.prob, k_losses)
     imgs = _images([res.items[i] for i in idx], pre, sources, cache)
     if imgs is None:

@@ -1,0 +1,293 @@
+"""The lab page in a real browser: headless Debian Chromium (Playwright, sync API) against `gaze serve` running
+as a real uvicorn server on a free loopback port. Screenshots go to tests/artifacts/ (git-ignored)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path(os.environ.get("GAZE_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = [pytest.mark.timeout(300)]  # generous: CI machines may be busy
+
+if not CHROMIUM.is_file():
+    pytest.skip(f"no Chromium at {CHROMIUM}: `make setup` installs Debian's chromium (apt-get install chromium)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+httpx = pytest.importorskip("httpx")
+
+
+def bundled_detector_available() -> bool:
+    from machinegaze import GazeError, zoo
+    try:
+        zoo.resolve_detector("default")
+        return True
+    except GazeError:
+        return False
+
+
+# ---------------------------------------------------------------- servers and browser
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m machinegaze.cli serve ...` on 127.0.0.1:<free port>, stopped with SIGTERM (then SIGKILL)."""
+
+    def __init__(self, args: list[str], data_dir: Path, log: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log, "wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        # One torch thread: with two, every op waits for both threads, which is very slow on a busy machine.
+        self.proc = subprocess.Popen([sys.executable, "-m", "machinegaze.cli", "serve", "--host", "127.0.0.1",
+                                      "--port", str(self.port), "--data-dir", str(data_dir), "--threads", "1", *args],
+                                     cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 60:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gaze serve exited with {self.proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/api/status", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"gaze serve did not answer within 60 s: {log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / ".gitignore").write_text("*\n")
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="module")
+def network(golden_dir) -> Path:
+    p = golden_dir / "sg2_skip_32.pkl"
+    if not p.is_file():
+        pytest.skip(f"golden network missing: {p}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def face(shared) -> Path:
+    faces = sorted((shared / "data" / "faces" / "real").rglob("*.jpg"))
+    if not faces:
+        pytest.skip("no face photos in shared/data/faces/real")
+    return faces[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_detector(tmp_path_factory) -> Path:
+    import torch
+
+    from machinegaze import checkpoints
+    from machinegaze.detect.model import DetectorSpec, build_detector
+    torch.manual_seed(0)
+    det = build_detector(DetectorSpec(arch="smallcnn", size=32, width=4), pretrained=False).eval()
+    path = tmp_path_factory.mktemp("det") / "tiny_detector.safetensors"
+    checkpoints.save_detector(path, det, meta={"note": "random weights, for tests"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(network, tiny_detector, tmp_path_factory, artifacts):
+    """The lab with the golden 32 px network and a tiny (untrained) detector."""
+    d = tmp_path_factory.mktemp("lab")
+    s = Server(["--network", str(network), "--detector", str(tiny_detector)], d / "data", artifacts / "server.log")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1200, "height": 900})
+    pg = ctx.new_page()
+    pg.set_default_timeout(60_000)
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.errors = errors
+    yield pg
+    ctx.close()
+
+
+def open_tab(page, url: str, tab: str) -> None:
+    page.goto(f"{url}/#{tab}")
+    page.wait_for_selector("body[data-ready=true]")
+    if not page.is_visible(f"#tab-{tab}.active"):
+        page.click(f"#tab-btn-{tab}")
+    page.wait_for_selector(f"#tab-{tab}.active")
+
+
+def shown_pixels(page, selector: str) -> bytes:
+    """The RGBA pixels an <img> shows, read back through a canvas (what a person sees)."""
+    data = page.evaluate("""(sel) => {
+        const img = document.querySelector(sel);
+        const c = document.createElement('canvas');
+        c.width = img.naturalWidth; c.height = img.naturalHeight;
+        const ctx = c.getContext('2d');
+        ctx.drawImage(img, 0, 0);
+        return Array.from(ctx.getImageData(0, 0, c.width, c.height).data);
+    }""", selector)
+    return bytes(data)
+
+
+# ---------------------------------------------------------------- tests
+def test_page_loads(page, server, artifacts):
+    open_tab(page, server.url, "detect")
+    assert "machinegaze" in page.inner_text("#server-info")
+    for tab in ("detect", "mix", "project", "dream", "uncanny", "gallery"):
+        assert page.is_visible(f"#tab-btn-{tab}")
+    page.screenshot(path=str(artifacts / "page.png"), full_page=True)
+    assert not page.errors, page.errors
+
+
+def test_api_docs_render_offline(page, server, artifacts):
+    page.goto(f"{server.url}/docs")
+    page.wait_for_selector('[data-path="/api/detect"]')  # Swagger UI rendered the operations: no CDN needed
+    page.screenshot(path=str(artifacts / "docs.png"))
+
+
+def test_detect_upload_gives_verdict(page, server, face, artifacts):
+    open_tab(page, server.url, "detect")
+    assert page.is_hidden("#detect-unavailable")
+    page.set_input_files("#detect-file", str(face))
+    page.click("#detect-run")
+    page.wait_for_selector("#detect-result:not([hidden])")
+    verdict = page.inner_text("#detect-verdict")
+    prob = float(page.inner_text("#detect-prob"))
+    assert verdict in ("real", "fake") and 0.0 <= prob <= 1.0
+    page.wait_for_function("() => document.getElementById('detect-overlay').naturalWidth > 0")
+    page.screenshot(path=str(artifacts / "detect.png"), full_page=True)
+    assert not page.errors, page.errors
+
+
+@pytest.mark.skipif(bundled_detector_available(), reason="the bundled detector is in this build (see the next test)")
+def test_detect_tab_unavailable_without_bundled_detector(browser, network, tmp_path, artifacts):
+    s = Server(["--network", str(network)], tmp_path / "data", artifacts / "server-nodetector.log")
+    try:
+        ctx = browser.new_context()
+        pg = ctx.new_page()
+        open_tab(pg, s.url, "detect")
+        note = pg.locator("#detect-unavailable")
+        note.wait_for(state="visible")
+        assert "Unavailable" in note.inner_text() and "detector" in note.inner_text()
+        assert pg.is_disabled("#detect-run")
+        assert "off" in (pg.get_attribute("#tab-btn-detect", "class") or "")
+        pg.screenshot(path=str(artifacts / "detect-unavailable.png"), full_page=True)
+        ctx.close()
+    finally:
+        s.stop()
+
+
+@pytest.mark.skipif(not bundled_detector_available(),
+                    reason="waits for the bundled detector (zoo 'default'): runs by itself once it is in the build")
+def test_detect_verdict_with_bundled_detector(browser, network, face, tmp_path, artifacts):
+    s = Server(["--network", str(network)], tmp_path / "data", artifacts / "server-bundled.log")
+    try:
+        ctx = browser.new_context()
+        pg = ctx.new_page()
+        open_tab(pg, s.url, "detect")
+        pg.set_input_files("#detect-file", str(face))
+        pg.click("#detect-run")
+        pg.wait_for_selector("#detect-result:not([hidden])", timeout=60_000)
+        assert pg.inner_text("#detect-verdict") in ("real", "fake")
+        pg.screenshot(path=str(artifacts / "detect-bundled.png"), full_page=True)
+        ctx.close()
+    finally:
+        s.stop()
+
+
+def test_mix_slider_changes_image(page, server, artifacts):
+    open_tab(page, server.url, "mix")
+    page.wait_for_function("() => document.getElementById('mix-image').dataset.item")
+    first_item = page.get_attribute("#mix-image", "data-item")
+    before = shown_pixels(page, "#mix-image")
+    page.focus("#mix-coarse")
+    page.keyboard.press("End")  # move the coarse slider all the way to B, as a person would
+    assert page.input_value("#mix-coarse") == "1"
+    page.wait_for_function("i => document.getElementById('mix-image').dataset.item !== i", arg=first_item)
+    page.wait_for_function("() => document.getElementById('mix-image').naturalWidth > 0")
+    after = shown_pixels(page, "#mix-image")
+    assert len(before) == len(after) == 32 * 32 * 4 and before != after
+    assert page.evaluate("() => document.getElementById('mix-image').src.startsWith('blob:')")
+    assert page.inner_text("#mix-coarse-out") == "1"
+    page.screenshot(path=str(artifacts / "mix.png"), full_page=True)
+    assert not page.errors, page.errors
+
+
+def test_projection_progress_then_result(page, server, face, artifacts):
+    open_tab(page, server.url, "project")
+    page.fill("#project-steps", "8")  # tiny and fast: 8 steps on a 32 px network
+    page.set_input_files("#project-file", str(face))
+    page.evaluate("""() => {
+        window.__statuses = [];
+        new MutationObserver(() => window.__statuses.push(document.getElementById('project-status').textContent))
+            .observe(document.getElementById('project-status'), {childList: true, characterData: true, subtree: true});
+    }""")
+    page.click("#project-run")
+    page.wait_for_selector("#project-progress:not([hidden])")
+    page.wait_for_selector("#project-result-box:not([hidden])", timeout=90_000)
+    statuses = page.evaluate("window.__statuses")
+    assert any("step" in s and "/8" in s for s in statuses), statuses
+    assert page.get_attribute("#project-status", "data-status") == "done"
+    page.wait_for_function("() => document.getElementById('project-result').naturalWidth > 0")
+    assert "LPIPS" in page.inner_text("#project-lpips")
+    page.screenshot(path=str(artifacts / "project.png"), full_page=True)
+    # breed it: the projection becomes Mix's parent B
+    page.click("#project-breed")
+    page.wait_for_selector("#tab-mix.active")
+    item = page.get_attribute("#project-result", "data-item")
+    assert page.input_value("#mix-item-b") == item
+    page.wait_for_function("() => document.getElementById('mix-b-img').naturalWidth > 0")
+    assert not page.errors, page.errors
+
+
+def test_gallery_shows_lineage(page, server, artifacts):
+    httpx.post(f"{server.url}/api/mix", json={"a": {"seed": 21}, "b": {"seed": 22}, "fine": 1.0}, timeout=30)
+    open_tab(page, server.url, "gallery")
+    page.select_option("#gallery-kind", "mix")
+    page.wait_for_selector("#gallery-grid figure")
+    page.click("#gallery-grid figure >> nth=0")
+    page.wait_for_selector("#gallery-detail:not([hidden])")
+    parents = page.locator("#gallery-parents .link")
+    assert parents.count() == 2
+    parents.nth(0).click()  # follow the lineage to parent A
+    page.wait_for_function("() => document.getElementById('gallery-detail-title').textContent.startsWith('generate')")
+    assert page.locator("#gallery-children .link").count() >= 1
+    page.screenshot(path=str(artifacts / "gallery.png"), full_page=True)
+    assert not page.errors, page.errors

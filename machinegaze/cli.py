@@ -542,7 +542,7 @@ def project_cmd(
         s = (r.get("realism") or {}).get(who)
         if s:
             print(f"  D on the {who}: logit {s['d_logit']:+.3f} (sigmoid {s['d_sigmoid']:.3f}), "
-                  f"{s['percentile_among_generated']:.0f}th percentile of generated images"
+                  f"more real than {s['percentile_among_generated']:.0f}% of the network's own images"
                   + ("  -> out of domain" if s["out_of_domain"] else ""))
     print(f"wrote {', '.join(p.name for p in run.files.values())} to {outdir}")
 

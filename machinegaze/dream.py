@@ -585,7 +585,7 @@ def deepdream(image: torch.Tensor, dnet: DreamNet, objective: Objective, cfg: Dr
 
 # ================================================================ from noise: Fourier-parameterised image
 # Square root of ImageNet's RGB colour correlation (from lucid); images are optimised in this decorrelated space.
-_COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+_COLOR_SQRT = ((0.26, 0.09, 0.02), (0.27, 0.00, -0.05), (0.27, -0.09, 0.03))
 
 
 class FourierImage(nn.Module):
@@ -602,7 +602,8 @@ class FourierImage(nn.Module):
         freq = torch.sqrt(fx ** 2 + fy ** 2)
         self.register_buffer("scale", 1.0 / freq.clamp(min=1.0 / max(h, w)) ** decay, persistent=False)
         self.spectrum = nn.Parameter(torch.randn(1, 3, h, w // 2 + 1, 2, generator=generator) * sd)
-        color = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
+        color = torch.tensor(_COLOR_SQRT)
+        color = color / color.norm(dim=0).max()
         self.register_buffer("color", color, persistent=False)
 
     def forward(self) -> torch.Tensor:

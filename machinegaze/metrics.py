@@ -14,7 +14,6 @@ upwards for small sets; KID is unbiased).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch

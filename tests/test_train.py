@@ -1,7 +1,6 @@
 """Trainer (train.py), `gaze train` / `gaze metrics` and the FID/KID-EffNetLite0 metric (metrics.py).
 
 Tiny 16 px networks, a few steps each. The DDP test starts two real processes with torchrun."""
-import dataclasses
 import json
 import os
 import subprocess

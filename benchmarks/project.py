@@ -93,9 +93,20 @@ def worker(args) -> None:
 
     proj = project(G, target, recipe, lpips=lpips, seed=args.seed, c=c, monitor=monitor)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    real = None
+    if nets.D is not None:  # after the clocks stopped: how real the result looks to D, among 64 of G's own images
+        from machinegaze.project import realism, reference_logits
+        ref = reference_logits(G, nets.D, 64, class_idx)
+        real = {"projection": realism(nets.D, proj.image, c, ref), "target": realism(nets.D, target, c, ref)}
     print(json.dumps({"target": args.target, "target_desc": desc, "preset": args.preset, "recipe": asdict(recipe),
                       "lpips": proj.lpips, "wall_s": proj.wall_s, "cpu_s": proj.cpu_s, "setup": proj.setup,
-                      "curve": curve, "peak_rss_mb": rss_mb}))
+                      "curve": curve, "peak_rss_mb": rss_mb, "realism": real}))
+
+
+def pct(run: dict, who: str) -> str:
+    """D's realism of the target or the projection: percentile among the network's own images."""
+    r = (run.get("realism") or {}).get(who)
+    return "-" if r is None else f"{r['percentile_among_generated']:.0f}"
 
 
 def time_to(curve: list[dict], level: float, key: str):
@@ -179,8 +190,8 @@ def main() -> None:
 
     print(f"\nnetwork: {network}; {args.threads} thread(s); seed {args.seed}")
     print(f"| target | nvlabs LPIPS | nvlabs wall s (cpu s) | fast final LPIPS | fast wall s to baseline (cpu s) "
-          f"| ratio wall | ratio cpu | peak RSS nvlabs / fast MB |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"| ratio wall | ratio cpu | peak RSS nvlabs / fast MB | D percentile target / nvlabs / fast |")
+    print("|---|---|---|---|---|---|---|---|---|")
     summary = {}
     for target, rr in results.items():
         b, f = rr.get("nvlabs"), rr.get("fast")
@@ -192,7 +203,8 @@ def main() -> None:
         summary[target] = {"baseline_lpips": b["lpips"], "fast_lpips": f["lpips"], "ratio_wall": rw, "ratio_cpu": rc}
         fmt = lambda v, p=2: "not reached" if v is None else f"{v:.{p}f}"  # noqa: E731
         print(f"| {target} | {b['lpips']:.4f} | {b['wall_s']:.1f} ({b['cpu_s']:.1f}) | {f['lpips']:.4f} | "
-              f"{fmt(tw, 1)} ({fmt(tc, 1)}) | {fmt(rw)} | {fmt(rc)} | {b['peak_rss_mb']:.0f} / {f['peak_rss_mb']:.0f} |")
+              f"{fmt(tw, 1)} ({fmt(tc, 1)}) | {fmt(rw)} | {fmt(rc)} | {b['peak_rss_mb']:.0f} / {f['peak_rss_mb']:.0f} | "
+              f"{pct(b, 'target')} / {pct(b, 'projection')} / {pct(f, 'projection')} |")
     Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out_json).write_text(json.dumps({"network": network, "threads": args.threads, "results": results,
                                                "summary": summary}, indent=1))

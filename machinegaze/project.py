@@ -87,7 +87,7 @@ PRESETS: dict[str, Recipe] = {
     # NVlabs stylegan2-ada-pytorch projector.py defaults.
     "nvlabs": Recipe(),
     # Chosen by measurement (benchmarks/project.py): reaches the nvlabs preset's final LPIPS in <= 1/5 of its time.
-    "fast": Recipe(steps=150, space="w+", w_steps=30, init="search", candidates=64, lr=0.05, schedule="cosine",
+    "fast": Recipe(steps=150, space="w+", w_steps=15, init="search", candidates=64, lr=0.2, schedule="cosine",
                    lr_rampup=0.02, w_noise=0.0, optimize_noise=False, noise_weight=0.0, clamp=True),
 }
 

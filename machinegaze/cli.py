@@ -292,7 +292,13 @@ def detect_train_cmd(
     epochs: int = typer.Option(3, "--epochs", help="epochs after unfreezing (discriminative LRs, one-cycle)"),
     batch_size: int = typer.Option(32, "--batch-size"),
     lr: str = typer.Option("2e-3", "--lr", help="head learning rate"),
+    lr_mult: float = typer.Option(100.0, "--lr-mult", help="discriminative LRs: the layers nearest the input get "
+                                  "lr/lr-mult (fastai's slice(lr/mult, lr)); lower it to adapt early layers more"),
+    balance_sources: bool = typer.Option(False, "--balance-sources/--no-balance-sources",
+                                         help="weight every source equally within its class"),
     max_per_source: int = typer.Option(400, "--max-per-source", help="training images per source"),
+    crop: Optional[int] = typer.Option(None, "--crop", help="train on random crops of this size (native pixels); "
+                                       "predict sees the whole --size image"),
     seed: int = typer.Option(0, "--seed"),
     data: Optional[Path] = typer.Option(None, "--data", help="face data folder (default: $GAZE_FACES or ../shared/data/faces)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads"),
@@ -306,7 +312,7 @@ def detect_train_cmd(
     _set_threads(threads)
     cfg = TrainConfig(arch=arch, size=size, jpeg_quality=jpeg_quality, policy=policy, freeze_epochs=freeze_epochs,
                       epochs=epochs, batch_size=batch_size, lr=parse_float(lr, "lr"), max_per_source=max_per_source,
-                      seed=seed)
+                      crop=crop, lr_mult=lr_mult, balance_sources=balance_sources, seed=seed)
     with progress_bar("train") as cb:
         res = train_detector(train, cfg, data, progress=cb)
     import dataclasses

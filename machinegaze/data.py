@@ -37,9 +37,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs should get the usual permissions
+    mode = 0o666 & ~umask  # mkstemp makes 0600 files; outputs should get the usual permissions
+    os.chmod(tmp, mode)
     try:
         yield Path(tmp)
+        os.chmod(tmp, mode)  # again: some writers (safetensors) replace the file rather than write into it
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -149,7 +149,7 @@ def vgg16_features():
 
 # ---------------------------------------------------------------- fake-face detectors (machinegaze.detect)
 DETECTORS: dict[str, tuple[str, object]] = {
-    "effnetlite0_fakeface": ("EfficientNet-Lite0 real-vs-StyleGAN face detector, 128 px, fp16 (non-commercial)",
+    "effnetlite0_fakeface": ("EfficientNet-Lite0 real-vs-StyleGAN face detector, 256 px JPEG-q75 policy, fp16 (non-commercial)",
                              _bundled("detector/effnetlite0_fakeface.safetensors")),
 }
 DETECTOR_ALIASES = {"default": "effnetlite0_fakeface"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from machinegaze.detect import evaluate as ev
 from machinegaze.detect.model import Detector, DetectorSpec, freeze_body
 from machinegaze.detect.sources import (FAKE, REAL, ImageCache, Item, Preprocess, gather, held_out, parse_source,
                                         parse_sources, select, split_of, to_tensor)
-from machinegaze.detect.train import TrainConfig, _discriminative, fit, train_detector
+from machinegaze.detect.train import TrainConfig, _discriminative, _random_crops, fit, sample_weights, train_detector
 
 # ---------------------------------------------------------------- metrics vs hand computation
 Y = np.array([0, 0, 1, 1, 0, 1])
@@ -261,6 +262,29 @@ def test_frozen_phase_trains_only_the_head(shared):
     assert not any(p.requires_grad for p in model.body.parameters())
 
 
+def test_sample_weights_balance_classes_and_sources():
+    y = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    g = ["ffhq", "lfw", "lfw", "lfw", "lfw", "lfw", "sg1", "sg3"]
+    w = sample_weights(y, None, True, False)  # classes count equally: 6 reals share what 2 fakes get
+    assert w[:6].sum() == pytest.approx(w[6:].sum()) and w.mean() == pytest.approx(1.0)
+    w = sample_weights(y, g, True, True)  # and within the reals, the one FFHQ image weighs as much as 5 LFW ones
+    assert w[0] == pytest.approx(w[1:6].sum()) and w[:6].sum() == pytest.approx(w[6:].sum())
+    assert sample_weights(y, g, False, False).tolist() == [1.0] * 8
+
+
+def test_random_crops_keep_native_pixels():
+    x = np.arange(2 * 8 * 8 * 3, dtype=np.int64).reshape(2, 8, 8, 3).astype(np.uint8)
+    g = torch.Generator().manual_seed(0)
+    c = _random_crops(x, 5, g)
+    assert c.shape == (2, 5, 5, 3)
+    for i in range(2):  # each crop is a contiguous window of its own image, pixels unresampled
+        hits = [(t, l) for t in range(4) for l in range(4) if np.array_equal(x[i, t:t + 5, l:l + 5], c[i])]
+        assert len(hits) == 1
+    assert _random_crops(x, 8, g) is x
+    with pytest.raises(GazeError, match="crop"):
+        TrainConfig(size=64, crop=65)
+
+
 def test_save_load_predict_and_cli(tiny_run, tmp_path):
     from typer.testing import CliRunner
 
@@ -269,6 +293,9 @@ def test_save_load_predict_and_cli(tiny_run, tmp_path):
     from machinegaze.detect.predict import predict_paths
     res, cfg, cache, faces, _ = tiny_run
     path = checkpoints.save_detector(tmp_path / "det.safetensors", res.model, meta={"note": "test"})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # the usual permissions, not mkstemp's 0600
     det = checkpoints.load_detector(path)
     assert det.meta == {"note": "test"} and det.spec == res.model.spec
     assert float(det.threshold) == pytest.approx(float(res.model.threshold))

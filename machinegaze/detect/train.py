@@ -44,9 +44,11 @@ class TrainConfig:
     lr_mult: float = 100.0  # body LRs go down to (lr/2)/lr_mult near the input
     weight_decay: float = 0.01
     max_per_source: int | None = 400  # images per source and split (train, test; val gets a quarter)
-    balance: bool = True
+    balance: bool = True  # fakes weighted n_real/n_fake so the two classes count equally
+    balance_sources: bool = False  # every source counts equally within its class (a small source is not drowned)
     seed: int = 0
     width: int = 32  # smallcnn width
+    crop: int | None = None  # train on random crops of this size (native pixels kept); test sees the whole image
 
     def __post_init__(self):
         if self.epochs < 0 or self.freeze_epochs < 0 or self.epochs + self.freeze_epochs == 0:
@@ -55,6 +57,8 @@ class TrainConfig:
             raise GazeError(f"batch size must be >= 2, got {self.batch_size}")
         if not self.lr > 0:
             raise GazeError(f"learning rate must be > 0, got {self.lr}")
+        if self.crop is not None and not 16 <= self.crop <= self.size:
+            raise GazeError(f"crop must be 16..size ({self.size}) px, got {self.crop}")
 
     @property
     def spec(self) -> DetectorSpec:
@@ -102,14 +106,47 @@ def _batches(n: int, bs: int, g: torch.Generator) -> list[torch.Tensor]:
     return out
 
 
+def _random_crops(x: np.ndarray, crop: int, g: torch.Generator) -> np.ndarray:
+    """One random crop x crop window per image of a uint8 [N, H, W, 3] batch (no resampling: pixels stay native)."""
+    n, h, w = x.shape[:3]
+    if crop >= h and crop >= w:
+        return x
+    top = torch.randint(0, h - crop + 1, (n,), generator=g).numpy()
+    left = torch.randint(0, w - crop + 1, (n,), generator=g).numpy()
+    rows = top[:, None] + np.arange(crop)[None, :]  # [N, crop]
+    cols = left[:, None] + np.arange(crop)[None, :]
+    return x[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def sample_weights(y: np.ndarray, groups: list[str] | None, balance: bool, balance_sources: bool) -> np.ndarray:
+    """Per-image loss weights, mean 1: classes count equally (balance), and sources within a class too."""
+    y = np.asarray(y)
+    w = np.ones(len(y), np.float64)
+    if balance_sources and groups is not None:
+        g = np.asarray(groups)
+        for lab in (0, 1):
+            names = np.unique(g[y == lab])
+            for name in names:
+                m = (y == lab) & (g == name)
+                w[m] = 1.0 / (m.sum() * len(names))  # each class now sums to 1
+    elif balance:
+        for lab in (0, 1):
+            w[y == lab] = 1.0 / max((y == lab).sum(), 1)
+    if not (balance or balance_sources):
+        return np.ones(len(y), np.float32)
+    return (w / w.mean()).astype(np.float32)
+
+
 def fit(model: Detector, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, x_val: np.ndarray | None = None,
-        y_val: np.ndarray | None = None, progress: ProgressFn = None) -> list[dict]:
-    """Train `model` in place on uint8 images [N, H, W, 3] with labels y (1 = fake); return the history."""
+        y_val: np.ndarray | None = None, progress: ProgressFn = None, groups: list[str] | None = None) -> list[dict]:
+    """Train `model` in place on uint8 images [N, H, W, 3] with labels y (1 = fake); return the history.
+
+    `groups` (the source of each image) is used by `cfg.balance_sources`."""
     y = np.asarray(y).astype(np.float32)
     if len(x) < 2 or len(np.unique(y)) < 2:
         raise GazeError(f"training needs real and fake images (got {int((y == 0).sum())} real, {int((y == 1).sum())} fake)")
     g = torch.Generator().manual_seed(cfg.seed)
-    pos_weight = float((y == 0).sum() / max((y == 1).sum(), 1)) if cfg.balance else 1.0
+    weights = torch.from_numpy(sample_weights(y, groups, cfg.balance, cfg.balance_sources))
     groups = model.layer_groups()
     steps_per_epoch = len(_batches(len(x), cfg.batch_size, torch.Generator().manual_seed(0)))
     total_steps = (cfg.freeze_epochs + cfg.epochs) * steps_per_epoch
@@ -137,7 +174,8 @@ def fit(model: Detector, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, x_val: 
                 model.body.eval()  # frozen BatchNorm statistics as well as weights
             t0, seen, loss_sum = time.perf_counter(), 0, 0.0
             for idx in _batches(len(x), cfg.batch_size, g):
-                xb = to_tensor(x[idx.numpy()])
+                xa = x[idx.numpy()]
+                xb = to_tensor(_random_crops(xa, cfg.crop, g) if cfg.crop else xa)
                 flip = torch.rand(len(idx), generator=g) < 0.5
                 xb[flip] = xb[flip].flip(-1)
                 yb = torch.from_numpy(y[idx.numpy()])
@@ -147,7 +185,7 @@ def fit(model: Detector, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, x_val: 
                     logits = model.logit_from_map(fmap)
                 else:
                     logits = model(xb)
-                loss = bce_loss(logits, yb, pos_weight)
+                loss = bce_loss(logits, yb, weight=weights[idx])
                 if not torch.isfinite(loss):
                     raise GazeError(f"training diverged (loss {loss.item()}) at step {step}; try a lower --lr")
                 opt.zero_grad(set_to_none=True)
@@ -189,7 +227,7 @@ def train_detector(train_sources: str | list[str] | list[Source], cfg: TrainConf
     torch.manual_seed(cfg.seed)
     model = build_detector(cfg.spec, pretrained=cfg.pretrained)
     t0 = time.perf_counter()
-    history = fit(model, x_tr, y_tr, cfg, x_va, y_va, progress)
+    history = fit(model, x_tr, y_tr, cfg, x_va, y_va, progress, groups=[it.source for it in tr])
     seconds = time.perf_counter() - t0
     if len(va) and len(np.unique(y_va)) == 2:
         cal = ev.calibrate(ev.predict_logits(model, x_va), y_va)

@@ -8,26 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
+
+from _common import matmul_gflops, peak_rss_gb, run_child
 
 CASES = {
     "128": dict(res=128, z_dim=512, w_dim=512, mapping_layers=8, channel_base=16384, channel_max=512),
     "1024": dict(res=1024, z_dim=512, w_dim=512, mapping_layers=8, channel_base=32768, channel_max=512),
 }
-
-
-def matmul_gflops(threads: int, n: int = 2048, reps: int = 10) -> float:
-    import torch
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
 def run_case(name: str, batch: int, threads: int, reps: int, compiled: bool, tune: bool) -> dict:
@@ -71,7 +61,7 @@ def run_case(name: str, batch: int, threads: int, reps: int, compiled: bool, tun
     gflops = flops_per_img * img_s / 1e9
     return dict(case=name, batch=batch, compiled=compiled, tuned_alloc=tune, img_s=img_s,
                 gflop_per_img=flops_per_img / 1e9, gflop_s=gflops, matmul_gflop_s=mm, efficiency=gflops / mm,
-                compile_s=t_compile, peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+                compile_s=t_compile, peak_rss_gb=peak_rss_gb())
 
 
 def end_to_end(name: str, threads: int) -> dict:
@@ -123,12 +113,11 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--case", name, "--batch", str(batch), "--threads", str(a.threads)]
         cmd += ["--compiled"] if compiled else []
         cmd += [] if tune else ["--no-tune"]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
+        x, r = run_child(cmd)
+        if x is None:
             print(f"case {name} b{batch} failed: {r.stderr.strip().splitlines()[-1:]}")
             continue
-        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-        x = rows[-1]
+        rows.append(x)
         print(f"{x['case']:>5} px  batch {x['batch']}  {'compiled' if x['compiled'] else 'eager   '}  "
               f"alloc {'tuned' if x['tuned_alloc'] else 'plain'}  {x['img_s']:7.3f} img/s  "
               f"{x['gflop_per_img']:6.1f} GFLOP/img  {x['gflop_s']:6.1f} GFLOP/s  matmul {x['matmul_gflop_s']:6.1f}  "

@@ -10,15 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-
-def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
-    import torch
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+from _common import matmul_gflops
 
 
 def time_case(model, size: int, batch: int, reps: int, grad: bool) -> tuple[float, float]:
@@ -62,7 +54,7 @@ def main() -> None:
 
     from machinegaze import zoo
     torch.set_num_threads(args.threads)
-    base = matmul_gflops()
+    base = matmul_gflops(reps=5)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.size} px, "
           f"{'forward+backward' if args.grad else 'forward (no grad)'}, best of {args.reps}")
     print(f"baseline: fp32 2048x2048 matmul {base:.1f} GFLOP/s")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
+
+from _common import matmul_gflops, peak_rss_gb, run_child
 
 # The bundled faces64 run: `gaze train --cfg small --res 64 --batch 16` (see machinegaze/assets/MODEL_CARD_faces64.md).
 CASES = {
@@ -21,17 +21,6 @@ CASES = {
     "medium64": dict(cfg="medium", res=64, batch=16),
     "tiny32": dict(cfg="tiny", res=32, batch=16),
 }
-
-
-def matmul_gflops(threads: int, n: int = 2048, reps: int = 10) -> float:
-    import torch
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
 def run_case(name: str, threads: int, steps: int, tune: bool) -> dict:
@@ -66,7 +55,7 @@ def run_case(name: str, threads: int, steps: int, tune: bool) -> dict:
                 gflop_s=gflop_s, matmul_gflop_s=mm, efficiency=gflop_s / mm,
                 g_params_m=sum(p.numel() for p in state.G.parameters()) / 1e6,
                 d_params_m=sum(p.numel() for p in state.D.parameters()) / 1e6,
-                peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+                peak_rss_gb=peak_rss_gb())
 
 
 def main() -> None:
@@ -86,11 +75,10 @@ def main() -> None:
     for name, threads, tune in plan:
         cmd = [sys.executable, __file__, "--case", name, "--threads", str(threads), "--steps", str(a.steps)]
         cmd += [] if tune else ["--no-tune"]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
+        x, r = run_child(cmd)
+        if x is None:
             print(f"case {name} failed: {r.stderr.strip().splitlines()[-1:]}")
             continue
-        x = json.loads(r.stdout.strip().splitlines()[-1])
         print(f"{x['case']:>9} ({x['cfg']}, {x['res']} px, batch {x['batch']}, G {x['g_params_m']:.2f}M D {x['d_params_m']:.2f}M)"
               f"  threads {x['threads']}  alloc {'tuned' if x['tuned_alloc'] else 'plain'}  {x['img_s']:6.1f} img/s"
               f"  {x['cpu_s_per_img'] * 1000:6.1f} CPU-ms/img  {x['gflop_per_img']:5.2f} GFLOP/img  {x['gflop_s']:5.1f} GFLOP/s"

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
+
+from _common import peak_rss_gb, run_child
 
 
 def networks(case: str):
@@ -90,7 +90,7 @@ def run_case(case: str, batch: int, threads: int, reps: int) -> dict:
     return dict(case=case, what=what, batch=batch, threads=threads, g_params=n_params, step_s=step_s,
                 step_cpu_s=median(cpu[2:]),
                 fwd_s=fwd_s, ratio=step_s / fwd_s, eval_s=eval_s,
-                peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+                peak_rss_gb=peak_rss_gb())
 
 
 def main() -> None:
@@ -108,11 +108,10 @@ def main() -> None:
     for case in ("bundled", "c8192"):
         cmd = [sys.executable, __file__, "--case", case, "--batch", str(a.batch), "--threads", str(a.threads),
                "--reps", str(a.reps)]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
+        x, r = run_child(cmd)
+        if x is None:
             print(f"{case}: failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
             continue
-        x = json.loads(r.stdout.strip().splitlines()[-1])
         print(f"{x['case']:8s} {x['g_params'] / 1e6:8.2f}M {x['step_s']:8.3f} {x['step_cpu_s']:7.3f} {x['fwd_s']:7.3f} {x['ratio']:8.2f} "
               f"{x['eval_s']:7.2f} {x['peak_rss_gb']:7.2f} GB  {x['what']}", flush=True)
 

@@ -11,31 +11,19 @@ from machinegaze import GazeError
 from machinegaze.align import AlignConfig, align_folder, align_image, detect_landmarks, ffhq_quad
 from machinegaze.checkpoints import load_mtcnn
 from machinegaze.nets.mtcnn import nms
+from tests.helpers import single_thread
 
 FFHQ = ["00000.jpg", "00003.jpg", "00011.jpg", "00042.jpg", "00123.jpg"]
 UTK = ["100_1_0_20170110183726390.jpg.chip.jpg", "10_0_0_20170110220033115.jpg.chip.jpg"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # MTCNN runs many tiny ops; on a busy 2-core machine a second intra-op thread makes them 10-50x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# MTCNN runs many tiny ops; on a busy 2-core machine a second intra-op thread makes them 10-50x slower.
+one_thread = pytest.fixture(single_thread, scope="module", autouse=True)
 
 
 @pytest.fixture(scope="module")
 def detector():
     return load_mtcnn()
-
-
-@pytest.fixture(scope="module")
-def faces_dir(shared):
-    d = shared / "data" / "faces" / "real"
-    if not d.is_dir():
-        pytest.skip("shared face images not found")
-    return d
 
 
 def utk_files(faces_dir, n=5):

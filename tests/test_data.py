@@ -11,22 +11,15 @@ from PIL import Image
 from machinegaze import GazeError
 from machinegaze.data import (BuildConfig, ImageDataset, build_dataset, group_key, parse_source, parse_splits,
                               split_of)
+from tests.helpers import single_thread
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # MTCNN's tiny ops crawl with 2 threads on a busy 2-core machine
-    yield
-    torch.set_num_threads(n)
+one_thread = pytest.fixture(single_thread, scope="module", autouse=True)  # MTCNN's tiny ops crawl with 2 threads
 
 
 @pytest.fixture(scope="module")
-def real(shared):
-    d = shared / "data" / "faces" / "real"
-    if not d.is_dir():
-        pytest.skip("shared face images not found")
-    return d
+def real(faces_dir):
+    return faces_dir
 
 
 @pytest.fixture

@@ -8,15 +8,11 @@ from torch import nn
 from machinegaze import GazeError
 from machinegaze import dream as dm
 from machinegaze.nets.features import OUTPUT, FeatureExtractor, list_layers
+from tests.helpers import single_thread, skip_without_efficientnet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: single-threaded torch is faster here than two contending threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# The machine is shared: single-threaded torch is faster here than two contending threads.
+one_thread = pytest.fixture(single_thread, autouse=True)
 
 
 def tiny_net(seed: int = 0) -> nn.Module:
@@ -222,12 +218,7 @@ def test_config_and_run_errors(dnet, tmp_path):
 # ---------------------------------------------------------------- real network
 @pytest.fixture(scope="module")
 def effnet():
-    from machinegaze import zoo
-
-    try:
-        zoo.efficientnet_lite0_file()
-    except GazeError as e:
-        pytest.skip(str(e))
+    skip_without_efficientnet()
     return dm.load_net("efficientnet")
 
 

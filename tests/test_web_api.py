@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -26,39 +25,15 @@ from machinegaze import GazeError  # noqa: E402
 from machinegaze.web import ServeConfig, create_app  # noqa: E402
 from machinegaze.web import gallery as gal  # noqa: E402
 from machinegaze.web.jobs import Gate, JobQueue, QueueFull  # noqa: E402
+from tests.helpers import single_thread  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 
 
 # ---------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The app's requests run one at a time; with two intra-op threads every op waits for both, which is very
-    slow on a busy machine. Restored afterwards for the other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def network(golden_dir) -> Path:
-    p = golden_dir / "sg2_skip_32.pkl"
-    if not p.is_file():
-        pytest.skip(f"golden network missing: {p}")
-    return p
-
-
-@pytest.fixture(scope="module")
-def tiny_detector(tmp_path_factory) -> Path:
-    """An untrained small-CNN detector: real detector code and file format, meaningless verdicts."""
-    from machinegaze import checkpoints
-    from machinegaze.detect.model import DetectorSpec, build_detector
-    torch.manual_seed(0)
-    det = build_detector(DetectorSpec(arch="smallcnn", size=32, width=4, jpeg_quality=75), pretrained=False).eval()
-    path = tmp_path_factory.mktemp("det") / "tiny_detector.safetensors"
-    checkpoints.save_detector(path, det, meta={"note": "random weights, for tests"})
-    return path
+# The app's requests run one at a time; with two intra-op threads every op waits for both, which is very slow on a
+# busy machine. Restored afterwards for the other test modules. (`network`, `tiny_detector`: conftest.py.)
+one_torch_thread = pytest.fixture(single_thread, scope="module", autouse=True)
 
 
 def png_bytes(size=(48, 40), seed=0, mode="RGB") -> bytes:

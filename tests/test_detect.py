@@ -380,3 +380,15 @@ def test_generator_source_renders_seeds_on_the_fly(tmp_path):
     assert not np.array_equal(a[0], a[1])
     with pytest.raises(GazeError):
         ImageCache().arrays(items[:1], pre)  # generated items need their source
+
+
+def test_ranking_metrics_survive_saturated_probabilities():
+    # A very confident detector: logits / T beyond ~37 make sigmoid exactly 1.0 in float64, so by probability every
+    # pair would tie (AUC 0.5). Ranked by logit, the order is still there.
+    y = np.array([0, 0, 1, 1])
+    logits = np.array([40.0, 41.0, 42.0, 43.0])
+    prob = ev.sigmoid(logits / 0.5)
+    assert np.all(prob == 1.0) and ev.roc_auc(y, prob) == pytest.approx(0.5)
+    s = ev.summarize(y, prob, 0.5, n_boot=20, score=logits)
+    assert s["roc_auc"] == pytest.approx(1.0) and s["average_precision"] == pytest.approx(1.0)
+    assert s["accuracy"] == pytest.approx(0.5)  # thresholded metrics still use the calibrated probabilities

@@ -172,9 +172,15 @@ def best_threshold(y: np.ndarray, prob: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------- bundled summaries
-def summarize(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Every headline number for one labelled set, with 95 % bootstrap intervals (stratified by label)."""
+def summarize(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,
+              score: np.ndarray | None = None) -> dict:
+    """Every headline number for one labelled set, with 95 % bootstrap intervals (stratified by label).
+
+    The ranking metrics (ROC AUC, AP) use `score` if given: pass the logits, because a very confident detector's
+    probabilities saturate to exactly 0 or 1 in float64 (logit/T beyond ~37) and saturated ties look like chance.
+    """
     y, prob = np.asarray(y).astype(int), np.asarray(prob, dtype=np.float64)
+    rank = prob if score is None else np.asarray(score, dtype=np.float64)
     pred = (prob >= threshold).astype(int)
     out: dict = {"n": int(len(y)), "n_real": int((y == 0).sum()), "n_fake": int((y == 1).sum()),
                  "threshold": float(threshold), "confusion": confusion_matrix(y, pred).tolist()}
@@ -183,7 +189,8 @@ def summarize(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5, n_boot: i
     bacc = lambda a, b: balanced_accuracy(a, (b >= threshold).astype(int))  # noqa: E731
     for name, fn in (("accuracy", acc), ("balanced_accuracy", bacc), ("roc_auc", roc_auc),
                      ("average_precision", average_precision)):
-        v, lo, hi = bootstrap_ci(fn, y, prob, n_boot=n_boot, seed=seed, strata=strata)
+        s = rank if name in ("roc_auc", "average_precision") else prob
+        v, lo, hi = bootstrap_ci(fn, y, s, n_boot=n_boot, seed=seed, strata=strata)
         out[name], out[name + "_ci"] = v, [lo, hi]
     for c, name in ((0, "real"), (1, "fake")):
         m = y == c
@@ -342,7 +349,7 @@ def score_items(items: list, logits: np.ndarray, temperature: float, threshold: 
     """Summaries for logits already computed on labelled items."""
     y = np.array([it.label for it in items], dtype=int)
     prob = sigmoid(np.asarray(logits, dtype=np.float64) / temperature)
-    summary = summarize(y, prob, threshold, n_boot, seed)
+    summary = summarize(y, prob, threshold, n_boot, seed, score=np.asarray(logits, dtype=np.float64))
     summary["ece_uncalibrated"] = expected_calibration_error(y, sigmoid(logits))
     summary["nll"] = float(losses(y, prob).mean()) if len(y) else float("nan")
     per_source = accuracy_by([it.source for it in items], y, prob, threshold, n_boot, seed)

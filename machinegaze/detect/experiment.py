@@ -135,7 +135,7 @@ def per_source_auc(result: ev.EvalResult) -> dict[str, float]:
     threshold; for a real source, how well its faces are told from the fakes.
     """
     y = result.labels
-    p = result.prob
+    p = np.asarray(result.logits, dtype=np.float64)  # logits, not probabilities: those can saturate into ties
     src = np.array([it.source for it in result.items], dtype=object)
     out = {}
     for s in sorted(set(src)):

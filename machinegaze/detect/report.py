@@ -63,7 +63,7 @@ def load_eval(run_dir: str | os.PathLike) -> ev.EvalResult:
 # ---------------------------------------------------------------- figures from predictions
 def fig_roc_pr(res: ev.EvalResult):
     plt = _plt()
-    y, p = res.labels, res.prob
+    y, p = res.labels, np.asarray(res.logits, dtype=np.float64)  # ranking by logit: probabilities can saturate
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4))
     if len(np.unique(y)) == 2:
         fpr, tpr, _ = ev.roc_curve(y, p)

@@ -428,7 +428,7 @@ def detect_report_cmd(
 @app.command()
 def dream(image: Optional[Path] = typer.Argument(None, help="Photo to dream on (not needed with --from-noise)"),
           out: Path = typer.Option(Path("dream.png"), "--out", "-o", help=".png/.jpg, or .mp4/.gif with --zoom-frames"),
-          net: str = typer.Option("efficientnet", "--net", help="efficientnet | vgg16 | discriminator"),
+          net: str = typer.Option("efficientnet", "--net", help="efficientnet | vgg16 | discriminator | detector"),
           network: Optional[str] = typer.Option(None, "--network", help="StyleGAN2 file or model name (--net discriminator)"),
           layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer to amplify (NAME, or NAME:CHANNEL)"),
           class_: Optional[str] = typer.Option(None, "--class", "-c", help="ImageNet class to amplify: name or index"),

@@ -108,11 +108,21 @@ def _discriminator(network: Optional[str] = None) -> DreamNet:
     return discriminator_net(nets.D.requires_grad_(False))
 
 
+def _detector() -> DreamNet:
+    from machinegaze import zoo
+
+    det = zoo.load_detector(None).requires_grad_(False).eval()
+    # Its one output is the fake logit, exposed as a one-entry "class" so that `-c fake` amplifies fakeness.
+    return DreamNet("detector", det, default_layer="body.net._blocks.10._relu0", forward=lambda x: det(x)[:, None],
+                    class_names=["fake"], min_size=32, probe_size=int(det.spec.size))
+
+
 # name -> (description, constructor). Every constructor returns a ready DreamNet in eval mode.
 NETS: dict[str, tuple[str, Callable[..., DreamNet]]] = {
     "efficientnet": ("EfficientNet-Lite0, ImageNet classifier (default)", _efficientnet),
     "vgg16": ("VGG16 conv features (the ImageNet weights inside LPIPS-vgg)", _vgg16),
     "discriminator": ("a StyleGAN2 face discriminator (--network: a .pkl/.safetensors or model name)", _discriminator),
+    "detector": ("the bundled fake-face detector (EfficientNet-Lite0 fine-tuned on faces); class 'fake'", _detector),
 }
 
 

@@ -262,3 +262,17 @@ def test_cli_dream_and_list_layers(effnet, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["dream", str(tmp_path / "in.png"), "--class", "expresso", "--out", str(tmp_path / "o.png")])
     assert "espresso" in capsys.readouterr().err
+
+
+def test_dream_with_the_bundled_detector_raises_its_fake_logit():
+    try:
+        dnet = dm.load_net("detector")
+    except GazeError as e:
+        pytest.skip(f"bundled detector not available: {e}")
+    assert dnet.class_names == ["fake"] and dnet.default_layer in dnet.layer_names()
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(1, 3, 96, 96, generator=g) * 2 - 1
+    obj = dm.parse_objective("class:fake", dnet)
+    before = float(dnet(img)[0, 0])
+    res = dm.deepdream(img, dnet, obj, dm.DreamConfig(net="detector", octaves=1, steps=4, jitter=0, size=0))
+    assert float(dnet(res.image)[0, 0]) > before + 1.0  # gradient ascent on the fake logit

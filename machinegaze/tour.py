@@ -145,8 +145,8 @@ def _realism(r: dict) -> str:
 
 def stop_dream(cfg: TourConfig, G, desc: str) -> Stop:
     from machinegaze import dream
-    size = 224 if cfg.quick else 320
-    dcfg = dream.DreamConfig(size=size, octaves=3, steps=6 if cfg.quick else 10)
+    size = 224 if cfg.quick else 512
+    dcfg = dream.DreamConfig(size=size, octaves=3 if cfg.quick else 4, steps=6 if cfg.quick else 10)
     dream.run(dcfg, _tour_image("coffee", cfg.outdir), cfg.outdir / "dream_coffee.png")
     return Stop("Dream", "DeepDream on the coffee photo with EfficientNet-Lite0 (ImageNet weights): each octave "
                 "amplifies what a mid-level layer already half-sees, so textures turn into eyes, fur and "
@@ -209,20 +209,26 @@ def render_index(stops: list[Stop], outdir: Path, header: str) -> Path:
     from machinegaze.data import atomic_path
     parts = [f"<!doctype html><meta charset=utf-8><title>machinegaze tour</title>",
              "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;background:#111;color:#eee}"
-             "img,video{max-width:100%;image-rendering:pixelated;border:1px solid #333}section{margin:2em 0}"
+             "img,video{max-width:100%;min-width:192px;image-rendering:pixelated;border:1px solid #333}"
+             ".row{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}section{margin:2em 0}"
              ".skip{color:#f90}small{color:#999}</style>",
              "<h1>machinegaze tour</h1>", f"<p>{html.escape(header)}</p>"]
     for s in stops:
         parts.append(f"<section><h2>{html.escape(s.title)}</h2><p>{html.escape(s.sentence)}</p>")
         if s.skipped:
             parts.append(f"<p class=skip>Not shown: {html.escape(s.skipped)}</p>")
+        media, links = [], []
         for f in s.files:
             if f.endswith((".png", ".jpg", ".gif")):
-                parts.append(f'<p><img src="{html.escape(f)}" alt="{html.escape(f)}"></p>')
+                media.append(f'<img src="{html.escape(f)}" alt="{html.escape(f)}" title="{html.escape(f)}">')
             elif f.endswith(".mp4"):
-                parts.append(f'<p><video src="{html.escape(f)}" controls loop autoplay muted></video></p>')
+                media.append(f'<video src="{html.escape(f)}" controls loop autoplay muted></video>')
             else:
-                parts.append(f'<p><a href="{html.escape(f)}">{html.escape(f)}</a></p>')
+                links.append(f'<a href="{html.escape(f)}">{html.escape(f)}</a>')
+        if media:
+            parts.append('<div class=row>' + "".join(media) + "</div>")
+        if links:
+            parts.append("<p>" + " · ".join(links) + "</p>")
         parts.append(f"<small>{s.seconds:.1f} s</small></section>")
     with atomic_path(outdir / "index.html") as tmp:
         tmp.write_text("\n".join(parts), encoding="utf-8")

@@ -380,8 +380,9 @@ def detect_predict_cmd(
     from machinegaze.detect.predict import predict_paths, write_predictions_csv
     _set_threads(threads)
     det = zoo.load_detector(model)
+    skipped: list[tuple[str, str]] = []
     with progress_bar("predict") as cb:
-        preds = predict_paths(det, paths, batch_size=batch_size, progress=cb)
+        preds = predict_paths(det, paths, batch_size=batch_size, progress=cb, skipped=skipped)
     table = Table("path", "P(fake)", "verdict", title=f"threshold {float(det.threshold):.3f}")
     for p in preds:
         table.add_row(p.path, f"{p.prob_fake:.3f}", p.verdict)
@@ -391,6 +392,12 @@ def detect_predict_cmd(
     if out is not None:
         write_predictions_csv(preds, out)
         print(f"wrote {out}")
+    if skipped:  # the readable images were still predicted; the exit status says not all of them were
+        for path, reason in skipped:
+            print(f"skipped: {reason}", file=sys.stderr)
+        print(f"error: {len(skipped)} of {len(skipped) + len(preds)} files could not be read (listed above)",
+              file=sys.stderr)
+        raise typer.Exit(1)
 
 
 @detect_app.command("experiment")
@@ -708,7 +715,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     from machinegaze.perf import tune_allocator
     tune_allocator()  # keep freed activation memory in-process: up to ~3x faster CPU inference (benchmarks/generator.py)
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)  # click returns a command's typer.Exit code in this mode
+        if isinstance(rc, int) and rc != 0:
+            sys.exit(rc)
     except GazeError as e:
         _error(str(e))
         sys.exit(1)

@@ -7,6 +7,8 @@ import io
 import json
 import os
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -327,6 +329,25 @@ def test_save_load_predict_and_cli(tiny_run, tmp_path):
     (tmp_path / "notdet.safetensors").write_bytes(b"garbage")
     with pytest.raises(GazeError):
         checkpoints.load_detector(tmp_path / "notdet.safetensors")
+
+    # a folder with one unreadable file (the real CLI process): the others are still predicted and written,
+    # the bad one is listed, and the exit status is non-zero
+    import shutil
+    import subprocess
+    import sys
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for f in files[:2]:
+        shutil.copy(f, mixed / f.name)
+    (mixed / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    r = subprocess.run([sys.executable, "-m", "machinegaze.cli", "detect", "predict", str(mixed), "--model", str(path),
+                        "--out", str(tmp_path / "mixed.csv")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "skipped:" in r.stderr and "broken.jpg" in r.stderr and "1 of 3 files" in r.stderr
+    rows = list(csv.DictReader(open(tmp_path / "mixed.csv")))
+    assert sorted(Path(row["path"]).name for row in rows) == sorted(f.name for f in files[:2])
+    with pytest.raises(GazeError, match="none of the 1 input"):
+        predict_paths(det, [mixed / "broken.jpg"], skipped=[])
 
 
 def test_experiment_plan_runs_and_tabulates(shared, tmp_path):

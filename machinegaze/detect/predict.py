@@ -13,7 +13,7 @@ import torch
 
 from machinegaze import GazeError
 from machinegaze.data import IMAGE_EXTS, atomic_write_bytes, list_images, open_image
-from machinegaze.detect.sources import Preprocess, to_tensor
+from machinegaze.detect.sources import Preprocess
 from machinegaze.progress import ProgressFn, report
 
 
@@ -44,20 +44,39 @@ def expand_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 @torch.no_grad()
 def predict_paths(model: torch.nn.Module, paths: Sequence[str | os.PathLike], batch_size: int = 32,
-                  progress: ProgressFn = None) -> list[Prediction]:
-    """Calibrated P(fake) and a verdict for every image, preprocessed exactly as the detector was trained."""
+                  progress: ProgressFn = None, skipped: list[tuple[str, str]] | None = None) -> list[Prediction]:
+    """Calibrated P(fake) and a verdict for every image, preprocessed exactly as the detector was trained.
+
+    Files that do not decode as images are left out. With a `skipped` list they are appended to it as
+    (path, reason) and the others are still predicted; without one, the first such file is an error. Either
+    way, if no image at all can be read, that is an error."""
+    from machinegaze.detect.evaluate import predict_logits
     files = expand_paths(paths)
     spec = model.spec
     pre = Preprocess(spec.size, spec.jpeg_quality)
     t, thr = float(model.temperature), float(model.threshold)
     model.eval()
     out: list[Prediction] = []
+    bad: list[tuple[str, str]] = []
     for i in range(0, len(files), batch_size):
-        chunk = files[i:i + batch_size]
-        x = to_tensor(np.stack([pre(open_image(f)) for f in chunk]))
-        prob = torch.sigmoid(model(x) / t).tolist()
-        out += [Prediction(str(f), float(p), "fake" if p >= thr else "real") for f, p in zip(chunk, prob)]
-        report(progress, len(out), len(files), stage="predict")
+        chunk, arrays = [], []
+        for f in files[i:i + batch_size]:
+            try:
+                arrays.append(pre(open_image(f)))
+                chunk.append(f)
+            except GazeError as e:
+                if skipped is None:
+                    raise
+                bad.append((str(f), str(e)))
+        if arrays:
+            prob = torch.sigmoid(torch.from_numpy(predict_logits(model, np.stack(arrays))) / t).tolist()
+            out += [Prediction(str(f), float(p), "fake" if p >= thr else "real") for f, p in zip(chunk, prob)]
+        report(progress, len(out) + len(bad), len(files), stage="predict")
+    if skipped is not None:
+        skipped.extend(bad)
+    if not out:
+        raise GazeError(f"none of the {len(files)} input file(s) could be read as an image"
+                        + (f" (first: {bad[0][1]})" if bad else ""))
     return out
 
 

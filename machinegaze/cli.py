@@ -684,7 +684,7 @@ def metrics_cmd(
 def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)"),
           port: int = typer.Option(8000, "--port"),
           network: Optional[str] = typer.Option(None, "--network", help="StyleGAN2 .pkl/.safetensors or model name (default: bundled)"),
-          detector: Optional[str] = typer.Option(None, "--detector", help="Detector file or name (default: bundled)"),
+          detector: Optional[str] = typer.Option(None, "--detector", help="Detector file or name (default: bundled; 'none' switches detection off)"),
           data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Gallery folder (default: ~/.local/share/machinegaze)"),
           max_upload_mb: str = typer.Option("20", "--max-upload-mb", help="Largest upload accepted (413 above)"),
           workers: int = typer.Option(1, "--workers", help="Threads running long jobs (and quick requests at once)"),

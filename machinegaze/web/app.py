@@ -68,10 +68,10 @@ class Lab:
         # An explicitly named network/detector must exist (a user error at startup); the bundled defaults may not.
         self.network_path, self.network_reason = self._resolve(adapters.resolve_network, cfg.network,
                                                                "no bundled face GAN in this build yet; start with "
-                                                               "`gaze serve --network PATH` (a .pkl or .safetensors)")
+                                                               "`gaze serve --network PATH` (a .pkl or .safetensors)", "network")
         self.detector_path, self.detector_reason = self._resolve(adapters.resolve_detector, cfg.detector,
                                                                  "no bundled fake-face detector in this build yet; "
-                                                                 "start with `gaze serve --detector PATH`")
+                                                                 "start with `gaze serve --detector PATH`", "fake-face detector")
         for d in cfg.uncanny_dirs:
             d = Path(d).expanduser()
             if not (d / "metrics.jsonl").is_file():
@@ -79,7 +79,9 @@ class Lab:
             self.gallery.add_run("uncanny", d, title=d.name, params={"registered": True})
 
     @staticmethod
-    def _resolve(fn: Callable, name: Optional[str], missing: str) -> tuple[Optional[Path], str]:
+    def _resolve(fn: Callable, name: Optional[str], missing: str, kind: str) -> tuple[Optional[Path], str]:
+        if name == "none":  # switched off on purpose: the tab explains itself instead of loading a model
+            return None, f"the {kind} is switched off for this server (started with --{kind.split()[-1]} none)"
         if name is not None:
             return fn(name), ""
         try:

@@ -61,7 +61,7 @@ async function loadStatus() {
     const prefix = sec.id.replace("tab-", "");
     const note = $(`${prefix}-unavailable`);
     const off = tab && !tab.available;
-    if (note) { note.hidden = !off; note.textContent = off ? `Unavailable in this build: ${tab.reason}` : ""; }
+    if (note) { note.hidden = !off; note.textContent = off ? `Unavailable here: ${tab.reason}` : ""; }
     sec.querySelectorAll("button.primary").forEach((b) => { b.disabled = off; });
     sec.classList.toggle("off", !!off);
     const btn = $(`tab-btn-${prefix}`);

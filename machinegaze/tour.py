@@ -197,7 +197,9 @@ def stop_detect(cfg: TourConfig, G, desc: str) -> Stop:
     n_fake = sum(p.verdict == "fake" for p in preds[:8])
     return Stop("Detect", f"The bundled detector's calibrated verdicts on 8 faces the bundled generator made: "
                 f"{n_fake}/8 called fake (mean P(fake) {np.mean([p.prob_fake for p in preds[:8]]):.2f})"
-                + (f"; plus {len(preds) - 8} of your faces from {cfg.faces}" if cfg.faces else "")
+                + (f"; plus {len(preds) - 8} of your faces from {cfg.faces}: "
+                   f"{sum(p.verdict == 'fake' for p in preds[8:])} called fake (all verdicts in detect_predictions.csv)"
+                   if cfg.faces else "")
                 + ". Bottom row: Grad-CAM, red where the 'fake' score looked.",
                 ["detect_gradcam.png", "detect_predictions.csv"])
 
@@ -237,6 +239,9 @@ def render_index(stops: list[Stop], outdir: Path, header: str) -> Path:
 
 def run_tour(cfg: TourConfig, on_stop: Optional[Callable[[Stop], None]] = None) -> tuple[Path, list[Stop]]:
     from machinegaze import checkpoints
+    from machinegaze.detect.predict import expand_paths
+    if cfg.faces is not None:  # the user's own input: check it before minutes of work, not in the last stop
+        expand_paths([cfg.faces])
     cfg.outdir.mkdir(parents=True, exist_ok=True)
     path, desc = _find_network(cfg)
     cfg = dataclasses.replace(cfg, network_path=path)

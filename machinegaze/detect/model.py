@@ -162,10 +162,6 @@ def freeze_body(det: Detector, frozen: bool = True) -> None:
     det.head.requires_grad_(True)
 
 
-def bce_loss(logits: torch.Tensor, y: torch.Tensor, pos_weight: float = 1.0,
-             weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Binary cross-entropy of the fake logit: fakes up-weighted by `pos_weight`, or per-image `weight` (mean 1)."""
-    if weight is not None:
-        return (F.binary_cross_entropy_with_logits(logits, y.float(), reduction="none") * weight).mean()
-    w = torch.tensor(pos_weight, dtype=logits.dtype)
-    return F.binary_cross_entropy_with_logits(logits, y.float(), pos_weight=w)
+def bce_loss(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy of the fake logit, optionally with per-image weights (mean 1; see train.sample_weights)."""
+    return F.binary_cross_entropy_with_logits(logits, y.float(), weight=weight)

@@ -118,35 +118,32 @@ def _random_crops(x: np.ndarray, crop: int, g: torch.Generator) -> np.ndarray:
     return x[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def sample_weights(y: np.ndarray, groups: list[str] | None, balance: bool, balance_sources: bool) -> np.ndarray:
-    """Per-image loss weights, mean 1: classes count equally (balance), and sources within a class too."""
+def sample_weights(y: np.ndarray, sources: list[str] | None, balance: bool, balance_sources: bool) -> np.ndarray:
+    """Per-image loss weights, mean 1: the classes count equally (balance), and with balance_sources also every
+    source within its class. Class balance alone is the case of one source per class."""
     y = np.asarray(y)
-    w = np.ones(len(y), np.float64)
-    if balance_sources and groups is not None:
-        g = np.asarray(groups)
-        for lab in (0, 1):
-            names = np.unique(g[y == lab])
-            for name in names:
-                m = (y == lab) & (g == name)
-                w[m] = 1.0 / (m.sum() * len(names))  # each class now sums to 1
-    elif balance:
-        for lab in (0, 1):
-            w[y == lab] = 1.0 / max((y == lab).sum(), 1)
     if not (balance or balance_sources):
         return np.ones(len(y), np.float32)
+    g = np.asarray(sources if balance_sources and sources is not None else [""] * len(y))
+    w = np.zeros(len(y), np.float64)
+    for lab in (0, 1):
+        names = np.unique(g[y == lab])
+        for name in names:
+            m = (y == lab) & (g == name)
+            w[m] = 1.0 / (m.sum() * len(names))  # each class sums to 1
     return (w / w.mean()).astype(np.float32)
 
 
 def fit(model: Detector, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, x_val: np.ndarray | None = None,
-        y_val: np.ndarray | None = None, progress: ProgressFn = None, groups: list[str] | None = None) -> list[dict]:
+        y_val: np.ndarray | None = None, progress: ProgressFn = None, sources: list[str] | None = None) -> list[dict]:
     """Train `model` in place on uint8 images [N, H, W, 3] with labels y (1 = fake); return the history.
 
-    `groups` (the source of each image) is used by `cfg.balance_sources`."""
+    `sources` (the source name of each image) is used by `cfg.balance_sources`."""
     y = np.asarray(y).astype(np.float32)
     if len(x) < 2 or len(np.unique(y)) < 2:
         raise GazeError(f"training needs real and fake images (got {int((y == 0).sum())} real, {int((y == 1).sum())} fake)")
     g = torch.Generator().manual_seed(cfg.seed)
-    weights = torch.from_numpy(sample_weights(y, groups, cfg.balance, cfg.balance_sources))
+    weights = torch.from_numpy(sample_weights(y, sources, cfg.balance, cfg.balance_sources))
     groups = model.layer_groups()
     steps_per_epoch = len(_batches(len(x), cfg.batch_size, torch.Generator().manual_seed(0)))
     total_steps = (cfg.freeze_epochs + cfg.epochs) * steps_per_epoch
@@ -228,7 +225,7 @@ def train_detector(train_sources: str | list[str] | list[Source], cfg: TrainConf
     torch.manual_seed(cfg.seed)
     model = build_detector(cfg.spec, pretrained=cfg.pretrained)
     t0 = time.perf_counter()
-    history = fit(model, x_tr, y_tr, cfg, x_va, y_va, progress, groups=[it.source for it in tr])
+    history = fit(model, x_tr, y_tr, cfg, x_va, y_va, progress, sources=[it.source for it in tr])
     seconds = time.perf_counter() - t0
     if len(va) and len(np.unique(y_va)) == 2:
         cal = ev.calibrate(ev.predict_logits(model, x_va), y_va)

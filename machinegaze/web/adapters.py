@@ -134,10 +134,6 @@ def image_size(img) -> tuple[int, int]:
     return img.size
 
 
-def png_bytes(path: Path) -> bytes:
-    return Path(path).read_bytes()
-
-
 def load_latent(path: Path, G) -> torch.Tensor:
     from machinegaze.generate import load_w
     return load_w(path, G)[:1]

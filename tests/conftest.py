@@ -46,7 +46,7 @@ def tiny_detector(tmp_path_factory) -> Path:
     from machinegaze import checkpoints
     from machinegaze.detect.model import DetectorSpec, build_detector
     torch.manual_seed(0)
-    det = build_detector(DetectorSpec(arch="smallcnn", size=32, width=4, jpeg_quality=75), pretrained=False).eval()
+    det = build_detector(DetectorSpec(arch="smallcnn", size=32, width=4, jpeg_quality=75)).eval()
     path = tmp_path_factory.mktemp("det") / "tiny_detector.safetensors"
     checkpoints.save_detector(path, det, meta={"note": "random weights, for tests"})
     return path

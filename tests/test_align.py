@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from machinegaze import GazeError
+from machinegaze import GazeError, zoo
 from machinegaze.align import AlignConfig, align_folder, align_image, detect_landmarks, ffhq_quad
 from machinegaze.checkpoints import load_mtcnn
 from machinegaze.nets.mtcnn import nms
@@ -23,7 +23,7 @@ one_thread = pytest.fixture(single_thread, scope="module", autouse=True)
 
 @pytest.fixture(scope="module")
 def detector():
-    return load_mtcnn()
+    return zoo.load_mtcnn()
 
 
 def utk_files(faces_dir, n=5):

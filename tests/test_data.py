@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from machinegaze import GazeError
-from machinegaze.data import (BuildConfig, ImageDataset, build_dataset, group_key, parse_source, parse_splits,
-                              split_of)
+from machinegaze.data import ImageDataset, group_key, parse_splits, split_of
+from machinegaze.dataset import BuildConfig, build_dataset, parse_source
 from tests.helpers import single_thread
 
 

@@ -190,7 +190,7 @@ def test_grad_cam_finds_the_planted_square():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     size = 64
-    model = Detector(DetectorSpec("smallcnn", size, None, width=8, dropout=0.0), pretrained=False)
+    model = Detector(DetectorSpec("smallcnn", size, None, width=8, dropout=0.0))
     x, y, _ = _planted_square(256, size, g)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     for step in range(120):
@@ -250,7 +250,7 @@ def test_tiny_train_eval_end_to_end(tiny_run):
 
 def test_frozen_phase_trains_only_the_head(shared):
     torch.manual_seed(0)
-    model = Detector(DetectorSpec("effnet_lite0", 64), pretrained=False)
+    model = Detector(DetectorSpec("effnet_lite0", 64))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (8, 64, 64, 3), dtype=np.uint8)

@@ -167,7 +167,7 @@ def test_conditional_net_and_detector_critic(tmp_path, lpips):
     assert res.steps_done == 2
 
     torch.manual_seed(3)
-    det = build_detector(DetectorSpec(arch="smallcnn", size=48, width=4, jpeg_quality=None), pretrained=False)
+    det = build_detector(DetectorSpec(arch="smallcnn", size=48, width=4, jpeg_quality=None))
     det.set_calibration(2.0, 0.5)
     dpath = save_detector(tmp_path / "det.safetensors", det.eval(), half=False)
     crit = U.freeze(U.build_critic(f"detector:{dpath}", None))

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from machinegaze import GazeError
+from machinegaze.nets.efficientnet import EfficientNetLite0
 
 ARCHS = ("effnet_lite0", "smallcnn")
 
@@ -62,12 +63,12 @@ class SmallCNN(nn.Module):
 
 
 class _EffNetBody(nn.Module):
-    """EfficientNet-Lite0 without its ImageNet classifier: x -> [N, 1280, H/32, W/32]."""
+    """EfficientNet-Lite0 without its ImageNet classifier: x -> [N, 1280, H/32, W/32]. Starts from `imagenet`
+    (an ImageNet-trained EfficientNetLite0, e.g. zoo.load_efficientnet_lite0()) or, when None, random weights."""
 
-    def __init__(self, pretrained: bool):
+    def __init__(self, imagenet: EfficientNetLite0 | None = None):
         super().__init__()
-        from machinegaze import zoo
-        net = zoo.load_efficientnet_lite0(pretrained=pretrained, num_classes=1000)
+        net = imagenet if imagenet is not None else EfficientNetLite0(num_classes=1000).eval()
         for name in ("_dropout", "_fc"):  # the ImageNet head is not part of the detector
             delattr(net, name)
         self.net = net
@@ -91,13 +92,16 @@ class _EffNetBody(nn.Module):
 
 
 class Detector(nn.Module):
-    """body -> global average pool -> dropout -> Linear(C, 1): the logit of "this face is fake"."""
+    """body -> global average pool -> dropout -> Linear(C, 1): the logit of "this face is fake".
 
-    def __init__(self, spec: DetectorSpec = DetectorSpec(), pretrained: bool = True):
+    `imagenet`: the ImageNet EfficientNet-Lite0 the effnet_lite0 body starts from (None: random weights, e.g.
+    before loading a saved detector); ignored by smallcnn."""
+
+    def __init__(self, spec: DetectorSpec = DetectorSpec(), imagenet: EfficientNetLite0 | None = None):
         super().__init__()
         self.spec = spec
         if spec.arch == "effnet_lite0":
-            self.body: nn.Module = _EffNetBody(pretrained)
+            self.body: nn.Module = _EffNetBody(imagenet)
         else:
             self.body = SmallCNN(spec.width)
         self.dropout = nn.Dropout(spec.dropout)
@@ -140,14 +144,15 @@ class Detector(nn.Module):
         self.threshold.fill_(float(threshold))
 
 
-def build_detector(spec: DetectorSpec = DetectorSpec(), pretrained: bool = True) -> Detector:
-    """A fresh detector (pretrained body for effnet_lite0 unless pretrained=False, new head)."""
-    return Detector(spec, pretrained=pretrained and spec.arch == "effnet_lite0")
+def build_detector(spec: DetectorSpec = DetectorSpec(), imagenet: EfficientNetLite0 | None = None) -> Detector:
+    """A fresh detector with a new head; an effnet_lite0 body starts from `imagenet` (None: random weights).
+    zoo.new_detector(spec) passes the ImageNet weights."""
+    return Detector(spec, imagenet=imagenet if spec.arch == "effnet_lite0" else None)
 
 
 def detector_from_state(meta: dict, state: dict[str, torch.Tensor]) -> Detector:
     """Rebuild a detector from saved metadata and tensors (used by checkpoints.load_detector)."""
-    det = Detector(DetectorSpec.from_meta(meta), pretrained=False)
+    det = Detector(DetectorSpec.from_meta(meta))
     state = {k: v.float() for k, v in state.items()}
     missing, unexpected = det.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from machinegaze import GazeError
+from machinegaze import GazeError, zoo
 from machinegaze.detect import evaluate as ev
-from machinegaze.detect.model import Detector, DetectorSpec, bce_loss, build_detector, freeze_body
+from machinegaze.detect.model import Detector, DetectorSpec, bce_loss, freeze_body
 from machinegaze.detect.sources import (ImageCache, Item, Source, gather, parse_sources, preprocess_for,
                                         to_tensor)
 from machinegaze.progress import ProgressFn, report
@@ -223,7 +223,7 @@ def train_detector(train_sources: str | list[str] | list[Source], cfg: TrainConf
     y_tr = np.array([it.label for it in tr])
     y_va = np.array([it.label for it in va])
     torch.manual_seed(cfg.seed)
-    model = build_detector(cfg.spec, pretrained=cfg.pretrained)
+    model = zoo.new_detector(cfg.spec, pretrained=cfg.pretrained)
     t0 = time.perf_counter()
     history = fit(model, x_tr, y_tr, cfg, x_va, y_va, progress, sources=[it.source for it in tr])
     seconds = time.perf_counter() - t0

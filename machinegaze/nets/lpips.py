@@ -111,22 +111,17 @@ def unit_normalize(f: torch.Tensor) -> torch.Tensor:
 class LPIPS(nn.Module):
     """LPIPS v0.1 distance. `LPIPS('vgg')(x, y)` -> [N] for x, y [N|1, 3, H, W] in [-1, 1] (lower = more alike).
 
-    pretrained=True loads the converted LPIPS weights through `machinegaze.zoo` (frozen); pretrained=False
-    gives random weights (for tests of shapes and plumbing only).
+    A new module has random weights; `machinegaze.zoo.load_lpips(net)` returns one filled with the converted
+    LPIPS v0.1 weights (frozen, eval mode).
     """
 
-    def __init__(self, net: str = "vgg", pretrained: bool = True):
+    def __init__(self, net: str = "vgg"):
         super().__init__()
         self.net = net
         self.features = backbone(net)
         convs = dict(self.features.named_children())
         channels = [convs[t.replace("relu", "conv")].out_channels for t in self.features.lpips_taps]
         self.lin = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in channels)
-        if pretrained:
-            from machinegaze import zoo
-            self.load_state_dict(zoo.lpips_state_dict(net))
-            self.requires_grad_(False)
-            self.eval()
 
     def _check(self, x: torch.Tensor, y: torch.Tensor) -> None:
         for name, t in (("x", x), ("y", y)):

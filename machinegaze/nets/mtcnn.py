@@ -175,7 +175,7 @@ def _empty() -> Detections:
 
 
 class MTCNN(nn.Module):
-    """The three nets plus the cascade. Build with `checkpoints.load_mtcnn()` for the pretrained weights."""
+    """The three nets plus the cascade. Build with `zoo.load_mtcnn()` for the pretrained weights."""
 
     def __init__(self):
         super().__init__()

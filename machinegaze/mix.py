@@ -6,14 +6,16 @@ The num_ws style vectors of a StyleGAN2 generator pair up by resolution: ws[2k] 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
 from machinegaze import GazeError
-from machinegaze.data import make_grid
-from machinegaze.generate import seeds_to_ws, synthesize
+from machinegaze.data import make_grid, save_image
+from machinegaze.generate import load_w, save_w, seeds_to_ws, synthesize
 from machinegaze.nets.stylegan2 import Generator
 
 GROUPS = {"coarse": (4, 8), "middle": (16, 32), "fine": (64, 1 << 30)}
@@ -245,3 +247,43 @@ def breed_grid(G: Generator, parents: torch.Tensor, cfg: BreedConfig = BreedConf
     for i in range(n):
         tiles += [src[i:i + 1]] + [imgs[i * n + j:i * n + j + 1] for j in range(n)]
     return make_grid(torch.cat(tiles).clamp(-1, 1), ncols=n + 1), kids
+
+
+def write_mixing_grid(grid: torch.Tensor, mixes: dict[tuple[int, int], torch.Tensor],
+                      outdir: str | os.PathLike) -> list[Path]:
+    """Write style_mixing_grid's output: one `<row>-<col>.png` per mix and `grid.png`; returns the paths."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = [save_image(img, outdir / f"{r}-{c}.png") for (r, c), img in mixes.items()]
+    return paths + [save_image(grid, outdir / "grid.png")]
+
+
+def gather_parents(G: Generator, w_files: Sequence[str | os.PathLike] = (), seeds: Sequence[int] = (),
+                   trunc: float = 1.0, class_idx: Optional[int] = None) -> torch.Tensor:
+    """Parents [P, num_ws, w_dim]: one latent from each .npz file (in order), then one per seed (at trunc)."""
+    parents = []
+    for p in w_files:
+        lw = load_w(p, G)
+        if lw.shape[0] != 1:
+            raise GazeError(f"{p}: holds {lw.shape[0]} latents; a parent file must hold one")
+        parents.append(lw)
+    for s in seeds:
+        parents.append(seeds_to_ws(G, [s], trunc=trunc, class_idx=class_idx))
+    return torch.cat(parents) if parents else torch.empty(0, G.num_ws, G.w_dim)
+
+
+def breed_to_file(G: Generator, parents: torch.Tensor, cfg: BreedConfig, out: str | os.PathLike,
+                  grid: bool = False) -> tuple[Path, Path, torch.Tensor]:
+    """One child of exactly two parents (or, with grid, breed_grid's parent x parent grid), written as the image
+    `out` and its latents beside it (same stem, .npz). Returns (image path, latent path, children ws)."""
+    out = Path(out)
+    if grid:
+        image, kids = breed_grid(G, parents, cfg)
+    else:
+        if parents.shape[0] != 2:
+            raise GazeError(f"breeding needs exactly two parents (--w and/or --seed), got {parents.shape[0]} "
+                            "(or use --grid)")
+        kids = make_child(G, parents[:1], parents[1:], cfg)
+        image = synthesize(G, kids, noise_mode=cfg.noise_mode).clamp(-1, 1)
+    save_image(image, out)
+    return out, save_w(out.with_suffix(".npz"), kids), kids

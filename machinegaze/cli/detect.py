@@ -1,0 +1,169 @@
+"""gaze detect train / eval / predict / experiment / report: the fake-face detector."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from machinegaze import GazeError
+from machinegaze.cli._common import parse_float, progress_bar, set_threads
+
+
+detect_app = typer.Typer(no_args_is_help=True, help="Is this face real? Train, evaluate and run fake-face detectors.")
+_DETECT_SOURCES_HELP = ("comma-separated sources: utkface, lfw, ffhq256, ffhq1024, orl, stylegan1, stylegan3, "
+                        "real:FOLDER, fake:FOLDER, stylegan2:NETWORK")
+
+
+
+@detect_app.command("train")
+def detect_train_cmd(
+    out: Path = typer.Option(..., "--out", help="detector file to write (.safetensors)"),
+    train: str = typer.Option("utkface,lfw,ffhq256,stylegan1,stylegan3", "--train", help=_DETECT_SOURCES_HELP),
+    arch: str = typer.Option("effnet_lite0", "--arch", help="effnet_lite0 (ImageNet transfer) | smallcnn (from scratch)"),
+    size: int = typer.Option(128, "--size", help="input size in pixels"),
+    jpeg_quality: int = typer.Option(75, "--jpeg-quality", help="JPEG quality of the preprocessing policy"),
+    policy: bool = typer.Option(True, "--policy/--no-policy", help="same size + same JPEG quality for every image"),
+    freeze_epochs: int = typer.Option(1, "--freeze-epochs", help="epochs training the head only"),
+    epochs: int = typer.Option(3, "--epochs", help="epochs after unfreezing (discriminative LRs, one-cycle)"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    lr: str = typer.Option("2e-3", "--lr", help="head learning rate"),
+    lr_mult: float = typer.Option(100.0, "--lr-mult", help="discriminative LRs: the layers nearest the input get "
+                                  "lr/lr-mult (fastai's slice(lr/mult, lr)); lower it to adapt early layers more"),
+    balance_sources: bool = typer.Option(False, "--balance-sources/--no-balance-sources",
+                                         help="weight every source equally within its class"),
+    max_per_source: int = typer.Option(400, "--max-per-source", help="training images per source"),
+    crop: Optional[int] = typer.Option(None, "--crop", help="train on random crops of this size (native pixels); "
+                                       "predict sees the whole --size image"),
+    seed: int = typer.Option(0, "--seed"),
+    data: Optional[Path] = typer.Option(None, "--data", help="face data folder (default: $GAZE_FACES or ../shared/data/faces)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads"),
+    full: bool = typer.Option(True, "--fp16/--fp32", help="store weights as fp16"),
+):
+    """Fine-tune a detector on the train split of the sources; calibrate it on their validation split."""
+    from machinegaze import checkpoints
+    from machinegaze.detect.train import TrainConfig, train_detector
+    if out.suffix != ".safetensors":
+        raise GazeError(f"--out must end in .safetensors, got {out.name}")
+    set_threads(threads)
+    cfg = TrainConfig(arch=arch, size=size, jpeg_quality=jpeg_quality, policy=policy, freeze_epochs=freeze_epochs,
+                      epochs=epochs, batch_size=batch_size, lr=parse_float(lr, "lr"), max_per_source=max_per_source,
+                      crop=crop, lr_mult=lr_mult, balance_sources=balance_sources, seed=seed)
+    with progress_bar("train") as cb:
+        res = train_detector(train, cfg, data, progress=cb)
+    import dataclasses
+    checkpoints.save_detector(out, res.model, meta={"train": train.split(","), "config": dataclasses.asdict(cfg),
+                                                    "history": res.history}, half=full)
+    for h in res.history:
+        extra = f"  val loss {h['val_loss']:.3f}  val acc {100 * h['val_accuracy']:.1f}%" if "val_loss" in h else ""
+        print(f"epoch {h['epoch']} ({h['phase']}): train loss {h['train_loss']:.3f}{extra}")
+    print(f"trained on {len(res.train_items)} images in {res.seconds:.0f} s; temperature "
+          f"{float(res.model.temperature):.3f}, threshold {float(res.model.threshold):.3f}; wrote {out}")
+
+
+@detect_app.command("eval")
+def detect_eval_cmd(
+    model: str = typer.Option("default", "--model", help="detector file or name (default: the bundled one)"),
+    test: str = typer.Option("utkface,lfw,ffhq256,stylegan1,stylegan3", "--test",
+                             help=_DETECT_SOURCES_HELP + " (built-in sources: their held-out test split)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for metrics.json, predictions.csv, figures, report.html"),
+    max_per_source: int = typer.Option(400, "--max-per-source"),
+    n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap resamples for the 95% intervals"),
+    data: Optional[Path] = typer.Option(None, "--data"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+):
+    """Accuracy, AP, ROC AUC, confusion matrix, per-source and per-subgroup accuracy (95% CIs), calibration."""
+    from machinegaze import zoo
+    from machinegaze.detect import evaluate as ev
+    from machinegaze.detect.sources import ImageCache, held_out, parse_sources
+    set_threads(threads)
+    det = zoo.load_detector(model)
+    sources = parse_sources(test, data)
+    items = held_out(sources, max_per_source)
+    cache = ImageCache()
+    with progress_bar("eval") as cb:
+        res = ev.evaluate_detector(det, items, sources, cache, n_boot=n_boot, progress=cb)
+    s = res.summary
+    (tn, fp), (fn, tp) = s["confusion"]
+    print(f"{s['n']} images ({s['n_real']} real, {s['n_fake']} fake), threshold {res.threshold:.3f}")
+    for k in ("accuracy", "balanced_accuracy", "accuracy_real", "accuracy_fake"):
+        print(f"  {k:18s} {100 * s[k]:5.1f}%  [{100 * s[k + '_ci'][0]:.1f}, {100 * s[k + '_ci'][1]:.1f}]")
+    for k in ("roc_auc", "average_precision"):
+        print(f"  {k:18s} {s[k]:.3f}   [{s[k + '_ci'][0]:.3f}, {s[k + '_ci'][1]:.3f}]")
+    print(f"  confusion          real->real {tn}  real->fake {fp}  fake->real {fn}  fake->fake {tp}")
+    print(f"  ECE                {100 * s['ece']:.1f}% (uncalibrated {100 * s['ece_uncalibrated']:.1f}%)")
+    for r in res.per_source:
+        print(f"  {r['group']:18s} {100 * r['accuracy']:5.1f}%  [{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}]  n={r['n']}")
+    if out is not None:
+        from machinegaze.detect.report import write_eval_report
+        res.write(out)
+        html = write_eval_report(res, out, model=det, sources=sources, cache=cache)
+        print(f"wrote {out}/metrics.json, predictions.csv and {html}")
+
+
+@detect_app.command("predict")
+def detect_predict_cmd(
+    paths: list[Path] = typer.Argument(..., help="image files and/or folders"),
+    model: str = typer.Option("default", "--model", help="detector file or name (default: the bundled one)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write a CSV with columns path,prob_fake,verdict"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+):
+    """P(fake) and a verdict (by the detector's calibrated threshold) for every image."""
+    from rich.table import Table
+
+    from machinegaze import zoo
+    from machinegaze.detect.predict import predict_paths, write_predictions_csv
+    set_threads(threads)
+    det = zoo.load_detector(model)
+    skipped: list[tuple[str, str]] = []
+    with progress_bar("predict") as cb:
+        preds = predict_paths(det, paths, batch_size=batch_size, progress=cb, skipped=skipped)
+    table = Table("path", "P(fake)", "verdict", title=f"threshold {float(det.threshold):.3f}")
+    for p in preds:
+        table.add_row(p.path, f"{p.prob_fake:.3f}", p.verdict)
+    Console().print(table)
+    n_fake = sum(p.verdict == "fake" for p in preds)
+    print(f"{len(preds)} images: {n_fake} fake, {len(preds) - n_fake} real")
+    if out is not None:
+        write_predictions_csv(preds, out)
+        print(f"wrote {out}")
+    if skipped:  # the readable images were still predicted; the exit status says not all of them were
+        for path, reason in skipped:
+            print(f"skipped: {reason}", file=sys.stderr)
+        print(f"error: {len(skipped)} of {len(skipped) + len(preds)} files could not be read (listed above)",
+              file=sys.stderr)
+        raise typer.Exit(1)
+
+
+@detect_app.command("experiment")
+def detect_experiment_cmd(
+    file: Path = typer.Argument(..., help="experiment TOML, e.g. experiments/detect_seeds.toml"),
+    out: Path = typer.Option(Path("runs/detect"), "--out", help="folder for results.{json,md,csv}, per-run files, models"),
+    only: Optional[str] = typer.Option(None, "--only", help="comma-separated experiment names to run"),
+    data: Optional[Path] = typer.Option(None, "--data"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    report: bool = typer.Option(True, "--report/--no-report", help="also write report.html"),
+):
+    """Run train/test compositions from a TOML file and print one comparison table."""
+    from machinegaze.detect.experiment import markdown_tables, run_file
+    set_threads(threads)
+    with progress_bar("experiments") as cb:
+        rows = run_file(file, out, data, [s.strip() for s in only.split(",")] if only else None, cb)
+    print(markdown_tables(rows))
+    if report:
+        from machinegaze.detect.report import write_experiment_report
+        print(f"wrote {write_experiment_report(out)}")
+
+
+@detect_app.command("report")
+def detect_report_cmd(
+    run_dir: Path = typer.Argument(..., help="an experiment folder (results.json) or an eval folder (metrics.json)"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+):
+    """(Re)build report.html with matplotlib figures from saved experiment or evaluation results."""
+    from machinegaze.detect.report import write_report
+    set_threads(threads)
+    print(f"wrote {write_report(run_dir)}")

@@ -1,0 +1,78 @@
+"""gaze generate / mix / interpolate / convert: StyleGAN2 sampling and weight conversion."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from machinegaze import GazeError, zoo
+from machinegaze.cli._common import parse_float, parse_range_list, progress_bar
+
+
+def generate(network: Optional[str] = typer.Option(None, "--network", help="Network .pkl/.safetensors or model name (default: bundled)"),
+             seeds: str = typer.Option("0-7", "--seeds", help="Seeds, e.g. 0-7,12"),
+             trunc: str = typer.Option("1.0", "--trunc", help="Truncation psi"),
+             class_idx: Optional[int] = typer.Option(None, "--class", help="Class label (conditional networks)"),
+             noise_mode: str = typer.Option("const", "--noise-mode", help="const | random | none"),
+             outdir: Path = typer.Option(Path("out"), "--outdir")):
+    """Generate images from seeds (one PNG per seed + a grid) and save their latents (ws.npz, key 'w')."""
+    from machinegaze import generate as gen
+    seed_list = parse_range_list(seeds, "seeds")
+    cfg = gen.GenerateConfig(trunc=parse_float(trunc, "trunc"), class_idx=class_idx, noise_mode=noise_mode)
+    G = zoo.load_generator(network)
+    with progress_bar("generate") as cb:
+        images, ws = gen.generate_images(G, seed_list, cfg, progress=cb)
+    paths = gen.write_generated(images, seed_list, outdir)
+    gen.save_w(Path(outdir) / "ws.npz", ws)
+    print(f"wrote {len(paths)} images and ws.npz to {outdir}")
+
+
+def mix(network: Optional[str] = typer.Option(None, "--network"),
+        rows: str = typer.Option("0-3", "--rows", help="Row seeds (their non-mixed layers are kept)"),
+        cols: str = typer.Option("4-7", "--cols", help="Column seeds (their --styles layers are copied in)"),
+        styles: str = typer.Option("coarse", "--styles", help="coarse | middle | fine | layer list like 0-5"),
+        trunc: str = typer.Option("1.0", "--trunc"),
+        class_idx: Optional[int] = typer.Option(None, "--class"),
+        noise_mode: str = typer.Option("const", "--noise-mode"),
+        outdir: Path = typer.Option(Path("out"), "--outdir")):
+    """The style-mixing grid: sources on the top row and left column, mixes inside."""
+    from machinegaze import mix as mixmod
+    row_seeds, col_seeds = parse_range_list(rows, "rows"), parse_range_list(cols, "cols")
+    G = zoo.load_generator(network)
+    cfg = mixmod.MixConfig(styles=styles, trunc=parse_float(trunc, "trunc"), noise_mode=noise_mode, class_idx=class_idx)
+    grid, mixes = mixmod.style_mixing_grid(G, row_seeds, col_seeds, cfg)
+    mixmod.write_mixing_grid(grid, mixes, outdir)
+    print(f"wrote {len(mixes)} mixes and grid.png to {outdir} (layers {mixmod.parse_styles(G, styles)} from the columns)")
+
+
+def interpolate(network: Optional[str] = typer.Option(None, "--network"),
+                seeds: str = typer.Option("1,5,9", "--seeds"),
+                frames: int = typer.Option(60, "--frames"),
+                fps: int = typer.Option(30, "--fps"),
+                trunc: str = typer.Option("1.0", "--trunc"),
+                class_idx: Optional[int] = typer.Option(None, "--class"),
+                noise_mode: str = typer.Option("const", "--noise-mode"),
+                out: Path = typer.Option(Path("walk.mp4"), "--out", help=".mp4 or .gif")):
+    """A looping latent walk through the seeds, smooth in W."""
+    from machinegaze import generate as gen
+    seed_list = parse_range_list(seeds, "seeds")
+    if out.suffix.lower() not in (".mp4", ".gif"):
+        raise GazeError(f"--out must end in .mp4 or .gif, got {out.name}")
+    G = zoo.load_generator(network)
+    with progress_bar("interpolate") as cb:
+        imgs = gen.interpolate(G, seed_list, frames=frames, trunc=parse_float(trunc, "trunc"), class_idx=class_idx,
+                               noise_mode=noise_mode, progress=cb)
+    gen.write_video(gen.frames_to_uint8(imgs), out, fps=fps)
+    print(f"wrote {out} ({frames} frames)")
+
+
+def convert(src: Path = typer.Argument(..., help="NVlabs .pkl snapshot (or our .safetensors)"),
+            dst: Path = typer.Argument(..., help="Output .safetensors"),
+            half: bool = typer.Option(False, "--half", help="Store float tensors as fp16")):
+    """Convert an NVlabs network pickle to machinegaze .safetensors (never runs pickled code)."""
+    from machinegaze import checkpoints
+    if dst.suffix != ".safetensors":
+        raise GazeError(f"output must end in .safetensors, got {dst.name}")
+    checkpoints.convert(src, dst, half=half)
+    print(f"wrote {dst}")

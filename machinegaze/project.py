@@ -449,10 +449,10 @@ def run_project(network: str | os.PathLike | None, target_path: str | os.PathLik
                 cfg: ProjectConfig = ProjectConfig(), progress: ProgressFn = None) -> ProjectRun:
     """`gaze project`: load, prepare the target, project, write target.png, proj.png, projected_w.npz,
     proj.mp4 and result.json into outdir."""
-    from machinegaze import checkpoints, zoo
+    from machinegaze import zoo
     recipe = cfg.recipe()
     src = zoo.resolve_network(network)
-    nets = checkpoints.load_networks(src)
+    nets = zoo.load_networks(src)
     G = nets.generator
     c = class_vector(G, cfg.class_idx, 1)
     target = prepare_target(target_path, G.img_resolution, align=cfg.align)

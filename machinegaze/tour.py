@@ -30,7 +30,7 @@ class Stop:
 @dataclass(frozen=True)
 class TourConfig:
     outdir: Path = Path("tour")
-    network: Optional[str] = None  # default: the bundled face GAN, else a golden test network
+    network: Optional[str] = None  # default: the bundled face GAN
     faces: Optional[Path] = None
     quick: bool = False
     network_path: Optional[str] = None  # filled in by run_tour
@@ -41,15 +41,7 @@ def _find_network(cfg: TourConfig) -> tuple[str, str]:
     from machinegaze import zoo
     if cfg.network:
         return str(zoo.resolve_network(cfg.network)), str(cfg.network)
-    try:
-        return str(zoo.resolve_network("default")), "the bundled face GAN"
-    except GazeError:
-        pass
-    here = Path(__file__).resolve().parents[1]
-    for cand in (here.parent / "shared" / "golden" / "stylegan2" / "sg2_skip_32.pkl",):
-        if cand.is_file():
-            return str(cand), "a golden test network (random weights: no bundled face GAN in this build yet)"
-    raise GazeError("no bundled face GAN in this build and no --network given")
+    return str(zoo.resolve_network("default")), "the bundled face GAN"
 
 
 def stop_generate(cfg: TourConfig, G, desc: str) -> Stop:
@@ -173,11 +165,10 @@ def stop_detect(cfg: TourConfig, G, desc: str) -> Stop:
     import numpy as np
 
     from machinegaze import zoo
-    from machinegaze.data import make_grid, save_image
-    from machinegaze.detect.evaluate import grad_cam
+    from machinegaze.data import make_grid, open_image, save_image
+    from machinegaze.detect.evaluate import cam_overlay, grad_cam
     from machinegaze.detect.predict import predict_paths, write_predictions_csv
-    from machinegaze.detect.sources import Preprocess, to_tensor
-    from machinegaze.data import open_image
+    from machinegaze.detect.sources import detector_input
     from machinegaze.generate import GenerateConfig, generate_images
     model = zoo.load_detector(None)
     fdir = cfg.outdir / "detect_faces"
@@ -188,11 +179,8 @@ def stop_detect(cfg: TourConfig, G, desc: str) -> Stop:
     paths = [fdir] + ([cfg.faces] if cfg.faces else [])
     preds = predict_paths(model, paths)
     write_predictions_csv(preds, cfg.outdir / "detect_predictions.csv")
-    pre = Preprocess(model.spec.size, model.spec.jpeg_quality)
-    x = to_tensor(np.stack([pre(open_image(p.path)) for p in preds[:8]]))
-    cam = grad_cam(model, x)
-    heat = torch.cat([cam * 2 - 1, torch.zeros_like(cam) - 1, (1 - cam) * 2 - 1], 1)
-    overlay = (0.55 * x + 0.45 * heat).clamp(-1, 1)
+    x = detector_input(model, [open_image(p.path) for p in preds[:8]])
+    overlay = cam_overlay(x, grad_cam(model, x))
     save_image(make_grid(torch.cat([x, overlay]), ncols=x.shape[0]), cfg.outdir / "detect_gradcam.png")
     n_fake = sum(p.verdict == "fake" for p in preds[:8])
     return Stop("Detect", f"The bundled detector's calibrated verdicts on 8 faces the bundled generator made: "
@@ -209,7 +197,7 @@ STOPS += [stop_project, stop_dream, stop_uncanny, stop_detect]
 
 def render_index(stops: list[Stop], outdir: Path, header: str) -> Path:
     from machinegaze.data import atomic_path
-    parts = [f"<!doctype html><meta charset=utf-8><title>machinegaze tour</title>",
+    parts = ["<!doctype html><meta charset=utf-8><title>machinegaze tour</title>",
              "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;background:#111;color:#eee}"
              "img,video{max-width:100%;min-width:192px;image-rendering:pixelated;border:1px solid #333}"
              ".row{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}section{margin:2em 0}"
@@ -238,14 +226,14 @@ def render_index(stops: list[Stop], outdir: Path, header: str) -> Path:
 
 
 def run_tour(cfg: TourConfig, on_stop: Optional[Callable[[Stop], None]] = None) -> tuple[Path, list[Stop]]:
-    from machinegaze import checkpoints
+    from machinegaze import zoo
     from machinegaze.detect.predict import expand_paths
     if cfg.faces is not None:  # the user's own input: check it before minutes of work, not in the last stop
         expand_paths([cfg.faces])
     cfg.outdir.mkdir(parents=True, exist_ok=True)
     path, desc = _find_network(cfg)
     cfg = dataclasses.replace(cfg, network_path=path)
-    G = checkpoints.load_networks(path).generator
+    G = zoo.load_generator(path)
     stops = []
     t_all = time.perf_counter()
     for fn in STOPS:

@@ -41,7 +41,6 @@ Everything lands in `outdir`:
 from __future__ import annotations
 
 import copy
-import hashlib
 import html
 import json
 import math
@@ -374,17 +373,9 @@ class UncannyResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def start_generator(nets, start_from: str) -> Generator:
     """The generator to fine-tune: G_ema or G of the network file, or the generator of another file/name."""
-    from machinegaze import checkpoints, zoo
+    from machinegaze import zoo
     if start_from in ("G_ema", "G"):
         g = getattr(nets, start_from)
         if g is None:
@@ -392,7 +383,7 @@ def start_generator(nets, start_from: str) -> Generator:
             raise GazeError(f"{nets.source}: holds no {start_from} (it has: {', '.join(have) or 'no generator'}); "
                             f"use --start-from {have[0] if have else 'PATH'}")
         return g
-    return checkpoints.load_networks(zoo.resolve_network(start_from)).generator
+    return zoo.load_generator(start_from)
 
 
 def _check_pair(G: Generator, critic: Critic) -> None:
@@ -431,13 +422,24 @@ def read_metrics(outdir: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
+def _resume(outdir: Path, snaps: list, G: Generator, opt, run: dict) -> tuple[list[dict], int, torch.Tensor]:
+    """Load the last snapshot into G and opt: (metrics records up to it, its step, the RNG state to go on with)."""
+    _, last_path = snaps[-1]
+    start_step, rng_state, info = load_snapshot(last_path, G, opt)
+    _check_resume(info, run, last_path)
+    records = [r for r in read_metrics(outdir) if r["step"] <= start_step]
+    if not records or records[-1]["step"] != start_step or records[0]["step"] != 0:
+        raise GazeError(f"{outdir}/metrics.jsonl does not match the snapshots (cannot resume from step {start_step})")
+    return records, start_step, rng_state
+
+
 def run_uncanny(network: str | os.PathLike, outdir: str | os.PathLike, cfg: UncannyConfig = UncannyConfig(),
                 resume: bool = False, progress: ProgressFn = None, lpips: Optional[nn.Module] = None) -> UncannyResult:
     """Fine-tune the generator of `network` against its frozen critic, measuring and snapshotting as it goes.
 
     `lpips` may be given (a loaded LPIPS module) to save loading it; by default zoo.load_lpips(cfg.lpips_net)."""
     from machinegaze import checkpoints, zoo
-    from machinegaze.data import atomic_write_bytes, make_grid, save_image
+    from machinegaze.data import atomic_write_bytes, make_grid, save_image, sha256_file
 
     t_start = time.perf_counter()
     outdir = Path(outdir)
@@ -457,19 +459,11 @@ def run_uncanny(network: str | os.PathLike, outdir: str | os.PathLike, cfg: Unca
     lpips = lpips if lpips is not None else zoo.load_lpips(cfg.lpips_net)
     freeze(lpips)
     z_eval, c_eval = eval_inputs(G, cfg.eval_seeds)
-    run = {"network": str(network), "network_sha256": _sha256(network), "config": cfg.record()}
+    run = {"network": str(network), "network_sha256": sha256_file(network), "config": cfg.record()}
 
     # ---- fresh start or resume (with --resume and no snapshot yet: a fresh start)
-    records: list[dict] = []
-    start_step, rng_state, resumed_from = 0, None, None
-    if resume and snaps:
-        last_step, last_path = snaps[-1]
-        start_step, rng_state, info = load_snapshot(last_path, G, opt)
-        _check_resume(info, run, last_path)
-        records = [r for r in read_metrics(outdir) if r["step"] <= start_step]
-        if not records or records[-1]["step"] != start_step or records[0]["step"] != 0:
-            raise GazeError(f"{outdir}/metrics.jsonl does not match the snapshots (cannot resume from step {start_step})")
-        resumed_from = start_step
+    records, start_step, rng_state = _resume(outdir, snaps, G, opt, run) if resume and snaps else ([], 0, None)
+    resumed_from = start_step if records else None
     outdir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(outdir / "run.json", json.dumps(run, indent=2).encode())
 

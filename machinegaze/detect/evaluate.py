@@ -283,6 +283,16 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, target: int = 1) -> torch.
     return cam.detach()
 
 
+def cam_overlay(x: torch.Tensor, cam: torch.Tensor, alpha: float = 0.45) -> torch.Tensor:
+    """Images x [N, 3, H, W] in [-1, 1] with their Grad-CAM maps cam [N, 1, H, W] in [0, 1] blended over them
+    in matplotlib's 'jet' colours (red: where the score looked), in [-1, 1]."""
+    import matplotlib
+
+    jet = matplotlib.colormaps["jet"](cam[:, 0].detach().cpu().numpy())[..., :3]  # [N, H, W, 3] in [0, 1]
+    heat = torch.from_numpy(jet).permute(0, 3, 1, 2).float().to(x.device)
+    return ((1 - alpha) * x + alpha * (heat * 2 - 1)).clamp(-1, 1)
+
+
 @dataclass
 class Calibration:
     temperature: float = 1.0
@@ -370,11 +380,10 @@ def score_items(items: list, logits: np.ndarray, temperature: float, threshold: 
 def evaluate_detector(model: torch.nn.Module, items: list, sources: Sequence | None = None, cache=None,
                       n_boot: int = 1000, seed: int = 0, progress: ProgressFn = None) -> EvalResult:
     """Run the detector (with its own preprocessing and calibration) on labelled items and score it."""
-    from machinegaze.detect.sources import ImageCache, Preprocess
+    from machinegaze.detect.sources import ImageCache, preprocess_of
     if not items:
         raise GazeError("no test images to evaluate on")
-    spec = model.spec
-    pre = Preprocess(spec.size, spec.jpeg_quality)
+    pre = preprocess_of(model)
     cache = cache or ImageCache()
     x = cache.arrays(items, pre, sources, progress)
     logits = predict_logits(model, x, progress=progress)

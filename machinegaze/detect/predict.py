@@ -13,7 +13,7 @@ import torch
 
 from machinegaze import GazeError
 from machinegaze.data import IMAGE_EXTS, atomic_write_bytes, list_images, open_image
-from machinegaze.detect.sources import Preprocess
+from machinegaze.detect.sources import preprocess_of
 from machinegaze.progress import ProgressFn, report
 
 
@@ -52,8 +52,7 @@ def predict_paths(model: torch.nn.Module, paths: Sequence[str | os.PathLike], ba
     way, if no image at all can be read, that is an error."""
     from machinegaze.detect.evaluate import predict_logits
     files = expand_paths(paths)
-    spec = model.spec
-    pre = Preprocess(spec.size, spec.jpeg_quality)
+    pre = preprocess_of(model)
     t, thr = float(model.temperature), float(model.threshold)
     model.eval()
     out: list[Prediction] = []

@@ -19,9 +19,9 @@ from typing import Sequence
 import numpy as np
 
 from machinegaze import GazeError
-from machinegaze.data import atomic_write_bytes
+from machinegaze.data import atomic_write_bytes, to_uint8
 from machinegaze.detect import evaluate as ev
-from machinegaze.detect.sources import Item, Preprocess, to_tensor
+from machinegaze.detect.sources import Item, Preprocess, preprocess_of, to_tensor
 
 
 def _plt():
@@ -179,14 +179,13 @@ def fig_grad_cam(model, images: np.ndarray, titles: Sequence[str]):
     """Each image with its Grad-CAM for the 'fake' logit overlaid (where the detector looks)."""
     plt = _plt()
     x = to_tensor(images)
-    cam = ev.grad_cam(model, x, target=1)[:, 0].numpy()
+    overlay = to_uint8(ev.cam_overlay(x, ev.grad_cam(model, x, target=1)))
     n = len(images)
     fig, axes = plt.subplots(2, n, figsize=(1.9 * n, 4.0), squeeze=False)
     for k in range(n):
         axes[0, k].imshow(images[k])
         axes[0, k].set_title(titles[k], fontsize=7)
-        axes[1, k].imshow(images[k])
-        axes[1, k].imshow(cam[k], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        axes[1, k].imshow(overlay[k])
         axes[0, k].axis("off")
         axes[1, k].axis("off")
     fig.suptitle("Grad-CAM of the 'fake' logit (top: input as the detector sees it; bottom: heat map)", fontsize=9)
@@ -199,9 +198,8 @@ def pixel_figures(res: ev.EvalResult, model=None, sources=None, cache=None, k_lo
     out: dict[str, bytes] = {}
     if not res.items:
         return out
-    spec = getattr(model, "spec", None)
-    if spec is not None:
-        pre = Preprocess(spec.size, spec.jpeg_quality)
+    if getattr(model, "spec", None) is not None:
+        pre = preprocess_of(model)
     elif res.preprocess:
         pre = Preprocess(int(res.preprocess["size"]), res.preprocess.get("jpeg_quality"))
     else:

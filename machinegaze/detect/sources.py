@@ -229,10 +229,10 @@ class GeneratorSource:
 
     def render(self, items: Sequence[Item], batch: int = 8) -> Iterable[Image.Image]:
         """Generate the items' seeds (NVlabs seed semantics, constant noise) as PIL images."""
-        from machinegaze import checkpoints, zoo
         from machinegaze import generate as gen
+        from machinegaze import zoo
         from machinegaze.data import tensor_to_pil
-        G = checkpoints.load_networks(zoo.resolve_network(self.network)).generator
+        G = zoo.load_generator(self.network)
         cfg = gen.GenerateConfig(trunc=self.truncation_psi, batch_size=batch)
         seeds = [int(it.seed) for it in items]  # type: ignore[arg-type]
         for i in range(0, len(seeds), batch):
@@ -379,3 +379,14 @@ def to_tensor(arr: np.ndarray):
     """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1] (the project convention)."""
     import torch
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def preprocess_of(model) -> Preprocess:
+    """The preprocessing a detector was trained with: its spec's input size and JPEG policy."""
+    return Preprocess(model.spec.size, model.spec.jpeg_quality)
+
+
+def detector_input(model, images: Sequence[Image.Image]):
+    """PIL images -> the detector's input [N, 3, S, S] in [-1, 1], preprocessed exactly as it was trained."""
+    pre = preprocess_of(model)
+    return to_tensor(np.stack([pre(img) for img in images]))

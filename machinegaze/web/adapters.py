@@ -1,15 +1,12 @@
 """Every call the web app makes into the machinegaze library, in one place.
 
 The web app does no math: each function here is a thin adapter over one library function, so that when a
-capability module changes its API only this file follows. The few fallbacks for pieces that are not in the
-library yet are marked TEMPORARY with what replaces them.
+capability module changes its API only this file follows. Models come from `machinegaze.zoo` (the one loader).
 """
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -43,40 +40,11 @@ def _module(name: str):
         raise Unavailable(f"machinegaze.{name} needs a package that is not installed: {e.name}") from None
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ================================================================ weights
-def resolve_network(name_or_path: Optional[str]) -> Path:
-    from machinegaze import zoo
-    return zoo.resolve_network(name_or_path)
-
-
-def load_networks(path: Path):
-    """checkpoints.Networks (generator, D, meta) of a network file."""
-    from machinegaze import checkpoints
-    return checkpoints.load_networks(path)
-
-
 def network_facts(nets) -> dict:
     G = nets.generator
     return {"resolution": int(G.img_resolution), "num_ws": int(G.num_ws), "w_dim": int(G.w_dim),
             "c_dim": int(G.c_dim), "has_discriminator": nets.D is not None, "groups": layer_groups(G)}
-
-
-def resolve_detector(name_or_path: Optional[str]) -> Path:
-    from machinegaze import zoo
-    return zoo.resolve_detector(name_or_path)
-
-
-def load_detector(path: Path):
-    from machinegaze import checkpoints
-    return checkpoints.load_detector(path)
 
 
 def detector_facts(det) -> dict:
@@ -92,11 +60,6 @@ def lpips_availability(net: str) -> Availability:
         return Availability(True)
     except GazeError as e:
         return Availability(False, f"LPIPS-{net} weights missing: {e}")
-
-
-def load_lpips(net: str):
-    from machinegaze import zoo
-    return zoo.load_lpips(net)
 
 
 # ================================================================ images at the edges
@@ -157,25 +120,9 @@ def layer_groups(G) -> dict[str, list[int]]:
 
 
 def breed(G, w_a: torch.Tensor, w_b: torch.Tensor, genes: dict[str, float]) -> torch.Tensor:
-    """ws that take each layer group ('coarse', 'middle', 'fine') from B by the given amount (0: all A, 1: all B).
-
-    Uses machinegaze.mix.breed when the library has it."""
+    """ws that take each layer group ('coarse', 'middle', 'fine') from B by the given amount (0: all A, 1: all B)."""
     from machinegaze import mix
-    fn = getattr(mix, "breed", None)
-    if fn is not None:
-        return fn(G, w_a, w_b, genes)
-    # TEMPORARY until mix.breed lands: per-group linear interpolation of the ws, layers from mix.group_layers.
-    out = w_a.clone()
-    for group, amount in genes.items():
-        idx = mix.group_layers(G, group)
-        if idx:
-            out[:, idx] = torch.lerp(w_a[:, idx], w_b[:, idx], float(amount))
-    return out
-
-
-def breed_source() -> str:
-    from machinegaze import mix
-    return "mix.breed" if hasattr(mix, "breed") else "per-group lerp (mix.group_layers)"
+    return mix.breed(G, w_a, w_b, genes)
 
 
 # ================================================================ detect
@@ -190,25 +137,14 @@ class Detection:
 def detect(det, pil) -> Detection:
     """Calibrated P(fake), the verdict by the detector's calibrated threshold, and a Grad-CAM overlay, for one
     image preprocessed exactly as the detector was trained (detect.sources.Preprocess)."""
-    from machinegaze.detect.evaluate import grad_cam
-    from machinegaze.detect.sources import Preprocess, to_tensor
-    import numpy as np
+    from machinegaze.detect.evaluate import cam_overlay, grad_cam
+    from machinegaze.detect.sources import detector_input
 
-    pre = Preprocess(det.spec.size, det.spec.jpeg_quality)
-    x = to_tensor(np.stack([pre(pil)]))
+    x = detector_input(det, [pil])
     prob = float(det.prob_fake(x)[0])
     thr = float(det.threshold)
-    cam = grad_cam(det, x, target=1)
     return Detection(prob_fake=prob, verdict="fake" if prob >= thr else "real", threshold=thr,
-                     overlay=heat_overlay(x, cam))
-
-
-def heat_overlay(x: torch.Tensor, cam: torch.Tensor, alpha: float = 0.45) -> torch.Tensor:
-    """TEMPORARY until detect has an overlay helper: the image with a 'jet' colour map of the heat map blended over
-    it (what detect.report.fig_grad_cam draws with matplotlib), in [-1, 1]."""
-    import matplotlib
-    heat = torch.from_numpy(matplotlib.colormaps["jet"](cam[0, 0].numpy())[..., :3]).permute(2, 0, 1)[None].float()
-    return (1 - alpha) * x + alpha * (heat * 2 - 1)
+                     overlay=cam_overlay(x, grad_cam(det, x, target=1)))
 
 
 # ================================================================ project

@@ -186,34 +186,55 @@ def _planted_square(n: int, size: int, g: torch.Generator):
     return x, y, boxes
 
 
+def _train_planted_square_cam(size: int = 64):
+    """A smallcnn trained 120 steps on the planted square; Grad-CAM of 16 fresh images. Returns (accuracy, cam,
+    labels, boxes). Runs on one intra-op thread: conv backward sums in a thread-count-dependent order, so the
+    weights (and the CAM) differ in the last bits between 1 and 2 threads and drift apart over 120 Adam steps."""
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(0)
+        model = Detector(DetectorSpec("smallcnn", size, None, width=8, dropout=0.0))
+        x, y, _ = _planted_square(256, size, g)
+        opt = torch.optim.Adam(model.parameters(), 3e-3)
+        for _ in range(120):
+            idx = torch.randint(0, len(x), (32,), generator=g)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        xt, yt, boxes = _planted_square(16, size, g)
+        model.eval()
+        with torch.no_grad():
+            acc = float(((model(xt) > 0).float() == yt).float().mean())
+        return acc, ev.grad_cam(model, xt, target=1), yt, boxes
+    finally:
+        torch.set_num_threads(n_threads)
+
+
 def test_grad_cam_finds_the_planted_square():
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
     size = 64
-    model = Detector(DetectorSpec("smallcnn", size, None, width=8, dropout=0.0))
-    x, y, _ = _planted_square(256, size, g)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for step in range(120):
-        idx = torch.randint(0, len(x), (32,), generator=g)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    xt, yt, boxes = _planted_square(16, size, g)
-    model.eval()
-    with torch.no_grad():
-        assert ((model(xt) > 0).float() == yt).float().mean() >= 0.9
-    cam = ev.grad_cam(model, xt, target=1)
+    acc, cam, yt, boxes = _train_planted_square_cam(size)
+    assert acc >= 0.9
     assert cam.shape == (16, 1, size, size) and float(cam.min()) >= 0 and float(cam.max()) <= 1 + 1e-6
-    inside = []
+    rows, cols = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    density, offset, spread = [], [], []
     for i in np.nonzero(yt.numpy())[0]:
         r, c = boxes[i]
         m = cam[i, 0]
         near = m[max(r - 4, 0):r + 18, max(c - 4, 0):c + 18].sum() / m.sum()
         area = (min(r + 18, size) - max(r - 4, 0)) * (min(c + 18, size) - max(c - 4, 0)) / size ** 2
-        inside.append(float(near / area))
-    # the heat map's mass is concentrated on the square: several times its area share on average
-    assert np.mean(inside) > 2.5, inside
+        density.append(float(near / area))
+        w = m / m.sum()
+        cy, cx = r + 6.5, c + 6.5  # the square's centre
+        offset.append(float(torch.hypot((w * rows).sum() - cy, (w * cols).sum() - cx)))
+        spread.append(float(torch.hypot(rows - cy, cols - cx).mean()))  # the same for a uniform map
+    # Measured (seed 0, one thread): density 2.54, centroid 9.3 px from the square vs 32.2 px for a uniform map.
+    # Seeds 1-3 and two threads give density 1.87-2.54 and centroid/uniform 0.27-0.38, so the bars hold with
+    # room to spare; a map that ignores the square scores density 1 and ratio ~1.
+    assert np.mean(density) > 1.5, density
+    assert np.mean(offset) < 0.5 * np.mean(spread), (offset, spread)
 
 
 # ---------------------------------------------------------------- tiny end-to-end run on real faces

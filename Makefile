@@ -25,6 +25,8 @@ tour: setup
 	$(BIN)/gaze tour --outdir tour
 
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 bench: setup

@@ -13,16 +13,27 @@ import os
 import re
 import time
 import zipfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 from machinegaze import GazeError, __version__
-from machinegaze.data import (MANIFEST, MANIFEST_FORMAT, MIN_SIDE, ImageSource, atomic_path, center_crop, group_key,
-                              is_image_name, license_for, open_image, tensor_to_pil)
+from machinegaze.data import (
+    MANIFEST,
+    MANIFEST_FORMAT,
+    MIN_SIDE,
+    ImageSource,
+    atomic_path,
+    center_crop,
+    group_key,
+    is_image_name,
+    license_for,
+    open_image,
+    tensor_to_pil,
+)
 from machinegaze.progress import ProgressFn, report
 
 

@@ -7,9 +7,10 @@ The num_ws style vectors of a StyleGAN2 generator pair up by resolution: ws[2k] 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 

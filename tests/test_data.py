@@ -13,7 +13,6 @@ from machinegaze.data import ImageDataset, group_key, parse_splits, split_of
 from machinegaze.dataset import BuildConfig, build_dataset, parse_source
 from tests.helpers import single_thread
 
-
 one_thread = pytest.fixture(single_thread, scope="module", autouse=True)  # MTCNN's tiny ops crawl with 2 threads
 
 

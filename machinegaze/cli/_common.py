@@ -55,7 +55,14 @@ def progress_bar(description: str):
     """A Rich progress bar usable as a machinegaze.progress callback: `with progress_bar(..) as cb: f(progress=cb)`."""
     from contextlib import contextmanager
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     @contextmanager
     def cm():

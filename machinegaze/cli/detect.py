@@ -11,7 +11,6 @@ from rich.console import Console
 from machinegaze import GazeError
 from machinegaze.cli._common import parse_float, progress_bar, set_threads
 
-
 detect_app = typer.Typer(no_args_is_help=True, help="Is this face real? Train, evaluate and run fake-face detectors.")
 _DETECT_SOURCES_HELP = ("comma-separated sources: utkface, lfw, ffhq256, ffhq1024, orl, stylegan1, stylegan3, "
                         "real:FOLDER, fake:FOLDER, stylegan2:NETWORK")
@@ -131,7 +130,7 @@ def detect_predict_cmd(
         write_predictions_csv(preds, out)
         print(f"wrote {out}")
     if skipped:  # the readable images were still predicted; the exit status says not all of them were
-        for path, reason in skipped:
+        for _, reason in skipped:
             print(f"skipped: {reason}", file=sys.stderr)
         print(f"error: {len(skipped)} of {len(skipped) + len(preds)} files could not be read (listed above)",
               file=sys.stderr)

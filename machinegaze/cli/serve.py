@@ -20,8 +20,8 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to bind 
           uncanny_dir: Optional[list[Path]] = typer.Option(None, "--uncanny-dir", help="A `gaze uncanny` run folder to browse (repeatable)"),
           threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (1 is fastest on a busy machine)")):
     """Serve the lab (Detect, Generate & Mix, Project, Dream, Uncanny, Gallery) as a local web page."""
-    from machinegaze.web.server import serve as run_server
     from machinegaze.web import ServeConfig
+    from machinegaze.web.server import serve as run_server
     set_threads(threads)
     cfg = ServeConfig(host=host, port=port, network=network, detector=detector, data_dir=data_dir,
                       max_upload_mb=parse_float(max_upload_mb, "max-upload-mb"), workers=workers, queue=queue,

@@ -10,8 +10,9 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from machinegaze import GazeError
 from machinegaze.progress import Progress
@@ -203,7 +204,7 @@ class Gate:
         self._inside = 0
         self._limit = max(1, slots) + max(0, max_waiting)
 
-    def __enter__(self) -> "Gate":
+    def __enter__(self) -> Gate:
         with self._lock:
             if self._inside >= self._limit:
                 raise QueueFull("the server is busy (too many requests waiting); try again shortly")

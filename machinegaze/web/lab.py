@@ -8,8 +8,9 @@ import hashlib
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from fastapi import HTTPException, Request, UploadFile
@@ -28,7 +29,7 @@ log = logging.getLogger("machinegaze.web")
 MAX_SEED = 2 ** 32 - 1
 
 
-def get_lab(request: Request) -> "Lab":
+def get_lab(request: Request) -> Lab:
     """FastAPI dependency: the app's Lab."""
     return request.app.state.lab
 

@@ -116,14 +116,6 @@ def generate_images(G, num: int, seed: int = 0, truncation_psi: float = 1.0, bat
     return torch.cat(out)
 
 
-def compare_sets(a: torch.Tensor, b: torch.Tensor, net=None, batch: int = 32, kid_subsets: int = 100,
-                 kid_subset_size: int = 1000) -> dict[str, float]:
-    """FID-EffNetLite0 and KID-EffNetLite0 between two image sets ([N, 3, H, W] in [-1, 1])."""
-    fa, fb = embed(a, net, batch), embed(b, net, batch)
-    return {"FID-EffNetLite0": fid_from_features(fa, fb),
-            "KID-EffNetLite0": kid_from_features(fa, fb, kid_subsets, kid_subset_size)}
-
-
 def evaluate_generator(G, data: str, config: MetricsConfig = MetricsConfig(), net=None,
                        progress: ProgressFn = None) -> dict:
     """FID/KID-EffNetLite0 of G's images against the real images in `data` (at G's resolution)."""

@@ -117,12 +117,15 @@ def blur(x: torch.Tensor, f: torch.Tensor, pad: int, gain: float = 1.0, bias: Op
 
 
 def conv_up2(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor, groups: int = 1,
-             bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+             bias: Optional[torch.Tensor] = None, w_is_transposed: bool = False) -> torch.Tensor:
     """Upsampling k x k conv: stride-2 transposed convolution (true convolution of the zero-inserted input with
-    w, output 2h + k - 2), then the FIR (gain 4) with the padding that lands on exactly 2h."""
-    o, i_per_group, k, _ = w.shape
-    wt = w.reshape(groups, o // groups, i_per_group, k, k).transpose(1, 2).reshape(groups * i_per_group, o // groups, k, k)
-    y = F.conv_transpose2d(x, wt, stride=2, groups=groups)
+    w, output 2h + k - 2), then the FIR (gain 4) with the padding that lands on exactly 2h. w is [O, I/groups,
+    k, k], or already [I, O/groups, k, k] (the transposed-conv layout) when w_is_transposed."""
+    k = w.shape[-1]
+    if not w_is_transposed:
+        o, i_per_group = w.shape[:2]
+        w = w.reshape(groups, o // groups, i_per_group, k, k).transpose(1, 2).reshape(groups * i_per_group, o // groups, k, k)
+    y = F.conv_transpose2d(x, w, stride=2, groups=groups)
     return blur(y, f, pad=(f.shape[-1] - k + 1) // 2, gain=4.0, bias=bias)
 
 
@@ -152,17 +155,20 @@ def modulated_conv(x: torch.Tensor, weight: torch.Tensor, in_scale: torch.Tensor
         per_sample = not torch.is_grad_enabled()
     o, k = weight.shape[0], weight.shape[-1]
     if per_sample:
-        wk = weight.unsqueeze(0) * in_scale.view(n, 1, c, 1, 1)
-        if out_scale is not None:
-            wk = wk * out_scale.view(n, o, 1, 1, 1)
-        wk = wk.reshape(n * o, c, k, k).to(x.dtype)
+        scale = in_scale.view(n, 1, c) if out_scale is None else out_scale.view(n, o, 1) * in_scale.view(n, 1, c)
+        # one pass over the weights, written straight in the activations' memory layout
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         xg = x.reshape(1, n * c, h, w) if n > 1 else x
         b = bias.to(x.dtype).repeat(n) if bias is not None else None
-        if up:
-            y = conv_up2(xg, wk, f, groups=n, bias=b)
-        else:
-            y = F.conv2d(xg, wk, bias=b, padding=k // 2, groups=n)
-        return y.reshape(n, o, *y.shape[2:]) if n > 1 else y
+        if up:  # written directly in the transposed-conv layout [N * I, O, k, k]
+            wk = torch.empty([n * c, o, k, k], dtype=weight.dtype, device=weight.device, memory_format=layout)
+            torch.mul(weight.transpose(0, 1).unsqueeze(0), scale.transpose(1, 2).reshape(n, c, -1, 1, 1),
+                      out=wk.view(n, c, o, k, k))
+            return _ungroup(conv_up2(xg, wk.to(x.dtype), f, groups=n, bias=b, w_is_transposed=True), n)
+        wk = torch.empty([n * o, c, k, k], dtype=weight.dtype, device=weight.device, memory_format=layout)
+        torch.mul(weight.unsqueeze(0), scale.view(n, -1, c, 1, 1), out=wk.view(n, o, c, k, k))
+        y = F.conv2d(xg, wk.to(x.dtype), bias=b, padding=k // 2, groups=n)
+        return _ungroup(y, n)
     y = x * in_scale.view(n, c, 1, 1).to(x.dtype)
     wk = weight.to(x.dtype)
     y = conv_up2(y, wk, f) if up else F.conv2d(y, wk, padding=k // 2)
@@ -173,10 +179,16 @@ def modulated_conv(x: torch.Tensor, weight: torch.Tensor, in_scale: torch.Tensor
     return y
 
 
-def demodulation(weight: torch.Tensor, styles: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def _ungroup(y: torch.Tensor, n: int) -> torch.Tensor:
+    return y.reshape(n, y.shape[1] // n, *y.shape[2:]) if n > 1 else y
+
+
+def demodulation(weight: torch.Tensor, styles: torch.Tensor, eps: float = 1e-8,
+                 energy: Optional[torch.Tensor] = None) -> torch.Tensor:
     """1 / ||weight * style||_2 per sample and output channel: sum_i s_i^2 * sum_k w_oik^2, so the per-sample
-    weights never need to exist. [N, O]"""
-    energy = weight.square().sum(dim=[2, 3])            # [O, I]
+    weights never need to exist. `energy` may pass a precomputed sum_k w_oik^2 [O, I]. Returns [N, O]."""
+    if energy is None:
+        energy = weight.square().sum(dim=[2, 3])
     return (styles.square() @ energy.t()).add_(eps).rsqrt()
 
 

@@ -117,11 +117,22 @@ class SynthesisLayer(nn.Module):
         r = self.resolution
         return torch.randn([x.shape[0], 1, r, r], device=x.device, dtype=x.dtype) * self.noise_strength.to(x.dtype)
 
+    def weight_energy(self) -> torch.Tensor:
+        """sum over the kernel window of weight^2, [O, I]; cached while the weight is frozen and unchanged."""
+        wt = self.weight
+        if wt.requires_grad and torch.is_grad_enabled():
+            return wt.float().square().sum(dim=[2, 3])
+        key = (wt.data_ptr(), wt._version, wt.device)
+        if getattr(self, "_energy_key", None) != key:
+            self._energy = wt.detach().float().square().sum(dim=[2, 3])
+            self._energy_key = key
+        return self._energy
+
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random", gain: float = 1.0) -> torch.Tensor:
         styles = self.affine(w).float()
         # lrelu(g * y) == g * lrelu(y) for g > 0: the activation gain rides on the demodulation scale and the bias
         g = self.act_gain * gain
-        out_scale = demodulation(self.weight.float(), styles) * g
+        out_scale = demodulation(self.weight, styles, energy=self.weight_energy()) * g
         if x.dtype != torch.float32:  # fp16: keep x * style in range; the demodulation scale takes the factor back
             peak = styles.abs().amax(dim=1, keepdim=True)
             styles, out_scale = styles / peak, out_scale * peak

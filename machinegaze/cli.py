@@ -81,8 +81,7 @@ def progress_bar(description: str):
 # ---- StyleGAN2: generate / mix / interpolate / convert
 def _load_generator(network: Optional[str]):
     from machinegaze import checkpoints, zoo
-    nets = checkpoints.load_networks(zoo.resolve_network(network))
-    return nets.generator, nets
+    return checkpoints.load_generator(zoo.resolve_network(network)), None  # D and G are never built
 
 
 @app.command()

@@ -256,6 +256,10 @@ class SynthesisNetwork(nn.Module):
     def forward(self, ws: torch.Tensor, noise_mode: str = "random", force_fp32: bool = True) -> torch.Tensor:
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}")
+        if _inference() and ws.shape[0] > 1 and self.img_resolution >= 128:
+            # large maps: one image at a time keeps the activations of a single image alive and each conv a
+            # plain (ungrouped) one; only the 3-channel results are joined
+            return torch.cat([self(ws[i:i + 1], noise_mode, force_fp32) for i in range(ws.shape[0])])
         x = img = None
         for block, block_ws in zip(self.blocks(), self.block_ws(ws.float())):
             x, img = block(x, img, block_ws, noise_mode=noise_mode, force_fp32=force_fp32)

@@ -118,9 +118,9 @@ class SynthesisLayer(nn.Module):
         return torch.randn([x.shape[0], 1, r, r], device=x.device, dtype=x.dtype) * self.noise_strength.to(x.dtype)
 
     def weight_energy(self) -> torch.Tensor:
-        """sum over the kernel window of weight^2, [O, I]; cached while the weight is frozen and unchanged."""
+        """sum over the kernel window of weight^2, [O, I]; cached for inference while the weight is unchanged."""
         wt = self.weight
-        if wt.requires_grad and torch.is_grad_enabled():
+        if torch.is_grad_enabled():  # autograd: computed afresh (a cached inference tensor cannot enter a graph)
             return wt.float().square().sum(dim=[2, 3])
         key = (wt.data_ptr(), wt._version, wt.device)
         if getattr(self, "_energy_key", None) != key:

@@ -6,11 +6,11 @@ weights_only=True; our own format is safetensors with a JSON config in the metad
 from __future__ import annotations
 
 import collections
-import io
 import json
 import os
 import pickle
 import struct
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -260,7 +260,9 @@ def _numpy_reconstruct(cls, shape, typecode):
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     if not isinstance(storage, torch.Tensor):
         raise RefusedGlobal("tensor rebuilt from something that is not a storage")
-    return torch.as_strided(storage, tuple(size), tuple(stride), int(storage_offset)).clone()
+    view = torch.as_strided(storage, tuple(size), tuple(stride), int(storage_offset))
+    # the usual case, a tensor that is its whole storage, is used as is (no second copy of the weights)
+    return view if view.numel() == storage.numel() and view.is_contiguous() else view.clone()
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *args):
@@ -283,8 +285,26 @@ class _StorageType:
         self.name, self.dtype = name, _STORAGE_DTYPES[name]
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Admits only the globals a network pickle needs, each mapped to a harmless function of ours."""
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Admits only the globals a network pickle needs, each mapped to a harmless function of ours.
+
+    The Python unpickler (not the C one) so that the tensor payloads (BINBYTES) can be read into bytearrays
+    that we own: the storage loader copies each into its tensor and empties the bytearray, so the file's bytes
+    and the tensors are never both held in full (the unpickler's memo would otherwise keep every payload)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def _load_big_bytes(self, size_format: str, width: int):
+        (size,) = struct.unpack(size_format, self.read(width))
+        if size > sys.maxsize:
+            raise pickle.UnpicklingError("BINBYTES exceeds system's maximum size")
+        buf = bytearray(size)
+        if self.readinto(buf) != size:
+            raise EOFError("truncated tensor payload")
+        self.append(buf)
+
+    dispatch[pickle.BINBYTES[0]] = lambda self: self._load_big_bytes("<I", 4)
+    dispatch[pickle.BINBYTES8[0]] = lambda self: self._load_big_bytes("<Q", 8)
 
     ALLOWED = {
         ("collections", "OrderedDict"): collections.OrderedDict,
@@ -342,7 +362,7 @@ def _load_legacy_storage(data: bytes) -> torch.Tensor:
     """Parse a legacy (non-zip) torch.save stream holding one storage; return it as a 1-D tensor."""
     if not isinstance(data, (bytes, bytearray)):
         raise RefusedGlobal("tensor storage: payload is not bytes")
-    f = io.BytesIO(data)
+    f = _ViewReader(data)
     magic = _StorageUnpickler(f).load()
     if magic != _LEGACY_MAGIC:
         raise GazeError("tensor storage: bad magic number (not a torch storage)")
@@ -356,10 +376,33 @@ def _load_legacy_storage(data: bytes) -> torch.Tensor:
     dtype, numel = up.storages[root[1]]
     (count,) = struct.unpack("<q", f.read(8))
     itemsize = torch.empty((), dtype=dtype).element_size()
-    raw = f.read(count * itemsize)
-    if count != numel or len(raw) != count * itemsize:
+    if count != numel or count < 0 or len(data) - f.pos < count * itemsize:
         raise GazeError("tensor storage: truncated data")
-    return torch.frombuffer(bytearray(raw), dtype=dtype) if count else torch.empty(0, dtype=dtype)
+    out = torch.empty(count, dtype=dtype)
+    if count:
+        out.view(torch.uint8).numpy()[:] = np.frombuffer(data, dtype=np.uint8, count=count * itemsize, offset=f.pos)
+    if isinstance(data, bytearray):
+        f.view.release()
+        data.clear()  # this payload's memory goes back now, not when the whole pickle is done
+    return out
+
+
+class _ViewReader:
+    """read/readline over a buffer without copying it (io.BytesIO would copy a bytearray)."""
+
+    def __init__(self, data):
+        self.view, self.pos = memoryview(data), 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.view) if n < 0 else min(self.pos + n, len(self.view))
+        chunk, self.pos = bytes(self.view[self.pos:end]), end
+        return chunk
+
+    def readline(self) -> bytes:
+        end = self.pos
+        while end < len(self.view) and self.view[end] != 10:
+            end += 1
+        return self.read(end + 1 - self.pos)
 
 
 def _plain(v):
@@ -401,18 +444,24 @@ def _collect_tensors(rec: PersistentRecord, prefix: str = "") -> dict[str, torch
 NETWORK_CLASSES = {"Generator": Generator, "Discriminator": Discriminator}
 
 
-def _build_network(class_name: str, init_kwargs: dict) -> torch.nn.Module:
+def _build_network(class_name: str, init_kwargs: dict, on_meta: bool = False) -> torch.nn.Module:
+    """Our module for a recorded class; on_meta=True allocates nothing (the loaded tensors are assigned later)."""
     cls = NETWORK_CLASSES.get(class_name)
     if cls is None:
         raise GazeError(f"unsupported network class '{class_name}' (machinegaze knows StyleGAN2 Generator and Discriminator)")
     try:
+        if on_meta:
+            with torch.device("meta"):
+                return cls(**init_kwargs)
         return cls(**init_kwargs)
     except TypeError as e:
         raise GazeError(f"cannot rebuild {class_name} from the recorded init kwargs: {e}") from None
 
 
-def load_state_strict(net: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
-    """Copy every tensor by name; a missing, unexpected or mis-shaped tensor is an error."""
+def load_state_strict(net: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str, assign: bool = False) -> None:
+    """Every tensor by name; a missing, unexpected or mis-shaped tensor is an error. assign=True makes the given
+    tensors the module's own (cast to the module's dtype where needed; no copy otherwise), e.g. for a module
+    built on the meta device; assign=False copies into the existing parameters."""
     own = net.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
@@ -426,12 +475,16 @@ def load_state_strict(net: torch.nn.Module, tensors: dict[str, torch.Tensor], wh
     for k, v in own.items():
         if tuple(tensors[k].shape) != tuple(v.shape):
             raise GazeError(f"{what}: {k} has shape {tuple(tensors[k].shape)}, expected {tuple(v.shape)}")
+    if assign:
+        ready = {k: tensors[k].to(v.dtype).contiguous() for k, v in own.items()}
+        net.load_state_dict(ready, strict=True, assign=True)
+        return
     with torch.no_grad():
         for k, v in own.items():
             v.copy_(tensors[k].to(v.dtype))
 
 
-def _network_from_record(rec, what: str) -> torch.nn.Module | None:
+def _network_from_record(rec, what: str, taken: Optional[set] = None) -> torch.nn.Module | None:
     if rec is None:
         return None
     if not isinstance(rec, PersistentRecord):
@@ -441,8 +494,14 @@ def _network_from_record(rec, what: str) -> torch.nn.Module | None:
     if args:
         raise GazeError(f"{what}: positional init args are not supported ({len(args)} given)")
     kwargs = _plain(dict(st.get("_init_kwargs") or {}))
-    net = _build_network(rec.class_name, kwargs)
-    load_state_strict(net, _collect_tensors(rec), what)
+    net = _build_network(rec.class_name, kwargs, on_meta=True)
+    tensors = _collect_tensors(rec)
+    if taken is not None:  # a tensor the file shares between networks (or within one) gets a copy of its own
+        for k, t in tensors.items():
+            if t.numel() and t.data_ptr() in taken:
+                tensors[k] = t.clone()
+            taken.add(tensors[k].data_ptr())
+    load_state_strict(net, tensors, what, assign=True)
     return net.eval().requires_grad_(False)
 
 
@@ -486,12 +545,16 @@ class Networks:
         return g
 
 
-def load_nvlabs_pickle(path: str | os.PathLike) -> Networks:
+def load_nvlabs_pickle(path: str | os.PathLike, roles: Optional[tuple[str, ...]] = None) -> Networks:
+    """The networks of an NVlabs snapshot (only `roles` if given); parameters are the unpickled tensors."""
     path = Path(path)
     data = read_nvlabs_pickle(path)
-    nets = {}
+    nets, taken = {}, set()
     for key in ("G", "D", "G_ema"):
-        nets[key] = _network_from_record(data.get(key), f"{path.name}:{key}")
+        rec = data.pop(key, None)
+        wanted = roles is None or key in roles
+        nets[key] = _network_from_record(rec, f"{path.name}:{key}", taken) if wanted else None
+        del rec  # a role not asked for is freed here
     if not any(nets.values()):
         raise GazeError(f"{path}: no G, D or G_ema network in this pickle")
     meta = {"source_format": "nvlabs-pkl", "training_set_kwargs": _safe_meta(data.get("training_set_kwargs"))}
@@ -539,13 +602,12 @@ def load_safetensors_networks(path: str | os.PathLike, roles: Optional[tuple[str
 
     path = Path(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="pt") as f:  # validates the header; its tensors are read below
             md = f.metadata() or {}
-            if md.get("format") != FORMAT:
-                raise GazeError(f"{path}: a safetensors file, but not a machinegaze network file (no '{FORMAT}' metadata)")
-            config = json.loads(md["networks"])
-            meta = json.loads(md.get("meta") or "{}")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if md.get("format") != FORMAT:
+            raise GazeError(f"{path}: a safetensors file, but not a machinegaze network file (no '{FORMAT}' metadata)")
+        config = json.loads(md["networks"])
+        meta = json.loads(md.get("meta") or "{}")
     except GazeError:
         raise
     except Exception as e:
@@ -554,17 +616,61 @@ def load_safetensors_networks(path: str | os.PathLike, roles: Optional[tuple[str
     for role, spec in config.items():
         if role not in ("G_ema", "G", "D") or (roles is not None and role not in roles):
             continue
-        net = _build_network(spec["class"], spec["init_kwargs"])
+        net = _build_network(spec["class"], spec["init_kwargs"], on_meta=True)
         pre = role + "."
-        load_state_strict(net, {k[len(pre):]: v.float() if v.is_floating_point() else v
-                                for k, v in tensors.items() if k.startswith(pre)}, f"{path.name}:{role}")
+        tensors = read_safetensors_tensors(path, lambda k: k.startswith(pre), float32=True)
+        load_state_strict(net, {k[len(pre):]: v for k, v in tensors.items()}, f"{path.name}:{role}", assign=True)
         setattr(out, role, net.eval().requires_grad_(False))
-    out.extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+        del tensors
+    out.extra = {k[len("extra."):]: v for k, v in
+                 read_safetensors_tensors(path, lambda k: k.startswith("extra.")).items()}
     return out
 
 
-def load_networks(path: str | os.PathLike) -> Networks:
-    """Load StyleGAN2 networks from an NVlabs .pkl or our .safetensors (by content, not by extension)."""
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors_tensors(path: Path, want=lambda name: True, float32: bool = False) -> dict[str, torch.Tensor]:
+    """The wanted tensors of a safetensors file, each read from disk straight into its own tensor (no mapping of
+    the whole file and no second copy; float32=True widens half-precision tensors one at a time)."""
+    size = path.stat().st_size
+    out = {}
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 2 <= n <= size - 8:
+            raise GazeError(f"{path}: not a readable safetensors file (bad header length)")
+        header = json.loads(f.read(n))
+        base = 8 + n
+        for name, spec in header.items():
+            if name == "__metadata__" or not want(name):
+                continue
+            dtype = _SAFETENSORS_DTYPES.get(spec.get("dtype"))
+            start, end = (int(v) for v in spec["data_offsets"])
+            t = torch.empty([int(d) for d in spec["shape"]], dtype=dtype) if dtype is not None else None
+            if t is None or end - start != t.numel() * t.element_size() or base + end > size:
+                raise GazeError(f"{path}: tensor {name} has an unsupported dtype or inconsistent offsets")
+            f.seek(base + start)
+            if t.numel() and f.readinto(t.view(-1).view(torch.uint8).numpy()) != end - start:
+                raise GazeError(f"{path}: truncated at tensor {name}")
+            out[name] = t.float() if float32 and t.is_floating_point() and t.dtype != torch.float32 else t
+    return out
+
+
+def load_generator(path: str | os.PathLike) -> Generator:
+    """Only the generator of a network file (G_ema, else G): the other networks are never built, and their
+    tensors are freed as soon as the file is read."""
+    for roles in (("G_ema",), ("G",)):
+        nets = load_networks(path, roles=roles)
+        if nets.G_ema is not None or nets.G is not None:
+            return nets.generator
+    raise GazeError(f"{path}: holds no generator")
+
+
+def load_networks(path: str | os.PathLike, roles: Optional[tuple[str, ...]] = None) -> Networks:
+    """Load StyleGAN2 networks from an NVlabs .pkl or our .safetensors (by content, not by extension); with
+    `roles` (e.g. ("G_ema",)) only those are built."""
     path = Path(path)
     if not path.exists():
         raise GazeError(f"no such network file: {path}")
@@ -578,13 +684,13 @@ def load_networks(path: str | os.PathLike) -> Networks:
     # which would otherwise pass for a pickle's PROTO opcode. A pickle's first 8 bytes never read as a length
     # that fits in the file.
     if len(head) >= 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
-        return load_safetensors_networks(path)
+        return load_safetensors_networks(path, roles)
     if head[:1] == b"\x80":
-        return load_nvlabs_pickle(path)
+        return load_nvlabs_pickle(path, roles)
     if head[:2] == b"PK":
         raise GazeError(f"{path}: a torch.save archive, not a StyleGAN2 network (.pkl snapshot or machinegaze .safetensors)")
     if len(head) >= 9 and head[8:9] == b"{":
-        return load_safetensors_networks(path)
+        return load_safetensors_networks(path, roles)
     raise GazeError(f"{path}: unsupported file format (expected an NVlabs .pkl snapshot or a machinegaze .safetensors)")
 
 

@@ -208,27 +208,36 @@ def swapped_noise(G: Generator, bufs: list[torch.Tensor]):
             m.noise_const = s
 
 
+def _halvings(m: torch.Tensor):
+    """m, then m averaged over 2x2 pixels, and so on while the map is larger than 8x8."""
+    yield m
+    while m.shape[-1] > 8:
+        m = F.avg_pool2d(m, 2)
+        yield m
+
+
 def noise_regularization(bufs: list[torch.Tensor]) -> torch.Tensor:
-    """NVlabs: sum over buffers and pyramid levels of the squared mean products with 1-px shifted copies."""
-    reg = torch.zeros(())
-    for v in bufs:
-        x = v[None, None]
-        while True:
-            reg = reg + (x * torch.roll(x, shifts=1, dims=3)).mean() ** 2 + (x * torch.roll(x, shifts=1, dims=2)).mean() ** 2
-            if x.shape[2] <= 8:
-                break
-            x = F.avg_pool2d(x, kernel_size=2)
-    return reg
+    """StyleGAN2 paper, appendix (projection): noise maps must not smuggle in image content, so for every map and
+    every level of its 2x2-average pyramid (down to 8x8), penalise the squared autocorrelation at a one-pixel
+    shift, across and down, with wrap-around."""
+    total = torch.zeros(())
+    for buf in bufs:
+        for level in _halvings(buf.reshape(1, 1, *buf.shape[-2:])):
+            for axis in (3, 2):
+                total = total + (level * level.roll(1, dims=axis)).mean().square()
+    return total
 
 
 def learning_rate(r: Recipe, step: int) -> float:
-    t = step / r.steps
+    """'nvlabs' (the paper's projector): linear warm-up over the first lr_rampup of the steps, full rate, then a
+    half-cosine down to 0 over the last lr_rampdown. 'cosine': warm-up, then cosine decay over the whole run."""
+    progress = step / r.steps
     if r.schedule == "nvlabs":
-        ramp = min(1.0, (1.0 - t) / r.lr_rampdown)
-        ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
-        return r.lr * ramp * min(1.0, t / r.lr_rampup)
+        warm = min(1.0, progress / r.lr_rampup)
+        left = min(1.0, (1.0 - progress) / r.lr_rampdown)  # 1 until the ramp-down starts, then linearly to 0
+        return r.lr * warm * (1.0 - math.cos(math.pi * left)) / 2
     warm = min(1.0, (step + 1) / max(1.0, r.lr_rampup * r.steps))
-    return r.lr * warm * (0.5 + 0.5 * math.cos(math.pi * t))
+    return r.lr * warm * (1.0 + math.cos(math.pi * progress)) / 2
 
 
 @torch.inference_mode()

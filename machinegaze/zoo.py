@@ -80,8 +80,11 @@ def load_networks(name_or_path: str | os.PathLike | None = None):
 
 
 def load_generator(name_or_path: str | os.PathLike | None = None):
-    """The generator to sample from (G_ema when the file has one) of a registered name or a network file."""
-    return load_networks(name_or_path).generator
+    """The generator to sample from (G_ema when the file has one) of a registered name or a network file;
+    the discriminator is never built."""
+    from machinegaze import checkpoints
+
+    return checkpoints.load_generator(resolve_network(name_or_path))
 
 
 # ---------------------------------------------------------------- EfficientNet-Lite0 (ImageNet classifier)

@@ -205,3 +205,41 @@ def test_convert_cli(tmp_path, golden_dir):
     save_file({"x": torch.zeros(2)}, str(foreign))
     with pytest.raises(GazeError, match="not a machinegaze network file"):
         load_networks(foreign)
+
+
+def test_loaded_tensors_are_owned_and_not_shared(tmp_path):
+    """Tensors land in the parameters without a copy of the file alongside, yet a tensor the pickle shares
+    between G and G_ema becomes two independent parameters (training must not update both)."""
+    G, D = _tiny(res=16)
+    p = tmp_path / "snap.pkl"
+    p.write_bytes(snapshot_bytes(G=G, D=D, G_ema=G))  # G and G_ema: the very same tensors in the file
+    nets = load_networks(p)
+    for name, t in nets.G_ema.state_dict().items():
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), name  # not a view of a big payload
+        assert t.device.type == "cpu" and t.dtype == torch.float32
+        assert torch.equal(t, G.state_dict()[name])
+    w_ema, w_g = nets.G_ema.synthesis.b16.conv1.weight, nets.G.synthesis.b16.conv1.weight
+    assert w_ema.data_ptr() != w_g.data_ptr()
+    with torch.no_grad():
+        w_g.add_(1.0)
+    assert torch.equal(w_ema, G.synthesis.b16.conv1.weight)
+
+
+def test_load_generator_builds_only_the_generator(tmp_path):
+    G, D = _tiny(res=16)
+    G_ema, _ = _tiny(res=16, seed=5)
+    pkl, st = tmp_path / "snap.pkl", tmp_path / "snap.safetensors"
+    pkl.write_bytes(snapshot_bytes(G=G, D=D, G_ema=G_ema))
+    save_networks(st, {"G_ema": G_ema, "G": G, "D": D}, half=True)
+    from machinegaze.checkpoints import load_generator
+    z = torch.randn(2, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = G_ema(z, noise_mode="const")
+        for path, tol in ((pkl, 0.0), (st, 0.05)):  # the .safetensors was written in fp16
+            g = load_generator(path)
+            assert all(t.dtype == torch.float32 for t in g.state_dict().values())
+            assert (g(z, noise_mode="const") - ref).abs().max() <= tol
+    only = load_networks(pkl, roles=("G_ema",))
+    assert only.G is None and only.D is None and only.G_ema is not None
+    save_networks(st, {"G": G})
+    assert torch.equal(load_generator(st).synthesis.b4.const, G.synthesis.b4.const)  # falls back to G

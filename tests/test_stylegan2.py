@@ -10,7 +10,7 @@ from machinegaze.data import to_uint8
 from machinegaze.generate import seeds_to_ws, synthesize, z_from_seed
 from machinegaze.mix import group_layers, parse_styles, style_mix
 from machinegaze.nets import ops
-from machinegaze.nets.stylegan2 import Discriminator, Generator, modulated_conv2d
+from machinegaze.nets.stylegan2 import Discriminator, Generator
 
 GOLDEN = ["sg2_skip_32", "sg2_cond_64"]
 
@@ -124,10 +124,12 @@ def test_modulated_conv_matches_per_sample_weights(up):
     weight = torch.randn(7, 5, 3, 3, generator=g)
     styles = torch.randn(3, 5, generator=g)
     f = ops.setup_filter([1, 3, 3, 1])
-    ours = modulated_conv2d(x, weight, styles, up=up, padding=1, resample_filter=f, flip_weight=(up == 1))
     ref = _ref_fused_modconv(x, weight, styles, up)
-    assert ours.shape == (3, 7, 8 * up, 8 * up)
-    assert (ours - ref).abs().max() < 1e-4
+    demod = ops.demodulation(weight, styles)
+    for per_sample in (True, False):  # folded per-sample weights (inference) and shared weight (autograd)
+        ours = ops.modulated_conv(x, weight, styles, demod, up=up == 2, f=f, per_sample=per_sample)
+        assert ours.shape == (3, 7, 8 * up, 8 * up)
+        assert (ours - ref).abs().max() < 1e-4
 
 
 def test_upfirdn_against_scipy():

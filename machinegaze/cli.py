@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from machinegaze import GazeError
+from machinegaze.cli_options import DeviceOpt, PrecisionOpt, resolve
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="machinegaze: see what face GANs and face classifiers see.")
@@ -79,10 +80,10 @@ def progress_bar(description: str):
 # Each capability adds its commands below this line (keep them thin).
 
 # ---- StyleGAN2: generate / mix / interpolate / convert
-def _load_generator(network: Optional[str]):
+def _load_generator(network: Optional[str], device=None):
     from machinegaze import checkpoints, zoo
     nets = checkpoints.load_networks(zoo.resolve_network(network))
-    return nets.generator, nets
+    return (nets.generator.to(device) if device is not None else nets.generator), nets
 
 
 @app.command()
@@ -91,17 +92,25 @@ def generate(network: Optional[str] = typer.Option(None, "--network", help="Netw
              trunc: str = typer.Option("1.0", "--trunc", help="Truncation psi"),
              class_idx: Optional[int] = typer.Option(None, "--class", help="Class label (conditional networks)"),
              noise_mode: str = typer.Option("const", "--noise-mode", help="const | random | none"),
-             outdir: Path = typer.Option(Path("out"), "--outdir")):
-    """Generate images from seeds (one PNG per seed + a grid) and save their latents (ws.npz, key 'w')."""
+             outdir: Path = typer.Option(Path("out"), "--outdir"),
+             device: Optional[str] = DeviceOpt, precision: str = PrecisionOpt):
+    """Generate images from seeds (one PNG per seed + a grid of the first 64) and save their latents (ws.npz,
+    key 'w'). Under torchrun every process writes its share of the seeds."""
+    from contextlib import nullcontext
+
+    from machinegaze import distributed
     from machinegaze import generate as gen
     seed_list = parse_range_list(seeds, "seeds")
     cfg = gen.GenerateConfig(trunc=parse_float(trunc, "trunc"), class_idx=class_idx, noise_mode=noise_mode)
-    G, _ = _load_generator(network)
-    with progress_bar("generate") as cb:
-        images, ws = gen.generate_images(G, seed_list, cfg, progress=cb)
-    paths = gen.write_generated(images, seed_list, outdir)
-    gen.save_w(Path(outdir) / "ws.npz", ws)
-    print(f"wrote {len(paths)} images and ws.npz to {outdir}")
+    dev, prec = resolve(device, precision)
+    world = distributed.init(dev)
+    G, _ = _load_generator(network, dev)
+    with (progress_bar("generate") if world.main else nullcontext()) as cb:
+        gen.generate_to_dir(G, seed_list, outdir, cfg, precision=prec, world=world, progress=cb)
+    distributed.finish()
+    if world.main:
+        print(f"wrote {len(seed_list)} images and ws.npz to {outdir}"
+              + (f" ({world.size} processes)" if world.on else ""))
 
 
 @app.command()
@@ -112,12 +121,13 @@ def mix(network: Optional[str] = typer.Option(None, "--network"),
         trunc: str = typer.Option("1.0", "--trunc"),
         class_idx: Optional[int] = typer.Option(None, "--class"),
         noise_mode: str = typer.Option("const", "--noise-mode"),
-        outdir: Path = typer.Option(Path("out"), "--outdir")):
+        outdir: Path = typer.Option(Path("out"), "--outdir"),
+        device: Optional[str] = DeviceOpt):
     """The style-mixing grid: sources on the top row and left column, mixes inside."""
     from machinegaze import mix as mixmod
     from machinegaze.data import save_image
     row_seeds, col_seeds = parse_range_list(rows, "rows"), parse_range_list(cols, "cols")
-    G, _ = _load_generator(network)
+    G, _ = _load_generator(network, resolve(device)[0])
     cfg = mixmod.MixConfig(styles=styles, trunc=parse_float(trunc, "trunc"), noise_mode=noise_mode, class_idx=class_idx)
     grid, mixes = mixmod.style_mixing_grid(G, row_seeds, col_seeds, cfg)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -135,13 +145,14 @@ def interpolate(network: Optional[str] = typer.Option(None, "--network"),
                 trunc: str = typer.Option("1.0", "--trunc"),
                 class_idx: Optional[int] = typer.Option(None, "--class"),
                 noise_mode: str = typer.Option("const", "--noise-mode"),
-                out: Path = typer.Option(Path("walk.mp4"), "--out", help=".mp4 or .gif")):
+                out: Path = typer.Option(Path("walk.mp4"), "--out", help=".mp4 or .gif"),
+                device: Optional[str] = DeviceOpt):
     """A looping latent walk through the seeds, smooth in W."""
     from machinegaze import generate as gen
     seed_list = parse_range_list(seeds, "seeds")
     if out.suffix.lower() not in (".mp4", ".gif"):
         raise GazeError(f"--out must end in .mp4 or .gif, got {out.name}")
-    G, _ = _load_generator(network)
+    G, _ = _load_generator(network, resolve(device)[0])
     with progress_bar("interpolate") as cb:
         imgs = gen.interpolate(G, seed_list, frames=frames, trunc=parse_float(trunc, "trunc"), class_idx=class_idx,
                                noise_mode=noise_mode, progress=cb)
@@ -372,17 +383,40 @@ def detect_predict_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="write a CSV with columns path,prob_fake,verdict"),
     batch_size: int = typer.Option(32, "--batch-size"),
     threads: Optional[int] = typer.Option(None, "--threads"),
+    device: Optional[str] = DeviceOpt,
+    precision: str = PrecisionOpt,
 ):
-    """P(fake) and a verdict (by the detector's calibrated threshold) for every image."""
+    """P(fake) and a verdict (by the detector's calibrated threshold) for every image. Under torchrun every
+    process predicts its share of the files and rank 0 writes the table and the CSV."""
+    from contextlib import nullcontext
+
     from rich.table import Table
 
-    from machinegaze import zoo
-    from machinegaze.detect.predict import predict_paths, write_predictions_csv
+    from machinegaze import distributed, zoo
+    from machinegaze.detect.predict import expand_paths, predict_paths, write_predictions_csv
+    from machinegaze.device import autocast
     _set_threads(threads)
-    det = zoo.load_detector(model)
+    dev, prec = resolve(device, precision)
+    world = distributed.init(dev)
+    det = zoo.load_detector(model, device=dev)
+    files = expand_paths(paths)
+    mine = distributed.my_share(files, world, batch_size)
+    preds: list = []
     skipped: list[tuple[str, str]] = []
-    with progress_bar("predict") as cb:
-        preds = predict_paths(det, paths, batch_size=batch_size, progress=cb, skipped=skipped)
+    failed = None
+    with (progress_bar("predict") if world.main else nullcontext()) as cb, autocast(dev, prec):
+        try:
+            preds = predict_paths(det, mine, batch_size=batch_size, progress=cb, skipped=skipped) if mine else []
+        except GazeError as e:  # none of this share was readable: counted below, so no rank waits forever
+            failed = str(e)
+    parts = distributed.gather_to_main((preds, skipped, failed), world)
+    distributed.finish()
+    if not world.main:
+        return
+    preds = [p for part in parts for p in part[0]]
+    skipped = [s for part in parts for s in part[1]]
+    if not preds:
+        raise GazeError(next((part[2] for part in parts if part[2]), f"none of the {len(files)} files could be read"))
     table = Table("path", "P(fake)", "verdict", title=f"threshold {float(det.threshold):.3f}")
     for p in preds:
         table.add_row(p.path, f"{p.prob_fake:.3f}", p.verdict)
@@ -576,6 +610,7 @@ def breed_cmd(
     class_idx: Optional[int] = typer.Option(None, "--class"),
     noise_mode: str = typer.Option("const", "--noise-mode"),
     out: Path = typer.Option(Path("child.png"), "--out", help="child image (.png/.jpg); its latent goes to the same stem .npz"),
+    device: Optional[str] = DeviceOpt,
 ):
     """Breed two latents gene by gene (coarse/middle/fine), by crossover, with optional mutation."""
     import torch
@@ -585,10 +620,11 @@ def breed_cmd(
     from machinegaze.data import save_image
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise GazeError(f"--out must be an image file (.png/.jpg/.webp), got {out.name}")
-    G, _ = _load_generator(network)
+    dev = resolve(device)[0]
+    G, _ = _load_generator(network, dev)
     parents = []
     for p in w or []:
-        lw = gen.load_w(p, G)
+        lw = gen.load_w(p, G).to(dev)
         if lw.shape[0] != 1:
             raise GazeError(f"{p}: holds {lw.shape[0]} latents; a parent file must hold one")
         parents.append(lw)
@@ -599,7 +635,7 @@ def breed_cmd(
                              crossover_rate=parse_float(crossover_rate, "crossover-rate"), mutate=parse_float(mutate, "mutate"),
                              mutation_seed=mutation_seed, trunc=psi, class_idx=class_idx, noise_mode=noise_mode)
     if grid:
-        image, kids = mixmod.breed_grid(G, torch.cat(parents) if parents else torch.empty(0, G.num_ws, G.w_dim), cfg)
+        image, kids = mixmod.breed_grid(G, torch.cat(parents) if parents else torch.empty(0, G.num_ws, G.w_dim, device=dev), cfg)
     else:
         if len(parents) != 2:
             raise GazeError(f"breeding needs exactly two parents (--w and/or --seed), got {len(parents)} (or use --grid)")

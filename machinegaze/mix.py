@@ -143,7 +143,7 @@ def parse_genes(spec: str | dict) -> dict[str, float]:
 def layer_weights(G: Generator, genes: dict[str, float]) -> torch.Tensor:
     """[num_ws] fraction of parent B per style layer."""
     genes = parse_genes(genes)
-    t = torch.zeros(G.num_ws)
+    t = torch.zeros(G.num_ws, device=G.mapping.w_avg.device)
     for g, v in genes.items():
         t[group_layers(G, g)] = float(v)
     return t
@@ -186,7 +186,7 @@ def crossover(G: Generator, w_a: torch.Tensor, w_b: torch.Tensor, mode: str = "u
         for take, g in zip(draws.tolist(), GROUPS):
             if take:
                 mask[group_layers(G, g)] = True
-    child = torch.where(mask.view(1, -1, 1), w_b, w_a).expand(max(w_a.shape[0], w_b.shape[0]), -1, -1).clone()
+    child = torch.where(mask.to(w_a.device).view(1, -1, 1), w_b, w_a).expand(max(w_a.shape[0], w_b.shape[0]), -1, -1).clone()
     return child, mask
 
 

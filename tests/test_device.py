@@ -161,3 +161,25 @@ def test_generate_to_dir_streams_and_matches_generate_images(network, tmp_path):
     for s, u8 in zip(seeds, to_uint8(images.clamp(-1, 1))):
         assert np.array_equal(np.asarray(Image.open(tmp_path / f"seed{s:04d}.png")), u8)
     assert np.abs(np.load(tmp_path / "ws.npz")["w"] - ws.numpy()).max() < 1e-6
+
+
+def test_gpu_check_runs_on_cpu_quick(tmp_path, golden_dir):
+    """benchmarks/gpu_check.py end to end at tiny sizes: every section runs, parity passes, JSON written."""
+    import json
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    out = tmp_path / "check.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",
+                        "--golden-dir", str(golden_dir), "--out", str(out)],
+                       env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
+    rep = json.loads(out.read_text())
+    assert rep["parity_pass"] and rep["errors"] == []
+    s = rep["sections"]
+    assert s["parity"]["sg2_skip_32"]["max_abs_vs_cpu"] == 0.0
+    assert [row["batch"] for row in s["generate"]["ours"]] == [1, 1, 2, 2]
+    assert "skipped" in s["generate"]["nvlabs"]
+    assert s["project"]["steps_per_s"] > 0 and s["uncanny"]["steps_per_s"] > 0
+    assert s["detector"]["train_img_per_s"] > 0 and s["detector"]["predict_img_per_s"] > 0

@@ -5,6 +5,7 @@ Seeds mean what NVlabs' seeds mean: z = np.random.RandomState(seed).randn(1, z_d
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -35,7 +36,8 @@ def z_from_seed(seed: int, z_dim: int) -> torch.Tensor:
     return torch.from_numpy(np.random.RandomState(int(seed)).randn(1, z_dim)).float()
 
 
-def class_vector(G: Generator, class_idx: Optional[int], n: int = 1) -> Optional[torch.Tensor]:
+def class_vector(G: Generator, class_idx: Optional[int], n: int = 1,
+                 device: torch.device | str = "cpu") -> Optional[torch.Tensor]:
     if G.c_dim == 0:
         if class_idx is not None:
             raise GazeError("--class given, but this network is unconditional")
@@ -44,7 +46,7 @@ def class_vector(G: Generator, class_idx: Optional[int], n: int = 1) -> Optional
         raise GazeError(f"this network is conditional ({G.c_dim} classes): pass --class 0..{G.c_dim - 1}")
     if not 0 <= class_idx < G.c_dim:
         raise GazeError(f"--class {class_idx} out of range 0..{G.c_dim - 1}")
-    c = torch.zeros(n, G.c_dim)
+    c = torch.zeros(n, G.c_dim, device=device)
     c[:, class_idx] = 1
     return c
 
@@ -52,9 +54,12 @@ def class_vector(G: Generator, class_idx: Optional[int], n: int = 1) -> Optional
 @torch.no_grad()
 def seeds_to_ws(G: Generator, seeds: Sequence[int], trunc: float = 1.0, trunc_cutoff: Optional[int] = None,
                 class_idx: Optional[int] = None) -> torch.Tensor:
-    """[len(seeds), num_ws, w_dim] ws for the seeds, truncated towards w_avg with psi=trunc."""
-    z = torch.cat([z_from_seed(s, G.z_dim) for s in seeds])
-    c = class_vector(G, class_idx, len(seeds))
+    """[len(seeds), num_ws, w_dim] ws for the seeds, truncated towards w_avg with psi=trunc, on G's device.
+
+    z is drawn on the host (NVlabs' RandomState semantics on every device) and moved once."""
+    dev = next(G.parameters()).device
+    z = torch.cat([z_from_seed(s, G.z_dim) for s in seeds]).to(dev)
+    c = class_vector(G, class_idx, len(seeds), dev)
     return G.mapping(z, c, truncation_psi=trunc, truncation_cutoff=trunc_cutoff)
 
 
@@ -70,21 +75,30 @@ def images_per_chunk(G: Generator, budget_bytes: float = 1.5e9) -> int:
     return max(1, int(budget_bytes // (5 * 4 * biggest)))
 
 
+def synthesize_batch(G: Generator, ws: torch.Tensor, noise_mode: str = "const", precision: str = "fp32") -> torch.Tensor:
+    """One batch through G.synthesis on G's device at `precision` (device.resolve_precision); float32 out."""
+    from machinegaze import device as devmod
+    dev = next(G.parameters()).device
+    kwargs = devmod.synthesis_kwargs(G.synthesis, precision)
+    ctx = devmod.autocast(dev, precision) if devmod.uses_autocast_for_synthesis(G.synthesis, precision) else nullcontext()
+    with ctx:
+        return G.synthesis(ws.to(dev), noise_mode=noise_mode, **kwargs).float()
+
+
 @torch.no_grad()
 def synthesize(G: Generator, ws: torch.Tensor, noise_mode: str = "const", batch_size: int = 8,
-               progress: ProgressFn = None) -> torch.Tensor:
-    """Images [N, C, R, R] (raw, nominally [-1, 1]) for ws [N, num_ws, w_dim], in batches.
+               progress: ProgressFn = None, precision: str = "fp32") -> torch.Tensor:
+    """Images [N, C, R, R] (raw, nominally [-1, 1], on the CPU) for ws [N, num_ws, w_dim], in batches.
 
     Batches are split further when one would exceed the activation-memory budget (large resolutions)."""
     if noise_mode not in NOISE_MODES:
         raise GazeError(f"--noise-mode must be one of {', '.join(NOISE_MODES)}, got {noise_mode!r}")
     if ws.ndim != 3 or ws.shape[1:] != (G.num_ws, G.w_dim):
         raise GazeError(f"latent has shape {tuple(ws.shape)}, this network needs [N, {G.num_ws}, {G.w_dim}]")
-    dev = next(G.parameters()).device
     batch_size = max(1, min(batch_size, images_per_chunk(G)))
     out = []
     for i in range(0, ws.shape[0], batch_size):
-        out.append(G.synthesis(ws[i:i + batch_size].to(dev), noise_mode=noise_mode).cpu())
+        out.append(synthesize_batch(G, ws[i:i + batch_size], noise_mode, precision).cpu())
         report(progress, min(i + batch_size, ws.shape[0]), ws.shape[0])
     return torch.cat(out)
 
@@ -94,6 +108,55 @@ def generate_images(G: Generator, seeds: Sequence[int], cfg: GenerateConfig = Ge
     """(images, ws) for the seeds."""
     ws = seeds_to_ws(G, seeds, cfg.trunc, cfg.trunc_cutoff, cfg.class_idx)
     return synthesize(G, ws, cfg.noise_mode, cfg.batch_size, progress), ws
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+    with Image.open(path) as im:
+        a = np.asarray(im)
+    return a[..., None] if a.ndim == 2 else a
+
+
+GRID_MAX = 64  # grid.png shows the first 64 seeds (a grid of 100,000 faces helps nobody)
+
+
+@torch.no_grad()
+def generate_to_dir(G: Generator, seeds: Sequence[int], outdir: str | os.PathLike,
+                    cfg: GenerateConfig = GenerateConfig(), precision: str = "fp32", world=None,
+                    progress: ProgressFn = None) -> int:
+    """seedNNNN.png per seed, streamed batch by batch, then ws.npz (all seeds) and grid.png (first GRID_MAX).
+
+    Under torchrun (`world` from distributed.init) each rank takes a contiguous run of whole batches and
+    writes its PNGs; rank 0 gathers the latents and writes ws.npz and grid.png. Every image is computed in
+    the same batch as in one process, so the files are identical. Returns the images this process wrote."""
+    from machinegaze import distributed
+    if cfg.noise_mode not in NOISE_MODES:
+        raise GazeError(f"--noise-mode must be one of {', '.join(NOISE_MODES)}, got {cfg.noise_mode!r}")
+    world = world or distributed.World()
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    batch = max(1, min(cfg.batch_size, images_per_chunk(G)))
+    start, stop = distributed.shard_batches(len(seeds), batch, world.rank, world.size)
+    ws_parts = [torch.empty(0, G.num_ws, G.w_dim)]
+    for i in range(start, stop, batch):
+        chunk = list(seeds[i:min(i + batch, stop)])
+        ws = seeds_to_ws(G, chunk, cfg.trunc, cfg.trunc_cutoff, cfg.class_idx)
+        images = synthesize_batch(G, ws, cfg.noise_mode, precision).cpu()
+        for s, img in zip(chunk, images):
+            save_image(img[None], outdir / f"seed{s:04d}.png")
+        ws_parts.append(ws.cpu())
+        report(progress, i + len(chunk) - start, stop - start)
+    parts = distributed.gather_to_main(torch.cat(ws_parts), world)
+    distributed.barrier(world)  # every rank's PNGs are on disk before rank 0 reads the first ones back
+    if world.main:
+        save_w(outdir / "ws.npz", torch.cat(parts))
+        first = list(seeds[:GRID_MAX])
+        if len(first) > 1:
+            tiles = np.stack([_read_png(outdir / f"seed{s:04d}.png") for s in first])
+            # (v - 127.5) / 127.5 maps back to v + 0.5 under to_uint8's truncation: the same bytes, robustly
+            grid = make_grid(torch.from_numpy(tiles).permute(0, 3, 1, 2).float().sub(127.5).div(127.5))
+            save_image(grid, outdir / "grid.png")
+    return stop - start
 
 
 # ---------------------------------------------------------------- .npz latents (NVlabs projector convention)

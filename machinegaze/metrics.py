@@ -14,6 +14,7 @@ upwards for small sets; KID is unbiased).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -49,13 +50,20 @@ def _resize(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed(images: torch.Tensor, net=None, batch: int = 32) -> np.ndarray:
-    """[N, 3, H, W] in [-1, 1] -> [N, 1280] float64 EfficientNet-Lite0 features (at 224 px)."""
+def embed(images: torch.Tensor, net=None, batch: int = 32, precision: str = "fp32") -> np.ndarray:
+    """[N, 3, H, W] in [-1, 1] -> [N, 1280] float64 EfficientNet-Lite0 features (at 224 px), computed on the
+    net's device (autocast at `precision`, see device.py)."""
+    from machinegaze.device import autocast
     if net is None:
         from machinegaze import zoo
         net = zoo.load_efficientnet_lite0()
-    out = [net.features(_resize(images[i:i + batch].float().clamp(-1, 1))).double() for i in range(0, len(images), batch)]
-    return torch.cat(out).numpy()
+    dev = next(net.parameters()).device
+    out = []
+    with autocast(dev, precision):
+        for i in range(0, len(images), batch):
+            x = _resize(images[i:i + batch].to(dev).float().clamp(-1, 1))
+            out.append(net.features(x).float().cpu().double())
+    return torch.cat(out).numpy() if out else np.zeros((0, 1280))
 
 
 def _sqrtm_trace(a: np.ndarray, b: np.ndarray) -> float:
@@ -109,31 +117,49 @@ def real_images(path: str, res: int, max_images: int = 0, split: str = "") -> to
 
 
 @torch.no_grad()
-def generate_images(G, num: int, seed: int = 0, truncation_psi: float = 1.0, batch: int = 32) -> torch.Tensor:
-    """num images from G (noise_mode 'const'), image i from z = RandomState(seed + i).randn(1, z_dim)."""
+def generate_images(G, num: int, seed: int = 0, truncation_psi: float = 1.0, batch: int = 32,
+                    precision: str = "fp32") -> torch.Tensor:
+    """num images from G (noise_mode 'const') on G's device, image i from z = RandomState(seed + i).randn(1, z_dim)
+    (drawn on the host, moved once)."""
+    from machinegaze.generate import synthesize_batch
+    dev = next(G.parameters()).device
     z = torch.from_numpy(np.concatenate([np.random.RandomState(seed + i).randn(1, G.z_dim) for i in range(num)])).float()
-    out = [G(z[i:i + batch], truncation_psi=truncation_psi, noise_mode="const").clamp(-1, 1) for i in range(0, num, batch)]
+    z = z.to(dev)
+    out = [synthesize_batch(G, G.mapping(z[i:i + batch], None, truncation_psi=truncation_psi), "const", precision).clamp(-1, 1)
+           for i in range(0, num, batch)]
     return torch.cat(out)
 
 
 def evaluate_generator(G, data: str, config: MetricsConfig = MetricsConfig(), net=None,
-                       progress: ProgressFn = None) -> dict:
-    """FID/KID-EffNetLite0 of G's images against the real images in `data` (at G's resolution)."""
+                       progress: ProgressFn = None, precision: str = "fp32", world=None) -> Optional[dict]:
+    """FID/KID-EffNetLite0 of G's images against the real images in `data` (at G's resolution), on G's device.
+
+    Under torchrun (`world` from distributed.init) every rank embeds a contiguous share of whole batches of
+    the real and the generated images; rank 0 gathers the features and returns the result (the others
+    return None). The numbers equal one process's."""
+    from machinegaze import distributed
+    world = world or distributed.World()
     if net is None:
         from machinegaze import zoo
-        net = zoo.load_efficientnet_lite0()
+        net = zoo.load_efficientnet_lite0(device=next(G.parameters()).device)
     reals = real_images(data, G.img_resolution, config.max_real, config.split)
     if len(reals) < 2:
         raise GazeError(f"{data}: need at least 2 real images")
     report(progress, 0, 3, stage="real features")
-    fr = embed(reals, net, config.batch)
-    feats = []
-    for i in range(0, config.num_gen, config.batch):
-        n = min(config.batch, config.num_gen - i)
-        img = generate_images(G, n, config.seed + i, config.truncation_psi, config.batch)
-        feats.append(embed(img, net, config.batch))
-        report(progress, i + n, config.num_gen, stage="generated")
-    fg = np.concatenate(feats)
+    r0, r1 = distributed.shard_batches(len(reals), config.batch, world.rank, world.size)
+    fr = embed(reals[r0:r1], net, config.batch, precision)
+    g0, g1 = distributed.shard_batches(config.num_gen, config.batch, world.rank, world.size)
+    feats = [np.zeros((0, fr.shape[1]))]
+    for i in range(g0, g1, config.batch):
+        n = min(config.batch, g1 - i)
+        img = generate_images(G, n, config.seed + i, config.truncation_psi, config.batch, precision)
+        feats.append(embed(img, net, config.batch, precision))
+        report(progress, i + n - g0, g1 - g0, stage="generated")
+    parts = distributed.gather_to_main((fr, np.concatenate(feats)), world)
+    if not world.main:
+        return None
+    fr = np.concatenate([p[0] for p in parts])
+    fg = np.concatenate([p[1] for p in parts])
     return {"FID-EffNetLite0": fid_from_features(fg, fr),
             "KID-EffNetLite0": kid_from_features(fg, fr, config.kid_subsets, config.kid_subset_size),
             "num_gen": int(config.num_gen), "num_real": int(len(reals)), "resolution": int(G.img_resolution),

@@ -146,7 +146,7 @@ def parse_genes(spec: str | dict) -> dict[str, float]:
 def layer_weights(G: Generator, genes: dict[str, float]) -> torch.Tensor:
     """[num_ws] fraction of parent B per style layer."""
     genes = parse_genes(genes)
-    t = torch.zeros(G.num_ws)
+    t = torch.zeros(G.num_ws, device=G.mapping.w_avg.device)
     for g, v in genes.items():
         t[group_layers(G, g)] = float(v)
     return t
@@ -189,7 +189,7 @@ def crossover(G: Generator, w_a: torch.Tensor, w_b: torch.Tensor, mode: str = "u
         for take, g in zip(draws.tolist(), GROUPS):
             if take:
                 mask[group_layers(G, g)] = True
-    child = torch.where(mask.view(1, -1, 1), w_b, w_a).expand(max(w_a.shape[0], w_b.shape[0]), -1, -1).clone()
+    child = torch.where(mask.to(w_a.device).view(1, -1, 1), w_b, w_a).expand(max(w_a.shape[0], w_b.shape[0]), -1, -1).clone()
     return child, mask
 
 
@@ -264,13 +264,13 @@ def gather_parents(G: Generator, w_files: Sequence[str | os.PathLike] = (), seed
     """Parents [P, num_ws, w_dim]: one latent from each .npz file (in order), then one per seed (at trunc)."""
     parents = []
     for p in w_files:
-        lw = load_w(p, G)
+        lw = load_w(p, G).to(G.w_avg.device)
         if lw.shape[0] != 1:
             raise GazeError(f"{p}: holds {lw.shape[0]} latents; a parent file must hold one")
         parents.append(lw)
     for s in seeds:
         parents.append(seeds_to_ws(G, [s], trunc=trunc, class_idx=class_idx))
-    return torch.cat(parents) if parents else torch.empty(0, G.num_ws, G.w_dim)
+    return torch.cat(parents) if parents else torch.empty(0, G.num_ws, G.w_dim, device=G.w_avg.device)
 
 
 def breed_to_file(G: Generator, parents: torch.Tensor, cfg: BreedConfig, out: str | os.PathLike,

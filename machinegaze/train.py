@@ -150,9 +150,22 @@ def build_networks(cfg: TrainConfig, img_channels: int = 3):
 PHASES = {"Gmain": 1, "Greg": 2, "Dmain": 3, "Dreg": 4, "data": 5}
 
 
-def step_generator(seed: int, step: int, phase: str, chunk: int) -> torch.Generator:
-    state = np.random.SeedSequence([seed, step, PHASES[phase], chunk]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed((int(state[0]) << 32) | int(state[1]))
+def step_generator(seed: int, step: int, phase: str, chunk: int, device: torch.device | str = "cpu",
+                   stream: int = 0) -> torch.Generator:
+    """The generator of one (seed, step, phase, chunk) on `device`. Stream 1 is a second, independent
+    sequence (host-side scalar draws when the tensors live on a GPU)."""
+    key = [seed, step, PHASES[phase], chunk] + ([stream] if stream else [])
+    state = np.random.SeedSequence(key).generate_state(2, np.uint32)
+    return torch.Generator(device=device).manual_seed((int(state[0]) << 32) | int(state[1]))
+
+
+def chunk_generators(seed: int, step: int, phase: str, chunk: int,
+                     device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """(tensor generator on the device, host generator for scalar decisions). On the CPU both are the same
+    generator (the original single stream); on a GPU the scalars come from the host, so no step waits for
+    the device to answer a random number."""
+    g = step_generator(seed, step, phase, chunk, device)
+    return g, (g if g.device.type == "cpu" else step_generator(seed, step, phase, chunk, "cpu", stream=1))
 
 
 class DataStream:
@@ -188,18 +201,19 @@ def diff_augment(x: torch.Tensor, ops: list[str], g: torch.Generator) -> torch.T
     translation: integer shift up to 1/8 of the side, zero fill; cutout: a zero square of half the side.
     """
     n, _, h, w = x.shape
+    dev = x.device
     if "color" in ops:
-        x = x + (torch.rand(n, 1, 1, 1, generator=g) - 0.5)
+        x = x + (torch.rand(n, 1, 1, 1, generator=g, device=dev) - 0.5)
         m = x.mean(dim=1, keepdim=True)
-        x = (x - m) * (torch.rand(n, 1, 1, 1, generator=g) * 2) + m
+        x = (x - m) * (torch.rand(n, 1, 1, 1, generator=g, device=dev) * 2) + m
         m = x.mean(dim=[1, 2, 3], keepdim=True)
-        x = (x - m) * (torch.rand(n, 1, 1, 1, generator=g) + 0.5) + m
+        x = (x - m) * (torch.rand(n, 1, 1, 1, generator=g, device=dev) + 0.5) + m
     if "translation" in ops:
         sy, sx = int(h * 0.125 + 0.5), int(w * 0.125 + 0.5)
-        ty = torch.randint(-sy, sy + 1, (n, 1), generator=g)
-        tx = torch.randint(-sx, sx + 1, (n, 1), generator=g)
-        iy = torch.arange(h)[None, :] - ty                       # output row i reads input row i - ty
-        ix = torch.arange(w)[None, :] - tx
+        ty = torch.randint(-sy, sy + 1, (n, 1), generator=g, device=dev)
+        tx = torch.randint(-sx, sx + 1, (n, 1), generator=g, device=dev)
+        iy = torch.arange(h, device=dev)[None, :] - ty           # output row i reads input row i - ty
+        ix = torch.arange(w, device=dev)[None, :] - tx
         my = ((iy >= 0) & (iy < h)).to(x.dtype)
         mx = ((ix >= 0) & (ix < w)).to(x.dtype)
         c = x.shape[1]
@@ -208,10 +222,10 @@ def diff_augment(x: torch.Tensor, ops: list[str], g: torch.Generator) -> torch.T
         x = x * (my[:, None, :, None] * mx[:, None, None, :])
     if "cutout" in ops:
         ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
-        cy = torch.randint(0, h + (1 - ch % 2), (n, 1), generator=g)  # square centre
-        cx = torch.randint(0, w + (1 - cw % 2), (n, 1), generator=g)
-        ry = torch.arange(h)[None, :] - (cy - ch // 2)
-        rx = torch.arange(w)[None, :] - (cx - cw // 2)
+        cy = torch.randint(0, h + (1 - ch % 2), (n, 1), generator=g, device=dev)  # square centre
+        cx = torch.randint(0, w + (1 - cw % 2), (n, 1), generator=g, device=dev)
+        ry = torch.arange(h, device=dev)[None, :] - (cy - ch // 2)
+        rx = torch.arange(w, device=dev)[None, :] - (cx - cw // 2)
         inside_y = (ry >= 0) & (ry < ch)
         inside_x = (rx >= 0) & (rx < cw)
         mask = ~(inside_y[:, :, None] & inside_x[:, None, :])
@@ -265,20 +279,15 @@ class Dist:
         return t
 
     def barrier(self) -> None:
-        if self.on:
-            torch.distributed.barrier()
+        from machinegaze import distributed
+        distributed.barrier(distributed.World(self.rank, self.world))
 
 
-def init_dist() -> Dist:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1), gloo backend."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch.distributed as dist
-    if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(),
-                local_world=int(os.environ.get("LOCAL_WORLD_SIZE", str(dist.get_world_size()))))
+def init_dist(device: torch.device = torch.device("cpu")) -> Dist:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo otherwise."""
+    from machinegaze import distributed
+    w = distributed.init(device)
+    return Dist(rank=w.rank, world=w.size, local_world=w.local_size)
 
 
 def _sync_grads(params: list[torch.nn.Parameter], dist: Dist) -> None:
@@ -317,21 +326,24 @@ def _adam(params, cfg: TrainConfig, interval: Optional[int]) -> torch.optim.Adam
     return torch.optim.Adam(params, lr=cfg.lr * ratio, betas=(cfg.beta1 ** ratio, cfg.beta2 ** ratio), eps=1e-8)
 
 
-def new_state(cfg: TrainConfig, img_channels: int = 3) -> State:
+def new_state(cfg: TrainConfig, img_channels: int = 3, device: torch.device = torch.device("cpu")) -> State:
+    """Networks initialised on the CPU from the seed (the same weights on every device), then moved."""
     import copy
     torch.manual_seed(cfg.seed)
     G, D = build_networks(cfg, img_channels)
+    G, D = G.to(device), D.to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_G = _adam(G.parameters(), cfg, cfg.pl_interval if cfg.pl_weight > 0 else None)
     opt_D = _adam(D.parameters(), cfg, cfg.r1_interval if cfg.resolved_gamma() > 0 else None)
-    return State(cfg, G.requires_grad_(False), D.requires_grad_(False), G_ema, opt_G, opt_D, torch.zeros([]))
+    return State(cfg, G.requires_grad_(False), D.requires_grad_(False), G_ema, opt_G, opt_D,
+                 torch.zeros([], device=device))
 
 
 def _opt_tensors(prefix: str, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     out = {}
     for idx, st in opt.state_dict()["state"].items():
         for k, v in st.items():
-            out[f"{prefix}.{idx}.{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+            out[f"{prefix}.{idx}.{k}"] = v.cpu() if isinstance(v, torch.Tensor) else torch.tensor(v)
     return out
 
 
@@ -355,7 +367,7 @@ def snapshot_path(outdir: str | os.PathLike, nimg: int) -> Path:
 def save_snapshot(state: State, path: str | os.PathLike, nimg: int) -> Path:
     from machinegaze import checkpoints
 
-    extra = {"pl_mean": state.pl_mean.reshape(1), "step": torch.tensor([state.step], dtype=torch.int64),
+    extra = {"pl_mean": state.pl_mean.reshape(1).cpu(), "step": torch.tensor([state.step], dtype=torch.int64),
              **_opt_tensors("opt_G", state.opt_G), **_opt_tensors("opt_D", state.opt_D)}
     meta = {"kind": "machinegaze-training-snapshot", "step": state.step, "nimg": nimg, "kimg": nimg / 1000,
             "config": asdict(state.cfg), "dataset": state.dataset, "wall_s": round(state.wall_s, 1),
@@ -369,7 +381,8 @@ def latest_snapshot(outdir: str | os.PathLike) -> Optional[Path]:
     return snaps[-1] if snaps else None
 
 
-def load_snapshot(path: str | os.PathLike, cfg: Optional[TrainConfig] = None) -> State:
+def load_snapshot(path: str | os.PathLike, cfg: Optional[TrainConfig] = None,
+                  device: torch.device = torch.device("cpu")) -> State:
     """A State from a snapshot. With cfg, only the RESUMABLE_CHANGES fields of cfg are taken; the rest must
     equal the snapshot's."""
     from machinegaze import checkpoints
@@ -388,12 +401,12 @@ def load_snapshot(path: str | os.PathLike, cfg: Optional[TrainConfig] = None) ->
                             f"{saved[k]!r} (only {', '.join(RESUMABLE_CHANGES[:-1])} may change on resume)")
         saved.update({k: mine[k] for k in RESUMABLE_CHANGES})
     run_cfg = TrainConfig(**saved)
-    st = new_state(run_cfg, nets.G.img_channels)
+    st = new_state(run_cfg, nets.G.img_channels, device)
     for mine_net, theirs in ((st.G, nets.G), (st.D, nets.D), (st.G_ema, nets.G_ema or nets.G)):
         mine_net.load_state_dict(theirs.state_dict())
     _load_opt("opt_G", st.opt_G, nets.extra)
     _load_opt("opt_D", st.opt_D, nets.extra)
-    st.pl_mean = nets.extra["pl_mean"].reshape([]).clone()
+    st.pl_mean = nets.extra["pl_mean"].reshape([]).clone().to(device)
     st.step = int(nets.extra["step"][0])
     st.wall_s = float(meta.get("wall_s", 0.0))
     st.dataset = dict(meta.get("dataset") or {})
@@ -401,15 +414,18 @@ def load_snapshot(path: str | os.PathLike, cfg: Optional[TrainConfig] = None) ->
 
 
 # ================================================================ one step, phase by phase
-def run_G(G, z: torch.Tensor, g: torch.Generator, mixing_prob: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image and ws for z, with style mixing (a second z from g after a random crossover layer, prob p)."""
+def run_G(G, z: torch.Tensor, g: torch.Generator, mixing_prob: float,
+          host: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image and ws for z, with style mixing (a second z from g after a random crossover layer, prob p).
+    Scalar decisions come from `host` (default: g), a CPU generator, so they need no device round trip."""
+    host = g if host is None else host
     ws = G.mapping(z, None)
-    z2 = torch.randn(z.shape, generator=g)
-    cutoff = int(torch.randint(1, ws.shape[1], (), generator=g)) if ws.shape[1] > 1 else ws.shape[1]
-    if float(torch.rand((), generator=g)) < mixing_prob and cutoff < ws.shape[1]:
+    z2 = torch.randn(z.shape, generator=g, device=z.device)
+    cutoff = int(torch.randint(1, ws.shape[1], (), generator=host)) if ws.shape[1] > 1 else ws.shape[1]
+    if float(torch.rand((), generator=host)) < mixing_prob and cutoff < ws.shape[1]:
         ws = torch.cat([ws[:, :cutoff], G.mapping(z2, None)[:, cutoff:]], dim=1)
-    # Synthesis noise is drawn from torch's global RNG: seed it from g so it is part of the chunk's stream.
-    noise_seed = int(torch.randint(0, 2 ** 62, (), generator=g))
+    # Synthesis noise is drawn from torch's global RNG: seed it from the chunk's stream (on every device).
+    noise_seed = int(torch.randint(0, 2 ** 62, (), generator=host))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(noise_seed)
         img = G.synthesis(ws, noise_mode="random")
@@ -418,9 +434,10 @@ def run_G(G, z: torch.Tensor, g: torch.Generator, mixing_prob: float) -> tuple[t
 
 def _reals(images: torch.Tensor, stream: DataStream, start: int, count: int, g: torch.Generator,
            mirror: bool) -> torch.Tensor:
-    x = images[stream.indices(start, count)].to(torch.float32).div_(127.5).sub_(1.0)
+    dev = g.device
+    x = images[stream.indices(start, count)].to(dev, non_blocking=True).to(torch.float32).div_(127.5).sub_(1.0)
     if mirror:
-        flip = torch.rand(count, generator=g) < 0.5
+        flip = torch.rand(count, generator=g, device=dev) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
     return x
 
@@ -431,6 +448,10 @@ class Trainer:
     def __init__(self, state: State, images: torch.Tensor, dist: Dist):
         cfg = state.cfg
         self.s, self.images, self.dist = state, images, dist
+        self.device = state.pl_mean.device
+        self.acc = torch.float32 if self.device.type == "mps" else torch.float64  # MPS has no float64
+        if self.device.type == "cuda":
+            self.images = images.pin_memory()  # asynchronous host-to-device copies of each chunk
         self.bg = cfg.batch_gpu or cfg.batch // dist.world
         if self.bg < 1 or cfg.batch % (self.bg * dist.world):
             raise GazeError(f"--batch {cfg.batch} is not a multiple of --batch-gpu {self.bg} x {dist.world} processes")
@@ -451,8 +472,19 @@ class Trainer:
             yield c, c * self.bg
 
     def _add(self, **kv: float) -> None:
+        """Sum statistics where they are (device tensors stay on the device until the tick reads them)."""
         for k, v in kv.items():
-            self.stats[k] = self.stats.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v)
+            v = v.detach().to(self.acc) if isinstance(v, torch.Tensor) else float(v)
+            self.stats[k] = self.stats.get(k, 0.0) + v
+
+    def tick_stats(self) -> dict[str, float]:
+        """This tick's statistics summed over ranks (one all-reduce, one host copy), then reset."""
+        keys = sorted(self.stats)
+        vals = [torch.as_tensor(self.stats[k], dtype=self.acc, device=self.device) for k in keys]
+        stats = torch.stack(vals) if vals else torch.zeros(0, dtype=self.acc, device=self.device)
+        self.dist.all_reduce_(stats)
+        self.stats = {}
+        return dict(zip(keys, stats.tolist()))
 
     def step(self) -> None:
         """One minibatch: Gmain [+ Greg], Dmain [+ Dreg], w_avg, G_ema. Lazy regularisers (interval > 1) take
@@ -502,16 +534,16 @@ class Trainer:
         """G loss softplus(-D(aug(G(z)))), gradients accumulated; returns the sum of this process's w's."""
         s, cfg = self.s, self.s.cfg
         G, D = s.G, s.D
-        w_sum = torch.zeros(G.w_dim, dtype=torch.float64)
+        w_sum = torch.zeros(G.w_dim, dtype=self.acc, device=self.device)
         for c, _ in self.chunks():
-            g = step_generator(cfg.seed, s.step, "Gmain", c)
-            z = torch.randn(self.bg, G.z_dim, generator=g)
-            img, ws = run_G(G, z, g, cfg.style_mixing)
+            g, host = chunk_generators(cfg.seed, s.step, "Gmain", c, self.device)
+            z = torch.randn(self.bg, G.z_dim, generator=g, device=self.device)
+            img, ws = run_G(G, z, g, cfg.style_mixing, host)
             logits = D(diff_augment(img, self.ops, g))
             loss = F.softplus(-logits)
             loss.sum().div(cfg.batch).backward()
             with torch.no_grad():
-                w_sum += G.mapping(z, None)[:, 0].double().sum(0)
+                w_sum += G.mapping(z, None)[:, 0].to(self.acc).sum(0)
             self._add(loss_G=loss.sum(), n_G=self.bg)
         return w_sum
 
@@ -524,30 +556,30 @@ class Trainer:
         G = s.G
         nb = max(self.bg // cfg.pl_batch_shrink, 1)
         n_all = nb * self.rounds * self.dist.world
-        pl_sum = torch.zeros([], dtype=torch.float64)
+        pl_sum = torch.zeros([], dtype=self.acc, device=self.device)
         for c, _ in self.chunks():
-            g = step_generator(cfg.seed, s.step, "Greg", c)
-            z = torch.randn(nb, G.z_dim, generator=g)
-            img, ws = run_G(G, z, g, cfg.style_mixing)
-            pl_noise = torch.randn(img.shape, generator=g) / math.sqrt(img.shape[2] * img.shape[3])
+            g, host = chunk_generators(cfg.seed, s.step, "Greg", c, self.device)
+            z = torch.randn(nb, G.z_dim, generator=g, device=self.device)
+            img, ws = run_G(G, z, g, cfg.style_mixing, host)
+            pl_noise = torch.randn(img.shape, generator=g, device=self.device) / math.sqrt(img.shape[2] * img.shape[3])
             (grad,) = torch.autograd.grad((img * pl_noise).sum(), ws, create_graph=True)
             lengths = grad.square().sum(2).mean(1).sqrt()
             penalty = (lengths - s.pl_mean).square()
             (penalty.sum() * (cfg.pl_weight * gain / n_all)).backward()
-            pl_sum += lengths.detach().double().sum()
+            pl_sum += lengths.detach().to(self.acc).sum()
             self._add(pl_penalty=penalty.sum(), n_pl=nb)
         self.dist.all_reduce_(pl_sum)
-        s.pl_mean = s.pl_mean.lerp(torch.tensor(float(pl_sum) / n_all, dtype=torch.float32), cfg.pl_decay)
+        s.pl_mean = s.pl_mean.lerp((pl_sum / n_all).float(), cfg.pl_decay)  # stays on the device: no sync
 
     def _d_main(self) -> None:
         """D loss softplus(D(aug(G(z)))) + softplus(-D(aug(x)))."""
         s, cfg = self.s, self.s.cfg
         G, D = s.G, s.D
         for c, off in self.chunks():
-            g = step_generator(cfg.seed, s.step, "Dmain", c)
-            z = torch.randn(self.bg, G.z_dim, generator=g)
+            g, host = chunk_generators(cfg.seed, s.step, "Dmain", c, self.device)
+            z = torch.randn(self.bg, G.z_dim, generator=g, device=self.device)
             with torch.no_grad():
-                fake, _ = run_G(G, z, g, cfg.style_mixing)
+                fake, _ = run_G(G, z, g, cfg.style_mixing, host)
             real = _reals(self.images, self.stream, s.step * cfg.batch + off, self.bg, g, cfg.mirror)
             fake_logits = D(diff_augment(fake, self.ops, g))
             real_logits = D(diff_augment(real, self.ops, g))
@@ -561,7 +593,7 @@ class Trainer:
         s, cfg = self.s, self.s.cfg
         D = s.D
         for c, off in self.chunks():
-            g = step_generator(cfg.seed, s.step, "Dreg", c)
+            g = step_generator(cfg.seed, s.step, "Dreg", c, self.device)
             real = _reals(self.images, self.stream, s.step * cfg.batch + off, self.bg, g, cfg.mirror)
             real.requires_grad_(True)
             logits = D(diff_augment(real, self.ops, g))
@@ -582,8 +614,9 @@ def _fixed_grid_z(G, n: int = 64, seed: int = 0) -> torch.Tensor:
 
 def _save_fakes(G_ema, z: torch.Tensor, path: Path) -> None:
     from machinegaze.data import make_grid, save_image
+    z = z.to(next(G_ema.parameters()).device)
     with torch.no_grad():
-        img = torch.cat([G_ema(z[i:i + 16], noise_mode="const") for i in range(0, z.shape[0], 16)])
+        img = torch.cat([G_ema(z[i:i + 16], noise_mode="const").cpu() for i in range(0, z.shape[0], 16)])
     save_image(make_grid(img.clamp(-1, 1), ncols=int(math.sqrt(z.shape[0]))), path)
 
 
@@ -602,22 +635,26 @@ def _rewrite_metrics(path: Path, max_step: int) -> None:
     atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
 
 
-def train(cfg: TrainConfig, progress: ProgressFn = None, stop_after_steps: Optional[int] = None) -> Path:
-    """Train (or resume) and return the path of the last snapshot. Under torchrun every process calls this;
-    rank 0 writes files and reports progress. `stop_after_steps` ends early (tests: a simulated kill)."""
-    dist = init_dist()
-    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // dist.local_world))
+def train(cfg: TrainConfig, progress: ProgressFn = None, stop_after_steps: Optional[int] = None,
+          device: torch.device = torch.device("cpu")) -> Path:
+    """Train (or resume) and return the path of the last snapshot. Under torchrun every process calls this
+    with its own device (cuda:LOCAL_RANK); rank 0 writes files and reports progress. `stop_after_steps`
+    ends early (tests: a simulated kill)."""
+    device = torch.device(device)
+    dist = init_dist(device)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // dist.local_world))
     outdir = Path(cfg.outdir)
     state = None
     if cfg.resume:
         snap = latest_snapshot(outdir)
         if snap is None:
             raise GazeError(f"--resume: no snapshot in {outdir}")
-        state = load_snapshot(snap, cfg)
+        state = load_snapshot(snap, cfg, device)
         cfg = state.cfg
     images, dsinfo = load_training_images(cfg)
     if state is None:
-        state = new_state(cfg, images.shape[1])
+        state = new_state(cfg, images.shape[1], device)
         state.dataset = dsinfo
     elif state.dataset.get("sha256_16") not in (None, dsinfo["sha256_16"]):
         raise GazeError(f"--resume: {cfg.data} is not the dataset this run was trained on "
@@ -661,11 +698,7 @@ def train(cfg: TrainConfig, progress: ProgressFn = None, stop_after_steps: Optio
         state.wall_s = wall0 + time.time() - t_start
         done = state.step >= total_steps
         if state.step % tick_steps == 0 or done:
-            stats = torch.tensor([trainer.stats.get(k, 0.0) for k in sorted(trainer.stats)], dtype=torch.float64)
-            keys = sorted(trainer.stats)
-            dist.all_reduce_(stats)
-            st = dict(zip(keys, stats.tolist()))
-            trainer.stats = {}
+            st = trainer.tick_stats()
             dt = time.time() - t_tick
             line = {"step": state.step, "kimg": round(state.step * B / 1000, 3),
                     "loss_G": st.get("loss_G", 0) / max(st.get("n_G", 1), 1),

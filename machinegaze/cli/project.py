@@ -8,6 +8,7 @@ import typer
 
 from machinegaze import GazeError, zoo
 from machinegaze.cli._common import parse_float, progress_bar, set_threads
+from machinegaze.cli._options import DeviceOpt, PrecisionOpt, resolve
 
 
 def project_cmd(
@@ -57,12 +58,13 @@ def breed_cmd(
     class_idx: Optional[int] = typer.Option(None, "--class"),
     noise_mode: str = typer.Option("const", "--noise-mode"),
     out: Path = typer.Option(Path("child.png"), "--out", help="child image (.png/.jpg); its latent goes to the same stem .npz"),
+    device: Optional[str] = DeviceOpt,
 ):
     """Breed two latents gene by gene (coarse/middle/fine), by crossover, with optional mutation."""
     from machinegaze import mix as mixmod
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise GazeError(f"--out must be an image file (.png/.jpg/.webp), got {out.name}")
-    G = zoo.load_generator(network)
+    G = zoo.load_generator(network, resolve(device)[0])
     psi = parse_float(trunc, "trunc")
     parents = mixmod.gather_parents(G, w or [], seed or [], trunc=psi, class_idx=class_idx)
     cfg = mixmod.BreedConfig(genes=genes, crossover=crossover, crossover_seed=crossover_seed,

@@ -9,6 +9,7 @@ import typer
 
 from machinegaze import GazeError, zoo
 from machinegaze.cli._common import parse_float, print_list, progress_bar, set_threads
+from machinegaze.cli._options import DeviceOpt, PrecisionOpt, resolve
 
 
 def align_cmd(
@@ -104,19 +105,22 @@ def train_cmd(
     snap_kimg: float = typer.Option(5.0, "--snap-kimg", help="write a snapshot every this many kimg"),
     threads: int = typer.Option(0, "--threads", help="torch threads per process (0 = CPU count / processes)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the latest snapshot in --outdir"),
+    device: Optional[str] = DeviceOpt,
 ):
-    """Train a StyleGAN2 (NVlabs recipe + DiffAugment). Runs under `torchrun --nproc_per_node N -m machinegaze.cli train`."""
+    """Train a StyleGAN2 (NVlabs recipe + DiffAugment). Runs under `torchrun --nproc_per_node N -m machinegaze.cli train`
+    (one GPU per process, NCCL; gloo on CPUs)."""
     from machinegaze.train import TrainConfig, train
+    dev = resolve(device)[0]
     conf = TrainConfig(data=data, outdir=str(outdir), kimg=kimg, batch=batch, batch_gpu=batch_gpu, res=res, cfg=cfg,
                        split=split, gamma=parse_float(gamma, "gamma") if gamma is not None else None,
                        pl_weight=parse_float(pl_weight, "pl-weight"), augment=augment, mirror=mirror,
                        lr=parse_float(lr, "lr"), seed=seed, tick_kimg=tick_kimg, snap_kimg=snap_kimg, threads=threads,
                        resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:
-        train(conf)
+        train(conf, device=dev)
         return
     with progress_bar("train") as cb:
-        last = train(conf, progress=cb)
+        last = train(conf, progress=cb, device=dev)
     print(f"wrote {last}")
 
 
@@ -130,19 +134,30 @@ def metrics_cmd(
     seed: int = typer.Option(0, "--seed", help="first seed (image i uses seed + i)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the result as JSON"),
+    device: Optional[str] = DeviceOpt,
+    precision: str = PrecisionOpt,
 ):
-    """FID-EffNetLite0 and KID-EffNetLite0 (EfficientNet-Lite0 ImageNet features at 224 px, not Inception FID)."""
+    """FID-EffNetLite0 and KID-EffNetLite0 (EfficientNet-Lite0 ImageNet features at 224 px, not Inception FID).
+    Under torchrun every process embeds its share of the images; rank 0 prints and writes the result."""
     import json
+    from contextlib import nullcontext
+
+    from machinegaze import distributed
 
     from machinegaze.data import atomic_write_bytes
     from machinegaze.metrics import MetricsConfig, evaluate_generator
     set_threads(threads)
+    dev, prec = resolve(device, precision)
+    world = distributed.init(dev)
     path = zoo.resolve_network(network)
-    G = zoo.load_generator(path)
+    G = zoo.load_generator(path, dev)
     conf = MetricsConfig(num_gen=num_gen, max_real=max_real, truncation_psi=parse_float(trunc, "trunc"), seed=seed,
                          split=split)
-    with progress_bar("metrics") as cb:
-        res = evaluate_generator(G, data, conf, progress=cb)
+    with (progress_bar("metrics") if world.main else nullcontext()) as cb:
+        res = evaluate_generator(G, data, conf, progress=cb, precision=prec, world=world)
+    distributed.finish()
+    if not world.main:
+        return
     res["network"] = str(path)
     res["data"] = data
     print(f"FID-EffNetLite0 {res['FID-EffNetLite0']:.2f}  KID-EffNetLite0 {res['KID-EffNetLite0'] * 1000:.2f}e-3  "

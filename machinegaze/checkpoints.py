@@ -20,6 +20,7 @@ import torch
 
 from machinegaze import GazeError
 from machinegaze.nets.stylegan2 import Discriminator, Generator
+from machinegaze.nets.stylegan3 import StyleGAN3Generator
 
 
 def load_torch_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -406,7 +407,7 @@ def _collect_tensors(rec: PersistentRecord, prefix: str = "") -> dict[str, torch
     return out
 
 
-NETWORK_CLASSES = {"Generator": Generator, "Discriminator": Discriminator}
+NETWORK_CLASSES = {"Generator": Generator, "Discriminator": Discriminator, "StyleGAN3Generator": StyleGAN3Generator}
 
 
 def _build_network(class_name: str, init_kwargs: dict) -> torch.nn.Module:
@@ -449,9 +450,17 @@ def _network_from_record(rec, what: str) -> torch.nn.Module | None:
     if args:
         raise GazeError(f"{what}: positional init args are not supported ({len(args)} given)")
     kwargs = _plain(dict(st.get("_init_kwargs") or {}))
-    net = _build_network(rec.class_name, kwargs)
+    net = _build_network("StyleGAN3Generator" if is_stylegan3_record(rec) else rec.class_name, kwargs)
     load_state_strict(net, _collect_tensors(rec), what)
     return net.eval().requires_grad_(False)
+
+
+def is_stylegan3_record(rec: PersistentRecord) -> bool:
+    """A StyleGAN3 generator is pickled as class 'Generator' too; its synthesis network has an 'input' layer.
+    Decided from the recorded structure, never from the (ignored) embedded source."""
+    syn = (rec.state.get("_modules") or {}).get("synthesis")
+    return (rec.class_name == "Generator" and isinstance(syn, PersistentRecord)
+            and "input" in (syn.state.get("_modules") or {}))
 
 
 def read_nvlabs_pickle(path: str | os.PathLike) -> dict:

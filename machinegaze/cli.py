@@ -86,16 +86,27 @@ def _load_generator(network: Optional[str]):
 
 
 @app.command()
-def generate(network: Optional[str] = typer.Option(None, "--network", help="Network .pkl/.safetensors or model name (default: bundled)"),
+def generate(network: Optional[str] = typer.Option(None, "--network", help="Network .pkl/.pt/.safetensors or model name (default: bundled)"),
              seeds: str = typer.Option("0-7", "--seeds", help="Seeds, e.g. 0-7,12"),
              trunc: str = typer.Option("1.0", "--trunc", help="Truncation psi"),
              class_idx: Optional[int] = typer.Option(None, "--class", help="Class label (conditional networks)"),
              noise_mode: str = typer.Option("const", "--noise-mode", help="const | random | none"),
+             translate: Optional[str] = typer.Option(None, "--translate", help="StyleGAN3: translate x,y (e.g. 0.1,0.05)"),
+             rotate: Optional[str] = typer.Option(None, "--rotate", help="StyleGAN3: rotate, degrees"),
+             seed_convention: str = typer.Option("nvlabs", "--seed-convention", help="nvlabs | rosinality (z from seeds)"),
              outdir: Path = typer.Option(Path("out"), "--outdir")):
     """Generate images from seeds (one PNG per seed + a grid) and save their latents (ws.npz, key 'w')."""
     from machinegaze import generate as gen
     seed_list = parse_range_list(seeds, "seeds")
-    cfg = gen.GenerateConfig(trunc=parse_float(trunc, "trunc"), class_idx=class_idx, noise_mode=noise_mode)
+    xy = None
+    if translate is not None:
+        parts = translate.split(",")
+        if len(parts) != 2:
+            raise GazeError(f"--translate must be two numbers x,y (e.g. 0.1,0.05), got {translate!r}")
+        xy = (parse_float(parts[0], "translate"), parse_float(parts[1], "translate"))
+    cfg = gen.GenerateConfig(trunc=parse_float(trunc, "trunc"), class_idx=class_idx, noise_mode=noise_mode,
+                             translate=xy, rotate=None if rotate is None else parse_float(rotate, "rotate"),
+                             seed_convention=seed_convention)
     G, _ = _load_generator(network)
     with progress_bar("generate") as cb:
         images, ws = gen.generate_images(G, seed_list, cfg, progress=cb)

@@ -161,10 +161,10 @@ def interpolate(network: Optional[str] = typer.Option(None, "--network"),
 
 
 @app.command()
-def convert(src: Path = typer.Argument(..., help="NVlabs .pkl snapshot (or our .safetensors)"),
+def convert(src: Path = typer.Argument(..., help="NVlabs StyleGAN2/3 .pkl, rosinality .pt (or our .safetensors)"),
             dst: Path = typer.Argument(..., help="Output .safetensors"),
             half: bool = typer.Option(False, "--half", help="Store float tensors as fp16")):
-    """Convert an NVlabs network pickle to machinegaze .safetensors (never runs pickled code)."""
+    """Convert an NVlabs StyleGAN2/StyleGAN3 pickle or a rosinality .pt to machinegaze .safetensors (never runs pickled code)."""
     from machinegaze import checkpoints
     if dst.suffix != ".safetensors":
         raise GazeError(f"output must end in .safetensors, got {dst.name}")

@@ -249,7 +249,6 @@ def _ref_layer(layer, x, w):
                                   layer.up_factor, layer.down_factor, layer.padding, layer.gain, layer.slope)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("res,radial,kernel", [(128, False, 3), (128, True, 1)])
 def test_other_resolutions_layer_by_layer_against_float64_reference(res, radial, kernel):
     torch.manual_seed(res + radial)

@@ -259,3 +259,29 @@ def test_truncated_and_damaged_files_are_one_line_errors(ros_dir, tmp_path):
         checkpoints.load_networks(tmp_path / "plain.pt")
     r = _cli("generate", "--network", tmp_path / "cut0.5.pt", "--seeds", "0", "--outdir", tmp_path / "o")
     assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# ================================================================ the web lab on both new formats
+@pytest.mark.parametrize("which", ["rosinality/ros_64.pt", "stylegan3/sg3t_64.pkl"])
+def test_web_lab_generates_and_mixes(shared, tmp_path, which):
+    import io
+    import warnings
+
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    from machinegaze.web import ServeConfig, create_app
+    path = shared / "golden" / which
+    app = create_app(ServeConfig(network=str(path), detector="none", data_dir=tmp_path, workers=1, queue=2))
+    with TestClient(app) as c:
+        r = c.post("/api/generate", json={"seed": 3, "psi": 0.7})
+        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (64, 64)
+        G = checkpoints.load_networks(path).G_ema
+        want = gen.generate_images(G, [3], gen.GenerateConfig(trunc=0.7))[0]
+        from machinegaze.data import to_uint8
+        got = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")).astype(int)
+        assert np.abs(got - to_uint8(want)[0].astype(int)).max() <= 1
+        m = c.post("/api/mix", json={"a": {"seed": 3}, "b": {"seed": 5}, "psi": 0.7, "coarse": 1})
+        assert m.status_code == 200 and m.content != r.content

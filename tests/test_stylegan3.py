@@ -107,7 +107,7 @@ def test_filter_design_matches_scipy_and_the_stored_buffers(golden):
 
 def test_layer_design_matches_the_recorded_table(golden):
     for name in NAMES:
-        G, _, keys = golden[name][0].G_ema, None, golden[name][2]
+        G, keys = golden[name][0].G_ema, golden[name][2]
         assert G.synthesis.layer_names == keys["synthesis"]["layer_names"]
         for layer, row in zip(G.synthesis.layers(), keys["synthesis_layers"]):
             assert layer.padding == row["padding"]

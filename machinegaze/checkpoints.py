@@ -6,6 +6,7 @@ weights_only=True; our own format is safetensors with a JSON config in the metad
 from __future__ import annotations
 
 import collections
+import io
 import json
 import os
 import pickle
@@ -20,6 +21,7 @@ import torch
 
 from machinegaze import GazeError
 from machinegaze.nets.stylegan2 import Discriminator, Generator
+from machinegaze.nets.stylegan3 import StyleGAN3Generator
 
 
 def load_torch_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -441,7 +443,7 @@ def _collect_tensors(rec: PersistentRecord, prefix: str = "") -> dict[str, torch
     return out
 
 
-NETWORK_CLASSES = {"Generator": Generator, "Discriminator": Discriminator}
+NETWORK_CLASSES = {"Generator": Generator, "Discriminator": Discriminator, "StyleGAN3Generator": StyleGAN3Generator}
 
 
 def _build_network(class_name: str, init_kwargs: dict, on_meta: bool = False) -> torch.nn.Module:
@@ -494,15 +496,24 @@ def _network_from_record(rec, what: str, taken: Optional[set] = None) -> torch.n
     if args:
         raise GazeError(f"{what}: positional init args are not supported ({len(args)} given)")
     kwargs = _plain(dict(st.get("_init_kwargs") or {}))
-    net = _build_network(rec.class_name, kwargs, on_meta=True)
+    sg3 = is_stylegan3_record(rec)  # StyleGAN3 designs filters in __init__: built for real, then overwritten
+    net = _build_network("StyleGAN3Generator" if sg3 else rec.class_name, kwargs, on_meta=not sg3)
     tensors = _collect_tensors(rec)
     if taken is not None:  # a tensor the file shares between networks (or within one) gets a copy of its own
         for k, t in tensors.items():
             if t.numel() and t.data_ptr() in taken:
                 tensors[k] = t.clone()
             taken.add(tensors[k].data_ptr())
-    load_state_strict(net, tensors, what, assign=True)
+    load_state_strict(net, tensors, what, assign=not sg3)
     return net.eval().requires_grad_(False)
+
+
+def is_stylegan3_record(rec: PersistentRecord) -> bool:
+    """A StyleGAN3 generator is pickled as class 'Generator' too; its synthesis network has an 'input' layer.
+    Decided from the recorded structure, never from the (ignored) embedded source."""
+    syn = (rec.state.get("_modules") or {}).get("synthesis")
+    return (rec.class_name == "Generator" and isinstance(syn, PersistentRecord)
+            and "input" in (syn.state.get("_modules") or {}))
 
 
 def read_nvlabs_pickle(path: str | os.PathLike) -> dict:
@@ -669,8 +680,8 @@ def load_generator(path: str | os.PathLike) -> Generator:
 
 
 def load_networks(path: str | os.PathLike, roles: Optional[tuple[str, ...]] = None) -> Networks:
-    """Load StyleGAN2 networks from an NVlabs .pkl or our .safetensors (by content, not by extension); with
-    `roles` (e.g. ("G_ema",)) only those are built."""
+    """Load networks from an NVlabs StyleGAN2/StyleGAN3 .pkl, a rosinality .pt or our .safetensors (by content,
+    not by extension); with `roles` (e.g. ("G_ema",)) only those are built (rosinality files: all of them)."""
     path = Path(path)
     if not path.exists():
         raise GazeError(f"no such network file: {path}")
@@ -688,10 +699,11 @@ def load_networks(path: str | os.PathLike, roles: Optional[tuple[str, ...]] = No
     if head[:1] == b"\x80":
         return load_nvlabs_pickle(path, roles)
     if head[:2] == b"PK":
-        raise GazeError(f"{path}: a torch.save archive, not a StyleGAN2 network (.pkl snapshot or machinegaze .safetensors)")
+        return load_rosinality(path)
     if len(head) >= 9 and head[8:9] == b"{":
         return load_safetensors_networks(path, roles)
-    raise GazeError(f"{path}: unsupported file format (expected an NVlabs .pkl snapshot or a machinegaze .safetensors)")
+    raise GazeError(f"{path}: unsupported file format (expected an NVlabs .pkl snapshot, a rosinality .pt checkpoint "
+                    f"or a machinegaze .safetensors)")
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False) -> Path:
@@ -770,3 +782,288 @@ def load_detector(path: str | os.PathLike) -> torch.nn.Module:
     det = detector_from_state(spec, tensors)
     det.meta = meta
     return det
+
+
+# ================================================================ torch.save zip archives, without running them
+# A torch.save file (torch >= 1.6) is a zip: '<prefix>/data.pkl' pickles the object tree, each tensor's storage
+# is the raw little-endian member '<prefix>/data/<key>'. We read data.pkl with our own restricted unpickler:
+# tensors become references that are materialised only when asked for (optimiser states are never read), an
+# argparse.Namespace becomes inert data, and every other global is refused by name before anything is imported.
+
+class _TorchZipStorage:
+    def __init__(self, key: str, dtype: torch.dtype, numel: int):
+        self.key, self.dtype, self.numel = key, dtype, numel
+
+
+@dataclass
+class TensorRef:
+    """A tensor in a torch.save archive, not yet read: storage + view geometry."""
+    storage: _TorchZipStorage
+    offset: int
+    size: tuple
+    stride: tuple
+
+
+class NamespaceRecord(dict):
+    """What an argparse.Namespace in a checkpoint becomes: its attributes as a plain dict, nothing called."""
+
+    def __setstate__(self, state):
+        if not isinstance(state, dict):
+            raise RefusedGlobal("argparse.Namespace with a non-dict state")
+        self.update(state)
+
+
+def _zip_rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
+                        metadata=None):
+    if not isinstance(storage, _TorchZipStorage):
+        raise RefusedGlobal("tensor rebuilt from something that is not a storage")
+    return TensorRef(storage, int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
+
+
+def _zip_rebuild_parameter(data, requires_grad=False, backward_hooks=None, *args):
+    if not isinstance(data, TensorRef):
+        raise RefusedGlobal("parameter rebuilt from a non-tensor")
+    return data
+
+
+class _TorchZipUnpickler(pickle.Unpickler):
+    ALLOWED = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2"): _zip_rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): _zip_rebuild_parameter,
+        ("argparse", "Namespace"): NamespaceRecord,
+    }
+
+    def __init__(self, f, what: str):
+        super().__init__(f)
+        self.what = what
+
+    def find_class(self, module, name):
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        fn = self.ALLOWED.get((module, name))
+        if fn is None:
+            raise RefusedGlobal(f"{self.what}: refused global '{module}.{name}' (a checkpoint of tensors never "
+                                f"needs it; nothing was executed)")
+        return fn
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)
+                and isinstance(pid[2], str) and isinstance(pid[4], int)):
+            raise RefusedGlobal(f"{self.what}: malformed tensor storage reference")
+        return _TorchZipStorage(pid[2], pid[1].dtype, pid[4])
+
+
+class TorchZip:
+    """An opened torch.save zip: `.root` is the unpickled object tree (TensorRefs instead of tensors)."""
+
+    def __init__(self, path: Path):
+        import zipfile
+
+        self.path = path
+        try:
+            self.zf = zipfile.ZipFile(path)
+            pkls = [n for n in self.zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+            if len(pkls) != 1:
+                raise GazeError(f"{path}: a zip file, but not a torch.save archive (no single <name>/data.pkl)")
+            self.prefix = pkls[0][: -len("data.pkl")]
+            order = self.prefix + "byteorder"
+            if order in self.zf.namelist() and self.zf.read(order).strip() != b"little":
+                raise GazeError(f"{path}: big-endian torch archive (not supported)")
+            with self.zf.open(pkls[0]) as f:
+                self.root = _TorchZipUnpickler(io.BytesIO(f.read()), str(path)).load()
+        except GazeError:
+            raise
+        except Exception as e:  # zipfile.BadZipFile, EOFError, UnpicklingError, ... on damaged files
+            raise GazeError(f"{path}: truncated or corrupt torch archive ({type(e).__name__}: {str(e)[:120]})") from None
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def tensor(self, ref: TensorRef) -> torch.Tensor:
+        st = ref.storage
+        if st.key not in self._cache:
+            try:
+                raw = self.zf.read(f"{self.prefix}data/{st.key}")
+            except Exception as e:
+                raise GazeError(f"{self.path}: cannot read tensor data '{st.key}' ({type(e).__name__})") from None
+            itemsize = torch.empty((), dtype=st.dtype).element_size()
+            if len(raw) != st.numel * itemsize:
+                raise GazeError(f"{self.path}: tensor data '{st.key}' has {len(raw)} bytes, expected {st.numel * itemsize}")
+            self._cache[st.key] = torch.frombuffer(bytearray(raw), dtype=st.dtype) if st.numel else torch.empty(0, dtype=st.dtype)
+        flat = self._cache[st.key]
+        need = ref.offset + sum((s - 1) * d for s, d in zip(ref.size, ref.stride)) + 1 if all(ref.size) else 0
+        if ref.offset < 0 or need > flat.numel() or any(d < 0 for d in ref.stride):
+            raise GazeError(f"{self.path}: tensor view outside its storage '{st.key}'")
+        return torch.as_strided(flat, ref.size, ref.stride, ref.offset).clone()
+
+    def state_dict(self, obj, what: str) -> dict[str, torch.Tensor]:
+        if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, TensorRef) for k, v in obj.items()):
+            raise GazeError(f"{self.path}: '{what}' is not a state dict of tensors")
+        return {k: self.tensor(v) for k, v in obj.items()}
+
+
+# ================================================================ rosinality/stylegan2-pytorch checkpoints
+# train.py saves {g, d, g_ema, g_optim, d_optim, args, ada_aug_p}; convert_weight.py saves {g_ema, latent_avg[, g,
+# d]}. The architecture is StyleGAN2 config-f with a skip generator and a resnet discriminator, so we rename the
+# tensors to NVlabs' names and load them into our StyleGAN2 modules. Differences handled by the renaming:
+# conv weights carry a leading batch axis [1, O, I, k, k], noise strengths are [1], ToRGB biases [1, 3, 1, 1],
+# blur kernels are stored per layer (checked, then dropped), the noise buffers live in `noises.noise_i`.
+# rosinality has no w_avg: its truncation uses `mean_latent(4096)` of unseeded z. We store `latent_avg` when the
+# file has one, else the mean w of torch.randn(4096, style_dim) drawn from torch.Generator().manual_seed(1234).
+ROSINALITY_TRUNC_SEED, ROSINALITY_TRUNC_N = 1234, 4096
+
+
+def _fit_channels(widths: dict[int, int], what: str) -> tuple[int, int]:
+    """(channel_base, channel_max) with min(base // res, max) == widths[res] for every resolution."""
+    cmax = widths[min(widths)]
+    for base in sorted({ch * r for r, ch in widths.items()}):
+        if all(min(base // r, cmax) == ch for r, ch in widths.items()):
+            return base, cmax
+    raise GazeError(f"{what}: channel widths {dict(sorted(widths.items()))} per resolution do not follow "
+                    f"min(base / res, max); this rosinality channel_multiplier is not supported")
+
+
+def _check_blur(t: torch.Tensor, what: str) -> None:
+    from machinegaze.nets.ops import setup_filter
+    if tuple(t.shape) != (4, 4) or not torch.allclose(t / t.sum(), setup_filter((1, 3, 3, 1)), atol=1e-6):
+        raise GazeError(f"{what}: blur kernel is not [1, 3, 3, 1] (other blur kernels are not supported)")
+
+
+def _taker(sd: dict[str, torch.Tensor], error: str):
+    """pop(name): remove and return a tensor from sd, or raise `error (missing name)`."""
+    def pop(name: str) -> torch.Tensor:
+        if name not in sd:
+            raise GazeError(f"{error} (missing {name})")
+        return sd.pop(name)
+    return pop
+
+
+def rosinality_generator(sd: dict[str, torch.Tensor], what: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(init_kwargs of our StyleGAN2 Generator, its state dict with NVlabs names) from a rosinality G state dict."""
+    sd = dict(sd)
+    pop = _taker(sd, f"{what}: not a rosinality generator")
+    n_mlp = sum(1 for k in sd if k.startswith("style.") and k.endswith(".weight"))
+    n_up = sum(1 for k in sd if k.startswith("to_rgbs.") and k.endswith(".conv.weight"))
+    if n_mlp < 1 or "conv1.conv.weight" not in sd:
+        raise GazeError(f"{what}: not a rosinality generator (no style.* mapping or conv1)")
+    size, style_dim = 4 * 2 ** n_up, sd["style.1.weight"].shape[0]
+    out: dict[str, torch.Tensor] = {}
+    for i in range(n_mlp):
+        out[f"mapping.fc{i}.weight"], out[f"mapping.fc{i}.bias"] = pop(f"style.{i + 1}.weight"), pop(f"style.{i + 1}.bias")
+    out["synthesis.b4.const"] = pop("input.input")[0]
+
+    def styled(src: str, dst: str, noise: str) -> int:
+        w = pop(f"{src}.conv.weight")[0]
+        out[f"{dst}.weight"] = w
+        out[f"{dst}.affine.weight"], out[f"{dst}.affine.bias"] = pop(f"{src}.conv.modulation.weight"), pop(f"{src}.conv.modulation.bias")
+        out[f"{dst}.noise_strength"] = pop(f"{src}.noise.weight").reshape(())
+        out[f"{dst}.bias"] = pop(f"{src}.activate.bias")
+        out[f"{dst}.noise_const"] = pop(noise)[0, 0]
+        if f"{src}.conv.blur.kernel" in sd:
+            _check_blur(pop(f"{src}.conv.blur.kernel"), what)
+        return w.shape[0]
+
+    def torgb(src: str, dst: str) -> None:
+        out[f"{dst}.weight"] = pop(f"{src}.conv.weight")[0]
+        out[f"{dst}.affine.weight"], out[f"{dst}.affine.bias"] = pop(f"{src}.conv.modulation.weight"), pop(f"{src}.conv.modulation.bias")
+        out[f"{dst}.bias"] = pop(f"{src}.bias").reshape(-1)
+        if f"{src}.upsample.kernel" in sd:
+            _check_blur(pop(f"{src}.upsample.kernel"), what)
+
+    widths = {4: styled("conv1", "synthesis.b4.conv1", "noises.noise_0")}
+    torgb("to_rgb1", "synthesis.b4.torgb")
+    for k in range(n_up):
+        res = 8 * 2 ** k
+        widths[res] = styled(f"convs.{2 * k}", f"synthesis.b{res}.conv0", f"noises.noise_{2 * k + 1}")
+        styled(f"convs.{2 * k + 1}", f"synthesis.b{res}.conv1", f"noises.noise_{2 * k + 2}")
+        torgb(f"to_rgbs.{k}", f"synthesis.b{res}.torgb")
+    if sd:
+        raise GazeError(f"{what}: {len(sd)} tensors that a rosinality StyleGAN2 generator does not have (e.g. {sorted(sd)[0]})")
+    base, cmax = _fit_channels(widths, what)
+    kwargs = dict(z_dim=style_dim, c_dim=0, w_dim=style_dim, img_resolution=size, img_channels=3,
+                  mapping_kwargs=dict(num_layers=n_mlp, lr_multiplier=0.01),
+                  synthesis_kwargs=dict(channel_base=base, channel_max=cmax, architecture="skip", num_fp16_res=0,
+                                        conv_clamp=None))
+    return kwargs, out
+
+
+def rosinality_discriminator(sd: dict[str, torch.Tensor], what: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(init_kwargs of our resnet StyleGAN2 Discriminator, its NVlabs-named state dict) from a rosinality D."""
+    sd = dict(sd)
+    pop = _taker(sd, f"{what}: not a rosinality discriminator")
+    n_blocks = sum(1 for k in sd if k.startswith("convs.") and k.endswith(".conv1.0.weight"))
+    if n_blocks < 1 or "convs.0.0.weight" not in sd:
+        raise GazeError(f"{what}: not a rosinality discriminator")
+    size = 4 * 2 ** n_blocks
+    out = {f"b{size}.fromrgb.weight": pop("convs.0.0.weight"), f"b{size}.fromrgb.bias": pop("convs.0.1.bias")}
+    widths = {size: out[f"b{size}.fromrgb.weight"].shape[0]}
+    for j in range(1, n_blocks + 1):
+        res = size // 2 ** (j - 1)
+        out[f"b{res}.conv0.weight"], out[f"b{res}.conv0.bias"] = pop(f"convs.{j}.conv1.0.weight"), pop(f"convs.{j}.conv1.1.bias")
+        out[f"b{res}.conv1.weight"], out[f"b{res}.conv1.bias"] = pop(f"convs.{j}.conv2.1.weight"), pop(f"convs.{j}.conv2.2.bias")
+        out[f"b{res}.skip.weight"] = pop(f"convs.{j}.skip.1.weight")
+        _check_blur(pop(f"convs.{j}.conv2.0.kernel"), what)
+        _check_blur(pop(f"convs.{j}.skip.0.kernel"), what)
+        widths[res // 2] = out[f"b{res}.conv1.weight"].shape[0]
+    out["b4.conv.weight"], out["b4.conv.bias"] = pop("final_conv.0.weight"), pop("final_conv.1.bias")
+    out["b4.fc.weight"], out["b4.fc.bias"] = pop("final_linear.0.weight"), pop("final_linear.0.bias")
+    out["b4.out.weight"], out["b4.out.bias"] = pop("final_linear.1.weight"), pop("final_linear.1.bias")
+    if sd:
+        raise GazeError(f"{what}: {len(sd)} tensors that a rosinality discriminator does not have (e.g. {sorted(sd)[0]})")
+    base, cmax = _fit_channels(widths, what)
+    kwargs = dict(c_dim=0, img_resolution=size, img_channels=3, architecture="resnet", channel_base=base,
+                  channel_max=cmax, num_fp16_res=0, conv_clamp=None, epilogue_kwargs=dict(mbstd_group_size=4))
+    return kwargs, out
+
+
+def _with_own_filters(net: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Add the FIR filter buffers (resample_filter) that rosinality stores elsewhere (checked [1,3,3,1])."""
+    return {**{k: v for k, v in net.state_dict().items() if k.endswith("resample_filter")}, **tensors}
+
+
+@torch.no_grad()
+def rosinality_w_avg(G: Generator) -> torch.Tensor:
+    """rosinality's `mean_latent(4096)` with the z set fixed: torch.randn(4096, z_dim) from seed 1234."""
+    z = torch.randn(ROSINALITY_TRUNC_N, G.z_dim, generator=torch.Generator().manual_seed(ROSINALITY_TRUNC_SEED))
+    return G.mapping(z, None)[:, 0].mean(dim=0)
+
+
+def load_rosinality(path: str | os.PathLike) -> Networks:
+    """A rosinality/stylegan2-pytorch checkpoint: G_ema from 'g_ema', G from 'g', D from 'd' (each optional
+    except g_ema). Only those tensors are read; optimiser states and `args` are parsed as inert data."""
+    path = Path(path)
+    arc = TorchZip(path)
+    root = arc.root
+    if not isinstance(root, dict) or "g_ema" not in root:
+        keys = sorted(map(str, root)) if isinstance(root, dict) else type(root).__name__
+        raise GazeError(f"{path}: a torch.save archive, but not a rosinality StyleGAN2 checkpoint (no 'g_ema'; found {keys})")
+    out = Networks(source=path)
+    for key, role in (("g_ema", "G_ema"), ("g", "G")):
+        if root.get(key) is None:
+            continue
+        kwargs, tensors = rosinality_generator(arc.state_dict(root[key], key), f"{path.name}:{key}")
+        G = Generator(**kwargs)
+        tensors["mapping.w_avg"] = torch.zeros(G.w_dim)
+        load_state_strict(G, _with_own_filters(G, tensors), f"{path.name}:{key}")
+        setattr(out, role, G.eval().requires_grad_(False))
+    latent_avg = root.get("latent_avg")
+    for G in (out.G_ema, out.G):
+        if G is None:
+            continue
+        if isinstance(latent_avg, TensorRef):
+            avg = arc.tensor(latent_avg).float().reshape(-1)
+            if avg.numel() != G.w_dim:
+                raise GazeError(f"{path}: latent_avg has {avg.numel()} values, the generator's w has {G.w_dim}")
+            G.mapping.w_avg.copy_(avg)
+        else:
+            G.mapping.w_avg.copy_(rosinality_w_avg(G))
+    if root.get("d") is not None:
+        kwargs, tensors = rosinality_discriminator(arc.state_dict(root["d"], "d"), f"{path.name}:d")
+        D = Discriminator(**kwargs)
+        load_state_strict(D, _with_own_filters(D, tensors), f"{path.name}:d")
+        out.D = D.eval().requires_grad_(False)
+    args = root.get("args")
+    out.meta = {"source_format": "rosinality-pt",
+                "w_avg": "latent_avg" if isinstance(latent_avg, TensorRef) else
+                f"mean_latent of torch.randn({ROSINALITY_TRUNC_N}, z_dim), seed {ROSINALITY_TRUNC_SEED}",
+                "args": _safe_meta(dict(args)) if isinstance(args, dict) else None}
+    return out

@@ -1,9 +1,11 @@
 """Generate faces from seeds, save latents, and make looping latent-walk videos.
 
-Seeds mean what NVlabs' seeds mean: z = np.random.RandomState(seed).randn(1, z_dim).
+Seeds mean what NVlabs' seeds mean: z = np.random.RandomState(seed).randn(1, z_dim). The 'rosinality' seed
+convention draws z = torch.randn(1, z_dim, generator=torch.Generator().manual_seed(seed)) instead.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,13 +28,25 @@ class GenerateConfig:
     class_idx: Optional[int] = None
     noise_mode: str = "const"
     batch_size: int = 8
+    seed_convention: str = "nvlabs"             # 'nvlabs' | 'rosinality' (see z_from_seed)
+    translate: Optional[tuple[float, float]] = None   # StyleGAN3 only: image translation (fractions of the size)
+    rotate: Optional[float] = None              # StyleGAN3 only: image rotation in degrees
+
+
+SEED_CONVENTIONS = ("nvlabs", "rosinality")
 
 
 # ---------------------------------------------------------------- latents
-def z_from_seed(seed: int, z_dim: int) -> torch.Tensor:
-    """NVlabs semantics: RandomState(seed).randn(1, z_dim) (float64), cast to float32 as their mapping does."""
+def z_from_seed(seed: int, z_dim: int, convention: str = "nvlabs") -> torch.Tensor:
+    """[1, z_dim] float32. 'nvlabs': RandomState(seed).randn(1, z_dim) (float64, cast as their mapping does).
+    'rosinality': torch.randn(1, z_dim) from torch.Generator().manual_seed(seed), the first row of what
+    rosinality's scripts draw after seeding torch."""
     if not 0 <= int(seed) < 2 ** 32:
         raise GazeError(f"seed {seed} out of range (0 .. 2^32-1)")
+    if convention == "rosinality":
+        return torch.randn(1, z_dim, generator=torch.Generator().manual_seed(int(seed)))
+    if convention != "nvlabs":
+        raise GazeError(f"--seed-convention must be one of {', '.join(SEED_CONVENTIONS)}, got {convention!r}")
     return torch.from_numpy(np.random.RandomState(int(seed)).randn(1, z_dim)).float()
 
 
@@ -53,12 +67,13 @@ def class_vector(G: Generator, class_idx: Optional[int], n: int = 1,
 
 @torch.no_grad()
 def seeds_to_ws(G: Generator, seeds: Sequence[int], trunc: float = 1.0, trunc_cutoff: Optional[int] = None,
-                class_idx: Optional[int] = None) -> torch.Tensor:
+                class_idx: Optional[int] = None, seed_convention: str = "nvlabs") -> torch.Tensor:
     """[len(seeds), num_ws, w_dim] ws for the seeds, truncated towards w_avg with psi=trunc, on G's device.
 
-    z is drawn on the host (NVlabs' RandomState semantics on every device) and moved once."""
+    z is drawn on the host (NVlabs' RandomState semantics, or rosinality's torch.randn, on every device) and
+    moved once."""
     dev = next(G.parameters()).device
-    z = torch.cat([z_from_seed(s, G.z_dim) for s in seeds]).to(dev)
+    z = torch.cat([z_from_seed(s, G.z_dim, seed_convention) for s in seeds]).to(dev)
     c = class_vector(G, class_idx, len(seeds), dev)
     return G.mapping(z, c, truncation_psi=trunc, truncation_cutoff=trunc_cutoff)
 
@@ -68,6 +83,8 @@ def images_per_chunk(G: Generator, budget_bytes: float = 1.5e9) -> int:
 
     A layer holds about five activation-sized buffers at its peak (input, modulated input, conv output,
     padded/filtered copies when upsampling), so per image ~ 5 * 4 bytes * max(channels * res^2)."""
+    if hasattr(G.synthesis, "max_activation_elements"):       # StyleGAN3: activations at the upsampled rate
+        return max(1, int(budget_bytes // (5 * 4 * G.synthesis.max_activation_elements())))
     biggest = 0
     for res in G.synthesis.block_resolutions:
         conv1 = getattr(G.synthesis, f"b{res}").conv1
@@ -105,9 +122,34 @@ def synthesize(G: Generator, ws: torch.Tensor, noise_mode: str = "const", batch_
 
 def generate_images(G: Generator, seeds: Sequence[int], cfg: GenerateConfig = GenerateConfig(),
                     progress: ProgressFn = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images, ws) for the seeds."""
-    ws = seeds_to_ws(G, seeds, cfg.trunc, cfg.trunc_cutoff, cfg.class_idx)
-    return synthesize(G, ws, cfg.noise_mode, cfg.batch_size, progress), ws
+    """(images, ws) for the seeds. translate/rotate (StyleGAN3) replace the input transform for this call."""
+    ws = seeds_to_ws(G, seeds, cfg.trunc, cfg.trunc_cutoff, cfg.class_idx, cfg.seed_convention)
+    with input_transform(G, cfg.translate, cfg.rotate):
+        return synthesize(G, ws, cfg.noise_mode, cfg.batch_size, progress), ws
+
+
+@contextlib.contextmanager
+def input_transform(G: Generator, translate: Optional[Sequence[float]] = None, rotate: Optional[float] = None):
+    """Within the block, a StyleGAN3 generator shows its images translated/rotated, as NVIDIA's gen_images.py
+    --translate/--rotate: the stored `synthesis.input.transform` is replaced by inv(make_transform(...)) (both
+    None: left as stored). Restored afterwards."""
+    if translate is None and rotate is None:
+        yield G
+        return
+    from machinegaze.nets.stylegan3 import image_transform
+    inp = getattr(G.synthesis, "input", None)
+    if inp is None or not hasattr(inp, "transform"):
+        raise GazeError("--translate/--rotate need a StyleGAN3 network (this one has no input transform)")
+    tx, ty = (float(v) for v in (translate if translate is not None else (0.0, 0.0)))
+    angle = float(rotate) if rotate is not None else 0.0
+    if not all(np.isfinite([tx, ty, angle])):
+        raise GazeError("--translate/--rotate must be finite numbers")
+    saved = inp.transform.clone()
+    inp.transform.copy_(image_transform((tx, ty), angle))
+    try:
+        yield G
+    finally:
+        inp.transform.copy_(saved)
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -140,8 +182,9 @@ def generate_to_dir(G: Generator, seeds: Sequence[int], outdir: str | os.PathLik
     ws_parts = [torch.empty(0, G.num_ws, G.w_dim)]
     for i in range(start, stop, batch):
         chunk = list(seeds[i:min(i + batch, stop)])
-        ws = seeds_to_ws(G, chunk, cfg.trunc, cfg.trunc_cutoff, cfg.class_idx)
-        images = synthesize_batch(G, ws, cfg.noise_mode, precision).cpu()
+        ws = seeds_to_ws(G, chunk, cfg.trunc, cfg.trunc_cutoff, cfg.class_idx, cfg.seed_convention)
+        with input_transform(G, cfg.translate, cfg.rotate):
+            images = synthesize_batch(G, ws, cfg.noise_mode, precision).cpu()
         for s, img in zip(chunk, images):
             save_image(img[None], outdir / f"seed{s:04d}.png")
         ws_parts.append(ws.cpu())
@@ -252,11 +295,11 @@ def write_video(frames_uint8: list[np.ndarray] | np.ndarray, out: str | os.PathL
 
 def interpolate(G: Generator, seeds: Sequence[int], frames: int = 60, trunc: float = 1.0,
                 class_idx: Optional[int] = None, noise_mode: str = "const", batch_size: int = 8,
-                progress: ProgressFn = None) -> torch.Tensor:
+                progress: ProgressFn = None, seed_convention: str = "nvlabs") -> torch.Tensor:
     """Frames [F, C, R, R] of a looping walk through the seeds' w vectors."""
     if frames < 2:
         raise GazeError("--frames must be at least 2")
-    ws = seeds_to_ws(G, seeds, trunc=trunc, class_idx=class_idx)
+    ws = seeds_to_ws(G, seeds, trunc=trunc, class_idx=class_idx, seed_convention=seed_convention)
     path = loop_path(ws, frames)
     return synthesize(G, path, noise_mode=noise_mode, batch_size=batch_size, progress=progress)
 

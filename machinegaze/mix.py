@@ -3,6 +3,12 @@
 The num_ws style vectors of a StyleGAN2 generator pair up by resolution: ws[2k] and ws[2k+1] style the
 4*2^k px layers (ws[2k+1] also feeds the toRGB of that block). The paper's groups:
   coarse = 4-8 px (pose, face shape), middle = 16-32 px (features, hair style), fine = 64 px and up (colour, texture).
+
+StyleGAN3 has no per-resolution blocks: ws[0] drives the Fourier-feature input, ws[i+1] layer L{i}, and every layer
+works on the same canvas with a cutoff frequency that rises geometrically from layer to layer. We give each w the
+resolution whose Nyquist limit is its layer's cutoff (2 x cutoff: 4 for the input, up to the image size) and use
+the same thresholds: coarse <= 8, middle <= 32, fine above. For a 1024 px StyleGAN3 that is ws 0-2 / 3-5 / 6-15
+(input + L0-L1, L2-L4, L5-L14); 256 px: 0-3 / 4-7 / 8-15; 64 px: 0-4 / 5-10 / 11-15.
 """
 from __future__ import annotations
 
@@ -19,10 +25,14 @@ from machinegaze.data import make_grid, save_image
 from machinegaze.generate import load_w, save_w, seeds_to_ws, synthesize
 from machinegaze.nets.stylegan2 import Generator
 
-GROUPS = {"coarse": (4, 8), "middle": (16, 32), "fine": (64, 1 << 30)}
+GROUPS = {"coarse": (0, 8), "middle": (8, 32), "fine": (32, 1 << 30)}   # (lo, hi]: resolution of the styled band
 
 
-def layer_resolution(G: Generator, i: int) -> int:
+def layer_resolution(G: Generator, i: int) -> float:
+    """The resolution that ws[i] styles: its block's for StyleGAN2, 2 x its layer's cutoff for StyleGAN3."""
+    per_ws = getattr(G.synthesis, "ws_resolutions", None)
+    if per_ws is not None:
+        return float(per_ws()[i])
     return min(4 * 2 ** (i // 2), G.img_resolution)
 
 
@@ -31,7 +41,7 @@ def group_layers(G: Generator, group: str) -> list[int]:
     if group not in GROUPS:
         raise GazeError(f"unknown layer group {group!r} (choose from {', '.join(GROUPS)})")
     lo, hi = GROUPS[group]
-    return [i for i in range(G.num_ws) if lo <= layer_resolution(G, i) <= hi]
+    return [i for i in range(G.num_ws) if lo + 1e-6 < layer_resolution(G, i) <= hi + 1e-6]
 
 
 def parse_styles(G: Generator, spec: str) -> list[int]:

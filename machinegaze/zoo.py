@@ -56,7 +56,8 @@ ALIASES = {"default": "faces64"}
 
 
 def resolve_network(name_or_path: str | os.PathLike | None) -> Path:
-    """A StyleGAN2 network: a registered name ('default', 'faces64', ...) or a path to a .pkl/.safetensors."""
+    """A network: a registered name ('default', 'faces64', ...) or a path to an NVlabs StyleGAN2/StyleGAN3 .pkl,
+    a rosinality .pt or a machinegaze .safetensors (the format is told from the content by checkpoints.load_networks)."""
     if name_or_path is None:
         name_or_path = "default"
     s = str(name_or_path)

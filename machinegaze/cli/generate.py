@@ -11,11 +11,14 @@ from machinegaze.cli._common import parse_float, parse_range_list, progress_bar
 from machinegaze.cli._options import DeviceOpt, PrecisionOpt, resolve
 
 
-def generate(network: Optional[str] = typer.Option(None, "--network", help="Network .pkl/.safetensors or model name (default: bundled)"),
+def generate(network: Optional[str] = typer.Option(None, "--network", help="Network .pkl/.pt/.safetensors or model name (default: bundled)"),
              seeds: str = typer.Option("0-7", "--seeds", help="Seeds, e.g. 0-7,12"),
              trunc: str = typer.Option("1.0", "--trunc", help="Truncation psi"),
              class_idx: Optional[int] = typer.Option(None, "--class", help="Class label (conditional networks)"),
              noise_mode: str = typer.Option("const", "--noise-mode", help="const | random | none"),
+             translate: Optional[str] = typer.Option(None, "--translate", help="StyleGAN3: translate x,y (e.g. 0.1,0.05)"),
+             rotate: Optional[str] = typer.Option(None, "--rotate", help="StyleGAN3: rotate, degrees"),
+             seed_convention: str = typer.Option("nvlabs", "--seed-convention", help="nvlabs | rosinality (z from seeds)"),
              outdir: Path = typer.Option(Path("out"), "--outdir"),
              device: Optional[str] = DeviceOpt, precision: str = PrecisionOpt):
     """Generate images from seeds (one PNG per seed + a grid of the first 64) and save their latents (ws.npz,
@@ -25,7 +28,15 @@ def generate(network: Optional[str] = typer.Option(None, "--network", help="Netw
     from machinegaze import distributed
     from machinegaze import generate as gen
     seed_list = parse_range_list(seeds, "seeds")
-    cfg = gen.GenerateConfig(trunc=parse_float(trunc, "trunc"), class_idx=class_idx, noise_mode=noise_mode)
+    xy = None
+    if translate is not None:
+        parts = translate.split(",")
+        if len(parts) != 2:
+            raise GazeError(f"--translate must be two numbers x,y (e.g. 0.1,0.05), got {translate!r}")
+        xy = (parse_float(parts[0], "translate"), parse_float(parts[1], "translate"))
+    cfg = gen.GenerateConfig(trunc=parse_float(trunc, "trunc"), class_idx=class_idx, noise_mode=noise_mode,
+                             translate=xy, rotate=None if rotate is None else parse_float(rotate, "rotate"),
+                             seed_convention=seed_convention)
     dev, prec = resolve(device, precision)
     world = distributed.init(dev)
     G = zoo.load_generator(network, dev)
@@ -78,10 +89,10 @@ def interpolate(network: Optional[str] = typer.Option(None, "--network"),
     print(f"wrote {out} ({frames} frames)")
 
 
-def convert(src: Path = typer.Argument(..., help="NVlabs .pkl snapshot (or our .safetensors)"),
+def convert(src: Path = typer.Argument(..., help="NVlabs StyleGAN2/3 .pkl, rosinality .pt (or our .safetensors)"),
             dst: Path = typer.Argument(..., help="Output .safetensors"),
             half: bool = typer.Option(False, "--half", help="Store float tensors as fp16")):
-    """Convert an NVlabs network pickle to machinegaze .safetensors (never runs pickled code)."""
+    """Convert an NVlabs StyleGAN2/StyleGAN3 pickle or a rosinality .pt to machinegaze .safetensors (never runs pickled code)."""
     from machinegaze import checkpoints
     if dst.suffix != ".safetensors":
         raise GazeError(f"output must end in .safetensors, got {dst.name}")

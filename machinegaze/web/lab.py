@@ -49,7 +49,7 @@ class Lab:
         # An explicitly named network/detector must exist (a user error at startup); the bundled defaults may not.
         self.network_path, self.network_reason = self._resolve(zoo.resolve_network, cfg.network,
                                                                "no bundled face GAN in this build yet; start with "
-                                                               "`gaze serve --network PATH` (a .pkl or .safetensors)", "network")
+                                                               "`gaze serve --network PATH` (a .pkl, .pt or .safetensors)", "network")
         self.detector_path, self.detector_reason = self._resolve(zoo.resolve_detector, cfg.detector,
                                                                  "no bundled fake-face detector in this build yet; "
                                                                  "start with `gaze serve --detector PATH`", "fake-face detector")

@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts: the same-run fp32 matmul baseline, peak RSS, and running one case in a
 fresh process. Torch is imported lazily so that `python benchmarks/X.py --help` stays fast."""
+
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ import time
 def matmul_gflops(threads: int | None = None, n: int = 2048, reps: int = 10) -> float:
     """fp32 n x n matmul GFLOP/s (the same-run baseline), with `threads` threads if given, else the current setting."""
     import torch
+
     if threads is not None:
         torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -18,7 +20,7 @@ def matmul_gflops(threads: int | None = None, n: int = 2048, reps: int = 10) -> 
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
 def peak_rss_gb() -> float:

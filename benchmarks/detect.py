@@ -4,6 +4,7 @@ phases), the cost of the preprocessing policy, and peak RSS; against a same-run 
 Each case runs in a fresh process so its peak RSS is its own. Images are synthetic (the speed does not depend
 on content). Usage: python benchmarks/detect.py [--quick] [--threads N] [--size 128]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,7 @@ def run_case(case: str, arch: str, size: int, batch: int, reps: int, threads: in
     from torch.utils.flop_counter import FlopCounterMode
 
     from machinegaze.detect.model import Detector, DetectorSpec, bce_loss, freeze_body
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = Detector(DetectorSpec(arch, size))
@@ -28,6 +30,7 @@ def run_case(case: str, arch: str, size: int, batch: int, reps: int, threads: in
     mm0 = matmul_gflops(n=1024)
     if case == "predict":  # the library path: uint8 images in, small channels-last batches (detect.evaluate)
         from machinegaze.detect.evaluate import predict_logits
+
         imgs = np.random.default_rng(0).integers(0, 255, (batch, size, size, 3), dtype=np.uint8)
         model.eval()
         with torch.inference_mode(), FlopCounterMode(display=False) as fc:
@@ -53,6 +56,7 @@ def run_case(case: str, arch: str, size: int, batch: int, reps: int, threads: in
         from PIL import Image
 
         from machinegaze.detect.sources import Preprocess
+
         rng = np.random.default_rng(0)
         imgs = [Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)) for _ in range(batch)]
         pre = Preprocess(size, 75)
@@ -81,6 +85,7 @@ def run_case(case: str, arch: str, size: int, batch: int, reps: int, threads: in
             opt.zero_grad()
             loss.backward()
             opt.step()
+
         model.eval()
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             model(x[:1])
@@ -99,9 +104,19 @@ def run_case(case: str, arch: str, size: int, batch: int, reps: int, threads: in
     mm = (mm0 + matmul_gflops(n=1024)) / 2
     img_s = batch / dt
     gflops = flops * img_s / 1e9
-    return dict(case=case, arch=arch, size=size, batch=batch, threads=threads, img_s=img_s,
-                gflop_per_img=flops / 1e9, gflop_s=gflops, matmul_gflop_s=mm, efficiency=gflops / mm if mm else 0.0,
-                peak_rss_gb=peak_rss_gb())
+    return dict(
+        case=case,
+        arch=arch,
+        size=size,
+        batch=batch,
+        threads=threads,
+        img_s=img_s,
+        gflop_per_img=flops / 1e9,
+        gflop_s=gflops,
+        matmul_gflop_s=mm,
+        efficiency=gflops / mm if mm else 0.0,
+        peak_rss_gb=peak_rss_gb(),
+    )
 
 
 def main() -> None:
@@ -118,32 +133,62 @@ def main() -> None:
         print(json.dumps(run_case(a.case, a.arch, a.size, a.batch, a.reps, int(a.threads))))
         return
     import os
+
     reps = 2 if a.quick else 5
     threads = [int(t) for t in str(a.threads).split(",")]
-    cases = [("inference", "effnet_lite0"), ("predict", "effnet_lite0"), ("train-frozen", "effnet_lite0"), ("train-unfrozen", "effnet_lite0"),
-             ("inference", "smallcnn"), ("train-unfrozen", "smallcnn"), ("preprocess", "effnet_lite0")]
-    print(f"detector benchmark: {a.size} px, batch 32, {reps} timed batches per case; "
-          f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-    print(f"{'case':16s} {'arch':13s} {'threads':>7s} {'img/s':>8s} {'GFLOP/img':>10s} {'GFLOP/s':>8s} "
-          f"{'matmul GFLOP/s':>15s} {'eff.':>6s} {'peak RSS GB':>12s}")
+    cases = [
+        ("inference", "effnet_lite0"),
+        ("predict", "effnet_lite0"),
+        ("train-frozen", "effnet_lite0"),
+        ("train-unfrozen", "effnet_lite0"),
+        ("inference", "smallcnn"),
+        ("train-unfrozen", "smallcnn"),
+        ("preprocess", "effnet_lite0"),
+    ]
+    print(
+        f"detector benchmark: {a.size} px, batch 32, {reps} timed batches per case; "
+        f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+    )
+    print(
+        f"{'case':16s} {'arch':13s} {'threads':>7s} {'img/s':>8s} {'GFLOP/img':>10s} {'GFLOP/s':>8s} "
+        f"{'matmul GFLOP/s':>15s} {'eff.':>6s} {'peak RSS GB':>12s}"
+    )
     for case, arch in cases:
         for t in threads:
-            cmd = [sys.executable, __file__, "--case", case, "--arch", arch, "--size", str(a.size), "--batch", "32",
-                   "--reps", str(reps), "--threads", str(t)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--case",
+                case,
+                "--arch",
+                arch,
+                "--size",
+                str(a.size),
+                "--batch",
+                "32",
+                "--reps",
+                str(reps),
+                "--threads",
+                str(t),
+            ]
             d, r = run_child(cmd)
             if d is None:
                 err = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode
                 print(f"{case:16s} {arch:13s} {t:7d} failed: {err}")
                 continue
-            print(f"{case:16s} {arch:13s} {t:7d} {d['img_s']:8.1f} {d['gflop_per_img']:10.3f} {d['gflop_s']:8.1f} "
-                  f"{d['matmul_gflop_s']:15.1f} {100 * d['efficiency']:5.1f}% {d['peak_rss_gb']:12.2f}")
+            print(
+                f"{case:16s} {arch:13s} {t:7d} {d['img_s']:8.1f} {d['gflop_per_img']:10.3f} {d['gflop_s']:8.1f} "
+                f"{d['matmul_gflop_s']:15.1f} {100 * d['efficiency']:5.1f}% {d['peak_rss_gb']:12.2f}"
+            )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-    print("inference: the raw model on one contiguous batch of 32 (the baseline); predict: the library path\n"
-          "(detect.evaluate.predict_logits: uint8 in, batches of 8 in channels-last layout), same 32 images.\n"
-          "img/s: images per second (training: optimiser steps over batches of 32; frozen = head only, one forward\n"
-          "through the body; unfrozen = forward + backward through everything). GFLOP/img: forward FLOPs (x3 for\n"
-          "a full training step). eff.: achieved GFLOP/s over a 1024x1024 fp32 matmul with the same threads, same\n"
-          "process. On a shared machine, 2 threads can be far slower than 1: compare the rows.")
+    print(
+        "inference: the raw model on one contiguous batch of 32 (the baseline); predict: the library path\n"
+        "(detect.evaluate.predict_logits: uint8 in, batches of 8 in channels-last layout), same 32 images.\n"
+        "img/s: images per second (training: optimiser steps over batches of 32; frozen = head only, one forward\n"
+        "through the body; unfrozen = forward + backward through everything). GFLOP/img: forward FLOPs (x3 for\n"
+        "a full training step). eff.: achieved GFLOP/s over a 1024x1024 fp32 matmul with the same threads, same\n"
+        "process. On a shared machine, 2 threads can be far slower than 1: compare the rows."
+    )
 
 
 if __name__ == "__main__":

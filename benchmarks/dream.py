@@ -6,6 +6,7 @@ The photo is scikit-image's coffee, resized to a square. Default layer (_blocks.
 
 Usage: python benchmarks/dream.py [--quick] [--threads N] [--tune-allocator]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,6 +40,7 @@ def run_case(name: str, threads: int, tune: bool) -> dict:
     torch.set_num_threads(threads)
     if tune:
         from machinegaze.perf import tune_allocator
+
         tune_allocator()
     side, octaves, steps, tile = CASES[name]
     dnet = dream.load_net("efficientnet")
@@ -76,10 +78,14 @@ def main() -> None:
         rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
         print(f"done: {name}", file=sys.stderr, flush=True)
     base = next((r["peak_rss_mb"] for r in rows if r["case"] == "load only"), None)
-    print(f"\nDeepDream on EfficientNet-Lite0, CPU, {args.threads} thread(s), allocator "
-          f"{'tuned' if args.tune_allocator else 'default'}; peak RSS per process"
-          + (f" (load-only baseline {base:.0f} MB)" if base else ""))
-    print(f"| {'case':22s} | {'octaves x steps':15s} | {'seconds':>8s} | {'s/step':>7s} | {'peak RSS MB':>11s} | {'over baseline':>13s} |")
+    print(
+        f"\nDeepDream on EfficientNet-Lite0, CPU, {args.threads} thread(s), allocator "
+        f"{'tuned' if args.tune_allocator else 'default'}; peak RSS per process"
+        + (f" (load-only baseline {base:.0f} MB)" if base else "")
+    )
+    print(
+        f"| {'case':22s} | {'octaves x steps':15s} | {'seconds':>8s} | {'s/step':>7s} | {'peak RSS MB':>11s} | {'over baseline':>13s} |"
+    )
     print(f"|{'-' * 24}|{'-' * 17}|{'-' * 10}|{'-' * 9}|{'-' * 13}|{'-' * 15}|")
     for r in rows:
         n = r["octaves"] * r["steps"]
@@ -87,8 +93,7 @@ def main() -> None:
         per = f"{r['seconds'] / n:.2f}" if n else "-"
         over = f"{r['peak_rss_mb'] - base:+.0f}" if base is not None and r["case"] != "load only" else "-"
         shape = f"{r['octaves']} x {r['steps']}" if n else "-"
-        print(f"| {r['case']:22s} | {shape:15s} | {secs:>8s} | {per:>7s} | "
-              f"{r['peak_rss_mb']:11.0f} | {over:>13s} |")
+        print(f"| {r['case']:22s} | {shape:15s} | {secs:>8s} | {per:>7s} | {r['peak_rss_mb']:11.0f} | {over:>13s} |")
 
 
 if __name__ == "__main__":

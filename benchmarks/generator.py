@@ -4,6 +4,7 @@ Each case runs in a fresh process (so peak RSS is that case's own). Efficiency =
 generator (FLOPs counted by torch.utils.flop_counter) / GFLOP/s of a 2048x2048 fp32 matmul measured in the
 same process. Usage: python benchmarks/generator.py [--quick] [--threads N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,18 +30,26 @@ def run_case(name: str, batch: int, threads: int, reps: int, compiled: bool, tun
     from machinegaze.generate import synthesize
     from machinegaze.nets.stylegan2 import Generator
     from machinegaze.perf import tune_allocator
+
     if tune:
         tune_allocator()
     torch.set_num_threads(threads)
     c = CASES[name]
     torch.manual_seed(0)
-    G = Generator(z_dim=c["z_dim"], c_dim=0, w_dim=c["w_dim"], img_resolution=c["res"], img_channels=3,
-                  mapping_kwargs=dict(num_layers=c["mapping_layers"]),
-                  synthesis_kwargs=dict(channel_base=c["channel_base"], channel_max=c["channel_max"])).eval()
+    G = Generator(
+        z_dim=c["z_dim"],
+        c_dim=0,
+        w_dim=c["w_dim"],
+        img_resolution=c["res"],
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=c["mapping_layers"]),
+        synthesis_kwargs=dict(channel_base=c["channel_base"], channel_max=c["channel_max"]),
+    ).eval()
     z = torch.randn(batch, c["z_dim"])
 
     def fn(z, noise_mode="const"):  # what `gaze generate` runs: mapping, then synthesis in memory-bounded chunks
         return synthesize(G, G.mapping(z, None), noise_mode=noise_mode, batch_size=batch)
+
     t_compile = 0.0
     if compiled:
         fn = torch.compile(G)  # whole-generator compile, as a user of torch.compile would do
@@ -63,9 +72,19 @@ def run_case(name: str, batch: int, threads: int, reps: int, compiled: bool, tun
     mm = (mm0 + matmul_gflops(threads)) / 2  # baseline before and after, same process
     img_s = batch / dt
     gflops = flops_per_img * img_s / 1e9
-    return dict(case=name, batch=batch, compiled=compiled, tuned_alloc=tune, img_s=img_s,
-                gflop_per_img=flops_per_img / 1e9, gflop_s=gflops, matmul_gflop_s=mm, efficiency=gflops / mm,
-                compile_s=t_compile, peak_rss_gb=peak_rss_gb())
+    return dict(
+        case=name,
+        batch=batch,
+        compiled=compiled,
+        tuned_alloc=tune,
+        img_s=img_s,
+        gflop_per_img=flops_per_img / 1e9,
+        gflop_s=gflops,
+        matmul_gflop_s=mm,
+        efficiency=gflops / mm,
+        compile_s=t_compile,
+        peak_rss_gb=peak_rss_gb(),
+    )
 
 
 def end_to_end(name: str, threads: int) -> dict:
@@ -77,17 +96,39 @@ def end_to_end(name: str, threads: int) -> dict:
 
     from machinegaze.checkpoints import save_networks
     from machinegaze.nets.stylegan2 import Generator
+
     c = CASES[name]
     torch.manual_seed(0)
-    G = Generator(z_dim=c["z_dim"], c_dim=0, w_dim=c["w_dim"], img_resolution=c["res"], img_channels=3,
-                  mapping_kwargs=dict(num_layers=c["mapping_layers"]),
-                  synthesis_kwargs=dict(channel_base=c["channel_base"], channel_max=c["channel_max"]))
+    G = Generator(
+        z_dim=c["z_dim"],
+        c_dim=0,
+        w_dim=c["w_dim"],
+        img_resolution=c["res"],
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=c["mapping_layers"]),
+        synthesis_kwargs=dict(channel_base=c["channel_base"], channel_max=c["channel_max"]),
+    )
     with tempfile.TemporaryDirectory() as d:
         net = save_networks(os.path.join(d, "net.safetensors"), {"G_ema": G})
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "machinegaze.cli", "generate", "--network", str(net),
-                            "--seeds", "0-7", "--outdir", os.path.join(d, "out")], capture_output=True, text=True, env=env)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "machinegaze.cli",
+                "generate",
+                "--network",
+                str(net),
+                "--seeds",
+                "0-7",
+                "--outdir",
+                os.path.join(d, "out"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         dt = time.perf_counter() - t0
     if r.returncode != 0:
         raise RuntimeError(r.stderr)
@@ -125,15 +166,21 @@ def main() -> None:
             print(f"case {name} b{batch} failed: {r.stderr.strip().splitlines()[-1:]}")
             continue
         rows.append(x)
-        print(f"{x['case']:>5} px  batch {x['batch']}  {'compiled' if x['compiled'] else 'eager   '}  "
-              f"alloc {'tuned' if x['tuned_alloc'] else 'plain'}  {x['img_s']:7.3f} img/s  "
-              f"{x['gflop_per_img']:6.1f} GFLOP/img  {x['gflop_s']:6.1f} GFLOP/s  matmul {x['matmul_gflop_s']:6.1f}  "
-              f"eff {100 * x['efficiency']:5.1f}%  peak RSS {x['peak_rss_gb']:.2f} GB"
-              + (f"  compile {x['compile_s']:.1f}s" if x["compiled"] else ""), flush=True)
+        print(
+            f"{x['case']:>5} px  batch {x['batch']}  {'compiled' if x['compiled'] else 'eager   '}  "
+            f"alloc {'tuned' if x['tuned_alloc'] else 'plain'}  {x['img_s']:7.3f} img/s  "
+            f"{x['gflop_per_img']:6.1f} GFLOP/img  {x['gflop_s']:6.1f} GFLOP/s  matmul {x['matmul_gflop_s']:6.1f}  "
+            f"eff {100 * x['efficiency']:5.1f}%  peak RSS {x['peak_rss_gb']:.2f} GB"
+            + (f"  compile {x['compile_s']:.1f}s" if x["compiled"] else ""),
+            flush=True,
+        )
     if a.e2e:
-        for name in (["64"] if a.quick else ["256", "1024"]):
+        for name in ["64"] if a.quick else ["256", "1024"]:
             e = end_to_end(name, a.threads)
-            print(f"{name:>5} px  end to end: gaze generate --seeds 0-7 (load + 8 images + PNGs) {e['seconds']:.1f} s", flush=True)
+            print(
+                f"{name:>5} px  end to end: gaze generate --seeds 0-7 (load + 8 images + PNGs) {e['seconds']:.1f} s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Sections (each records its own error instead of stopping the run):
 Timings: warm-up first, device synchronised before every clock read, best of the repeats.
 The project/uncanny rows time the same network work as `gaze project` / `gaze uncanny` steps, in this script.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,21 +63,36 @@ def reset_peak(dev: torch.device) -> None:
 
 def peak_mb(dev: torch.device):
     b = devmod.peak_memory_bytes(dev)
-    return None if b is None else round(b / 2 ** 20, 1)
+    return None if b is None else round(b / 2**20, 1)
 
 
 def gen_config(quick: bool, res: int = 1024) -> dict:
     if quick:
-        return dict(z_dim=32, w_dim=32, c_dim=0, img_resolution=32, img_channels=3, mapping_kwargs=dict(num_layers=2),
-                    synthesis_kwargs=dict(channel_base=512, channel_max=32, num_fp16_res=2, conv_clamp=256))
-    return dict(z_dim=512, w_dim=512, c_dim=0, img_resolution=res, img_channels=3, mapping_kwargs=dict(num_layers=8),
-                synthesis_kwargs=dict(channel_base=32768, channel_max=512, num_fp16_res=4, conv_clamp=256))
+        return dict(
+            z_dim=32,
+            w_dim=32,
+            c_dim=0,
+            img_resolution=32,
+            img_channels=3,
+            mapping_kwargs=dict(num_layers=2),
+            synthesis_kwargs=dict(channel_base=512, channel_max=32, num_fp16_res=2, conv_clamp=256),
+        )
+    return dict(
+        z_dim=512,
+        w_dim=512,
+        c_dim=0,
+        img_resolution=res,
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=8),
+        synthesis_kwargs=dict(channel_base=32768, channel_max=512, num_fp16_res=4, conv_clamp=256),
+    )
 
 
 # ---------------------------------------------------------------- sections
 def check_parity(dev: torch.device, golden: Path, quick: bool) -> dict:
     from machinegaze.checkpoints import load_networks
     from machinegaze.generate import seeds_to_ws, synthesize
+
     out = {}
     for name in ("sg2_skip_32", "sg2_cond_64"):
         if not (golden / f"{name}.pkl").is_file():
@@ -93,9 +109,13 @@ def check_parity(dev: torch.device, golden: Path, quick: bool) -> dict:
             res[where] = (ws.detach().cpu().numpy(), synthesize(G, ws, noise_mode="const").numpy())
         d_dev = float(np.abs(res[str(dev)][1] - res["cpu"][1]).max())
         d_ref = float(np.abs(res[str(dev)][1] - g["img_psi07"]).max())
-        out[name] = {"seeds": seeds, "max_abs_vs_cpu": d_dev, "max_abs_vs_nvidia": d_ref,
-                     "ws_max_abs_vs_nvidia": float(np.abs(res[str(dev)][0] - g["ws_psi07"]).max()),
-                     "pass": d_dev < 1e-3 and d_ref < 1e-3}
+        out[name] = {
+            "seeds": seeds,
+            "max_abs_vs_cpu": d_dev,
+            "max_abs_vs_nvidia": d_ref,
+            "ws_max_abs_vs_nvidia": float(np.abs(res[str(dev)][0] - g["ws_psi07"]).max()),
+            "pass": d_dev < 1e-3 and d_ref < 1e-3,
+        }
         if name == "sg2_skip_32":
             ws_s = seeds_to_ws(nets.generator.to(dev), seeds, trunc=0.7).cpu().numpy()
             out[name]["seeds_to_ws_max_abs_vs_nvidia"] = float(np.abs(ws_s - g["ws_psi07"]).max())
@@ -124,9 +144,12 @@ def check_generate(dev: torch.device, quick: bool, nvlabs_dir) -> dict:
     G = Generator(**cfg).eval().requires_grad_(False).to(dev)
     batches, warmup, reps = ((1, 2), 1, 2) if quick else ((1, 8, 32), 2, 5)
     has_switch = bool(devmod.synthesis_kwargs(G.synthesis, "mixed"))
-    out = {"config": cfg, "fp16_blocks": has_switch,
-           "note": None if has_switch else "this build's synthesis has no force_fp32 switch: 'mixed' ran in fp32",
-           "ours": _throughput(G, lambda ws, p: synthesize_batch(G, ws, "const", p), dev, batches, warmup, reps)}
+    out = {
+        "config": cfg,
+        "fp16_blocks": has_switch,
+        "note": None if has_switch else "this build's synthesis has no force_fp32 switch: 'mixed' ran in fp32",
+        "ours": _throughput(G, lambda ws, p: synthesize_batch(G, ws, "const", p), dev, batches, warmup, reps),
+    }
     if nvlabs_dir is None:
         out["nvlabs"] = {"skipped": "no --nvlabs-dir given (a stylegan2-ada-pytorch or stylegan3 checkout)"}
         return out
@@ -143,7 +166,12 @@ def check_nvlabs(G, cfg: dict, repo: Path, dev, batches, warmup, reps) -> dict:
         raise FileNotFoundError(f"{repo} has no training/ folder")
     sys.path.insert(0, str(repo))
     import importlib
-    modname = "training.networks_stylegan2" if (repo / "training" / "networks_stylegan2.py").is_file() else "training.networks"
+
+    modname = (
+        "training.networks_stylegan2"
+        if (repo / "training" / "networks_stylegan2.py").is_file()
+        else "training.networks"
+    )
     nv = importlib.import_module(modname)
     ops = {}
     for op in ("bias_act", "upfirdn2d"):
@@ -158,17 +186,30 @@ def check_nvlabs(G, cfg: dict, repo: Path, dev, batches, warmup, reps) -> dict:
     with torch.no_grad():
         a = synthesize_batch(G, ws, "const", "fp32")
         b = ref.synthesis(ws, noise_mode="const", force_fp32=True).float()
-    rows = _throughput(G, lambda w, p: ref.synthesis(w, noise_mode="const", force_fp32=(p == "fp32")), dev,
-                       batches, 1, max(1, reps // 2))  # fewer repeats: their reference ops can be slow
-    return {"module": modname, "custom_cuda_ops_compiled": ops,
-            "note": None if all(v is True for v in ops.values()) else
-            "NVIDIA's custom CUDA kernels did not all compile: their reference PyTorch ops ran",
-            "missing_keys": list(missing), "unexpected_keys": list(unexpected),
-            "fp32_max_abs_diff_vs_ours": float((a - b).abs().max()), "rows": rows}
+    rows = _throughput(
+        G,
+        lambda w, p: ref.synthesis(w, noise_mode="const", force_fp32=(p == "fp32")),
+        dev,
+        batches,
+        1,
+        max(1, reps // 2),
+    )  # fewer repeats: their reference ops can be slow
+    return {
+        "module": modname,
+        "custom_cuda_ops_compiled": ops,
+        "note": None
+        if all(v is True for v in ops.values())
+        else "NVIDIA's custom CUDA kernels did not all compile: their reference PyTorch ops ran",
+        "missing_keys": list(missing),
+        "unexpected_keys": list(unexpected),
+        "fp32_max_abs_diff_vs_ours": float((a - b).abs().max()),
+        "rows": rows,
+    }
 
 
 def check_project(dev: torch.device, quick: bool, prec: str) -> dict:
     from machinegaze import zoo
+
     torch.manual_seed(0)
     G = Generator(**gen_config(quick, res=256)).eval().requires_grad_(False).to(dev)
     try:
@@ -176,7 +217,8 @@ def check_project(dev: torch.device, quick: bool, prec: str) -> dict:
         lp_note = "LPIPS-VGG (pretrained)"
     except Exception as e:
         from machinegaze.nets.lpips import LPIPS
-        lpips, lp_note = LPIPS("vgg", pretrained=False).to(dev), f"LPIPS-VGG random weights ({e})"
+
+        lpips, lp_note = LPIPS("vgg").to(dev), f"LPIPS-VGG random weights ({e})"
     target = torch.rand(1, 3, G.img_resolution, G.img_resolution, device=dev) * 2 - 1
     w = G.mapping(torch.randn(1, G.z_dim, device=dev), None).detach().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=0.01, betas=(0.9, 0.999))
@@ -188,19 +230,34 @@ def check_project(dev: torch.device, quick: bool, prec: str) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     reset_peak(dev)
     s = timed(step, dev, 2, 3 if quick else 20)
-    return {"resolution": G.img_resolution, "precision": prec, "steps_per_s": round(1 / s, 2), "distance": lp_note,
-            "peak_mb": peak_mb(dev)}
+    return {
+        "resolution": G.img_resolution,
+        "precision": prec,
+        "steps_per_s": round(1 / s, 2),
+        "distance": lp_note,
+        "peak_mb": peak_mb(dev),
+    }
 
 
 def check_uncanny(dev: torch.device, quick: bool, prec: str) -> dict:
     torch.manual_seed(0)
     cfg = gen_config(quick, res=256)
     G = Generator(**cfg).train().to(dev)
-    D = Discriminator(c_dim=0, img_resolution=cfg["img_resolution"], img_channels=3,
-                      channel_base=cfg["synthesis_kwargs"]["channel_base"],
-                      channel_max=cfg["synthesis_kwargs"]["channel_max"]).eval().requires_grad_(False).to(dev)
+    D = (
+        Discriminator(
+            c_dim=0,
+            img_resolution=cfg["img_resolution"],
+            img_channels=3,
+            channel_base=cfg["synthesis_kwargs"]["channel_base"],
+            channel_max=cfg["synthesis_kwargs"]["channel_max"],
+        )
+        .eval()
+        .requires_grad_(False)
+        .to(dev)
+    )
     opt = torch.optim.Adam(G.parameters(), lr=0.0025, betas=(0.0, 0.99))
     batch = 2 if quick else 8
 
@@ -211,20 +268,28 @@ def check_uncanny(dev: torch.device, quick: bool, prec: str) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     reset_peak(dev)
     s = timed(step, dev, 2, 3 if quick else 20)
-    return {"resolution": cfg["img_resolution"], "batch": batch, "precision": prec, "steps_per_s": round(1 / s, 2),
-            "peak_mb": peak_mb(dev)}
+    return {
+        "resolution": cfg["img_resolution"],
+        "batch": batch,
+        "precision": prec,
+        "steps_per_s": round(1 / s, 2),
+        "peak_mb": peak_mb(dev),
+    }
 
 
 def check_detector(dev: torch.device, quick: bool, prec: str) -> dict:
+    from machinegaze import zoo
     from machinegaze.detect.model import DetectorSpec, build_detector
+
     size, batch = (64, 4) if quick else (256, 32)
     try:
-        det = build_detector(DetectorSpec(arch="effnet_lite0", size=size), pretrained=True)
+        det = zoo.new_detector(DetectorSpec(arch="effnet_lite0", size=size), pretrained=True)
         note = "effnet_lite0, ImageNet body"
     except Exception as e:
-        det, note = build_detector(DetectorSpec(arch="effnet_lite0", size=size), pretrained=False), f"random weights ({e})"
+        det, note = build_detector(DetectorSpec(arch="effnet_lite0", size=size)), f"random weights ({e})"
     det = devmod.to_channels_last(det.to(dev), dev, prec)
     fmt = torch.channels_last if devmod.prefers_channels_last(dev, prec) else torch.contiguous_format
     x = (torch.rand(batch, 3, size, size, device=dev) * 2 - 1).contiguous(memory_format=fmt)
@@ -244,6 +309,7 @@ def check_detector(dev: torch.device, quick: bool, prec: str) -> dict:
     def predict():
         with devmod.autocast(dev, prec):
             det(x)
+
     reps = 2 if quick else 10
     det.train()
     reset_peak(dev)
@@ -251,8 +317,15 @@ def check_detector(dev: torch.device, quick: bool, prec: str) -> dict:
     train_mb = peak_mb(dev)
     det.eval()
     sp = timed(predict, dev, 2, reps)
-    return {"size": size, "batch": batch, "precision": prec, "weights": note, "train_img_per_s": round(batch / st, 1),
-            "predict_img_per_s": round(batch / sp, 1), "train_peak_mb": train_mb}
+    return {
+        "size": size,
+        "batch": batch,
+        "precision": prec,
+        "weights": note,
+        "train_img_per_s": round(batch / st, 1),
+        "predict_img_per_s": round(batch / sp, 1),
+        "train_peak_mb": train_mb,
+    }
 
 
 # ---------------------------------------------------------------- main
@@ -269,31 +342,47 @@ def main(argv=None) -> int:
     prec = devmod.resolve_precision(a.precision, dev)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    report = {"device": devmod.describe(dev), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "python": platform.python_version(), "quick": a.quick, "precision": prec, "sections": {}}
+    report = {
+        "device": devmod.describe(dev),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "quick": a.quick,
+        "precision": prec,
+        "sections": {},
+    }
     t0 = time.perf_counter()
-    sections = [("parity", lambda: check_parity(dev, Path(a.golden_dir), a.quick)),
-                ("generate", lambda: check_generate(dev, a.quick, a.nvlabs_dir)),
-                ("project", lambda: check_project(dev, a.quick, prec)),
-                ("uncanny", lambda: check_uncanny(dev, a.quick, prec)),
-                ("detector", lambda: check_detector(dev, a.quick, prec))]
+    sections = [
+        ("parity", lambda: check_parity(dev, Path(a.golden_dir), a.quick)),
+        ("generate", lambda: check_generate(dev, a.quick, a.nvlabs_dir)),
+        ("project", lambda: check_project(dev, a.quick, prec)),
+        ("uncanny", lambda: check_uncanny(dev, a.quick, prec)),
+        ("detector", lambda: check_detector(dev, a.quick, prec)),
+    ]
     for name, fn in sections:
         t = time.perf_counter()
         try:
             report["sections"][name] = fn()
         except Exception as e:
-            report["sections"][name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-2000:]}
+            report["sections"][name] = {
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc()[-2000:],
+            }
         report["sections"][name]["seconds"] = round(time.perf_counter() - t, 1)
         print(f"{name}: {json.dumps(report['sections'][name], default=str)[:400]}", flush=True)
         with contextlib.suppress(Exception):
             Path(a.out).write_text(json.dumps(report, indent=1, default=str))  # partial report if killed later
     report["seconds"] = round(time.perf_counter() - t0, 1)
     parity = report["sections"]["parity"]
-    report["parity_pass"] = all(v.get("pass", True) for v in parity.values() if isinstance(v, dict)) and "error" not in parity
+    report["parity_pass"] = (
+        all(v.get("pass", True) for v in parity.values() if isinstance(v, dict)) and "error" not in parity
+    )
     report["errors"] = [k for k, v in report["sections"].items() if "error" in v]
     Path(a.out).write_text(json.dumps(report, indent=1, default=str))
-    print(f"wrote {a.out} ({report['seconds']} s; parity {'pass' if report['parity_pass'] else 'FAIL'}; "
-          f"errors in: {', '.join(report['errors']) or 'none'})")
+    print(
+        f"wrote {a.out} ({report['seconds']} s; parity {'pass' if report['parity_pass'] else 'FAIL'}; "
+        f"errors in: {', '.join(report['errors']) or 'none'})"
+    )
     return 0 if report["parity_pass"] and not report["errors"] else 1
 
 

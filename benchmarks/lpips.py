@@ -5,6 +5,7 @@ GFLOP/s of a 2048x2048 matmul in the same process).
 Usage: python benchmarks/lpips.py [--size 256] [--batches 1,8] [--threads 1] [--reps 3] [--grad]
 (--grad times forward + backward w.r.t. the first image, as a projector's loss would use it.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,10 +54,13 @@ def main() -> None:
     import torch
 
     from machinegaze import zoo
+
     torch.set_num_threads(args.threads)
     base = matmul_gflops(reps=5)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.size} px, "
-          f"{'forward+backward' if args.grad else 'forward (no grad)'}, best of {args.reps}")
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), {args.size} px, "
+        f"{'forward+backward' if args.grad else 'forward (no grad)'}, best of {args.reps}"
+    )
     print(f"baseline: fp32 2048x2048 matmul {base:.1f} GFLOP/s")
     print(f"{'net':>5} {'batch':>5} {'ms/pair':>9} {'pairs/s':>8} {'GFLOP/pair':>10} {'GFLOP/s':>8} {'of matmul':>9}")
     for net in args.nets.split(","):
@@ -64,8 +68,10 @@ def main() -> None:
         for batch in (int(b) for b in args.batches.split(",")):
             sec, flops = time_case(model, args.size, batch, args.reps, args.grad)
             gfs = flops / sec / 1e9
-            print(f"{net:>5} {batch:>5} {sec / batch * 1e3:>9.1f} {batch / sec:>8.2f} {flops / batch / 1e9:>10.2f} "
-                  f"{gfs:>8.1f} {gfs / base:>9.0%}")
+            print(
+                f"{net:>5} {batch:>5} {sec / batch * 1e3:>9.1f} {batch / sec:>8.2f} {flops / batch / 1e9:>10.2f} "
+                f"{gfs:>8.1f} {gfs / base:>9.0%}"
+            )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Usage: python benchmarks/project.py [--network PATH|NAME] [--targets generated,r
                                    [--threads 1] [--fast-override '{"steps": 120}'] [--out-json runs/bench_project.json]
 Network default: the bundled face GAN if present, else ../shared/golden/stylegan2/sg2_cond_64.pkl (class 0).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,7 @@ REAL_DIR = SHARED / "data" / "faces" / "real" / "ffhq256"
 def default_network() -> str:
     sys.path.insert(0, str(ROOT))
     from machinegaze import GazeError, zoo
+
     try:
         return str(zoo.resolve_network("default"))
     except GazeError:
@@ -48,6 +50,7 @@ def make_target(kind: str, G, class_idx, real_id: int):
     from machinegaze.data import to_uint8
     from machinegaze.generate import seeds_to_ws, synthesize
     from machinegaze.project import prepare_target
+
     R = G.img_resolution
     if kind == "generated":
         img = synthesize(G, seeds_to_ws(G, [7], trunc=0.7, class_idx=class_idx))
@@ -58,6 +61,7 @@ def make_target(kind: str, G, class_idx, real_id: int):
         return prepare_target(path, R), f"ffhq256/{path.name} (held out)"
     if kind == "coffee":
         from skimage import data as skdata
+
         return prepare_target(Image.fromarray(skdata.coffee()), R), "skimage.data.coffee()"
     raise SystemExit(f"unknown target {kind}")
 
@@ -68,12 +72,14 @@ def worker(args) -> None:
     from dataclasses import asdict, replace
 
     import torch
+
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT))
     from machinegaze import checkpoints, zoo
     from machinegaze.generate import class_vector
     from machinegaze.perf import tune_allocator
     from machinegaze.project import PRESETS, final_lpips, project
+
     tune_allocator()
     nets = checkpoints.load_networks(args.network)
     G = nets.generator
@@ -96,11 +102,26 @@ def worker(args) -> None:
     real = None
     if nets.D is not None:  # after the clocks stopped: how real the result looks to D, among 64 of G's own images
         from machinegaze.project import realism, reference_logits
+
         ref = reference_logits(G, nets.D, 64, class_idx)
         real = {"projection": realism(nets.D, proj.image, c, ref), "target": realism(nets.D, target, c, ref)}
-    print(json.dumps({"target": args.target, "target_desc": desc, "preset": args.preset, "recipe": asdict(recipe),
-                      "lpips": proj.lpips, "wall_s": proj.wall_s, "cpu_s": proj.cpu_s, "setup": proj.setup,
-                      "curve": curve, "peak_rss_mb": rss_mb, "realism": real}))
+    print(
+        json.dumps(
+            {
+                "target": args.target,
+                "target_desc": desc,
+                "preset": args.preset,
+                "recipe": asdict(recipe),
+                "lpips": proj.lpips,
+                "wall_s": proj.wall_s,
+                "cpu_s": proj.cpu_s,
+                "setup": proj.setup,
+                "curve": curve,
+                "peak_rss_mb": rss_mb,
+                "realism": real,
+            }
+        )
+    )
 
 
 def pct(run: dict, who: str) -> str:
@@ -118,8 +139,10 @@ def time_to(curve: list[dict], level: float, key: str):
 
 def plot(results: dict, out: Path, network: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     targets = list(results)
     fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 4), squeeze=False)
     for ax, t in zip(axes[0], targets):
@@ -127,8 +150,12 @@ def plot(results: dict, out: Path, network: str) -> None:
         for preset, style in (("nvlabs", "-"), ("fast", "-")):
             r = results[t].get(preset)
             if r:
-                ax.plot([p["wall_s"] for p in r["curve"]], [p["lpips"] for p in r["curve"]], style,
-                        label=f"{preset} (final {r['lpips']:.3f}, {r['wall_s']:.0f} s)")
+                ax.plot(
+                    [p["wall_s"] for p in r["curve"]],
+                    [p["lpips"] for p in r["curve"]],
+                    style,
+                    label=f"{preset} (final {r['lpips']:.3f}, {r['wall_s']:.0f} s)",
+                )
         ax.axhline(base["lpips"], color="grey", ls=":", lw=1)
         ax.axvline(base["wall_s"] * 0.2, color="grey", ls="--", lw=1, label="1/5 of nvlabs' time")
         ax.set_xscale("log")
@@ -175,9 +202,25 @@ def main() -> None:
             if preset == "nvlabs" and target in old and "nvlabs" in old[target]:
                 results[target]["nvlabs"] = old[target]["nvlabs"]
                 continue
-            cmd = [sys.executable, __file__, "--worker", "--network", network, "--target", target, "--preset", preset,
-                   "--threads", str(args.threads), "--seed", str(args.seed), "--real-id", str(args.real_id),
-                   "--points", str(args.points)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--network",
+                network,
+                "--target",
+                target,
+                "--preset",
+                preset,
+                "--threads",
+                str(args.threads),
+                "--seed",
+                str(args.seed),
+                "--real-id",
+                str(args.real_id),
+                "--points",
+                str(args.points),
+            ]
             if preset == "fast" and args.fast_override:
                 cmd += ["--override", args.fast_override]
             out = subprocess.run(cmd, capture_output=True, text=True)
@@ -185,12 +228,17 @@ def main() -> None:
                 raise SystemExit(f"{target}/{preset} failed:\n{out.stderr[-3000:]}")
             r = json.loads(out.stdout.strip().splitlines()[-1])
             results[target][preset] = r
-            print(f"[{time.time() - t0:6.0f} s] {target:9s} {preset:6s} LPIPS {r['lpips']:.4f}  wall {r['wall_s']:6.1f} s"
-                  f"  cpu {r['cpu_s']:6.1f} s  rss {r['peak_rss_mb']:.0f} MB", flush=True)
+            print(
+                f"[{time.time() - t0:6.0f} s] {target:9s} {preset:6s} LPIPS {r['lpips']:.4f}  wall {r['wall_s']:6.1f} s"
+                f"  cpu {r['cpu_s']:6.1f} s  rss {r['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
 
     print(f"\nnetwork: {network}; {args.threads} thread(s); seed {args.seed}")
-    print(f"| target | nvlabs LPIPS | nvlabs wall s (cpu s) | fast final LPIPS | fast wall s to baseline (cpu s) "
-          f"| ratio wall | ratio cpu | peak RSS nvlabs / fast MB | D percentile target / nvlabs / fast |")
+    print(
+        "| target | nvlabs LPIPS | nvlabs wall s (cpu s) | fast final LPIPS | fast wall s to baseline (cpu s) "
+        "| ratio wall | ratio cpu | peak RSS nvlabs / fast MB | D percentile target / nvlabs / fast |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     summary = {}
     for target, rr in results.items():
@@ -202,12 +250,15 @@ def main() -> None:
         rc = tc / b["cpu_s"] if tc is not None else None
         summary[target] = {"baseline_lpips": b["lpips"], "fast_lpips": f["lpips"], "ratio_wall": rw, "ratio_cpu": rc}
         fmt = lambda v, p=2: "not reached" if v is None else f"{v:.{p}f}"  # noqa: E731
-        print(f"| {target} | {b['lpips']:.4f} | {b['wall_s']:.1f} ({b['cpu_s']:.1f}) | {f['lpips']:.4f} | "
-              f"{fmt(tw, 1)} ({fmt(tc, 1)}) | {fmt(rw)} | {fmt(rc)} | {b['peak_rss_mb']:.0f} / {f['peak_rss_mb']:.0f} | "
-              f"{pct(b, 'target')} / {pct(b, 'projection')} / {pct(f, 'projection')} |")
+        print(
+            f"| {target} | {b['lpips']:.4f} | {b['wall_s']:.1f} ({b['cpu_s']:.1f}) | {f['lpips']:.4f} | "
+            f"{fmt(tw, 1)} ({fmt(tc, 1)}) | {fmt(rw)} | {fmt(rc)} | {b['peak_rss_mb']:.0f} / {f['peak_rss_mb']:.0f} | "
+            f"{pct(b, 'target')} / {pct(b, 'projection')} / {pct(f, 'projection')} |"
+        )
     Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out_json).write_text(json.dumps({"network": network, "threads": args.threads, "results": results,
-                                               "summary": summary}, indent=1))
+    Path(args.out_json).write_text(
+        json.dumps({"network": network, "threads": args.threads, "results": results, "summary": summary}, indent=1)
+    )
     if all("nvlabs" in r for r in results.values()):
         plot(results, Path(args.plot), network)
         print(f"wrote {args.out_json} and {args.plot}")

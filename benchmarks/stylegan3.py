@@ -9,6 +9,7 @@ PyTorch ops (the custom CUDA plugins are switched off; on CPU they are never use
 runs in a fresh process, so peak RSS is its own. The NVlabs checkout is only imported here, never copied.
 Prints img/s, the ratio ours / NVIDIA, peak RSS, and the same-run fp32 matmul baseline (GFLOP/s).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,34 +26,56 @@ GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "stylegan3"
 CASES = {  # name -> (golden pickle or None, init kwargs for random weights, batch)
     "t64": ("sg3t_64.pkl", None, 8),
     "r32": ("sg3r_32.pkl", None, 8),
-    "t1024": (None, dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=1024, img_channels=3,
-                         channel_base=32768, channel_max=512), 1),
-    "r1024": (None, dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=1024, img_channels=3, channel_base=65536,
-                         channel_max=1024, conv_kernel=1, use_radial_filters=True), 1),
+    "t1024": (
+        None,
+        dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=1024, img_channels=3, channel_base=32768, channel_max=512),
+        1,
+    ),
+    "r1024": (
+        None,
+        dict(
+            z_dim=512,
+            c_dim=0,
+            w_dim=512,
+            img_resolution=1024,
+            img_channels=3,
+            channel_base=65536,
+            channel_max=1024,
+            conv_kernel=1,
+            use_radial_filters=True,
+        ),
+        1,
+    ),
 }
 
 
 def _nvlabs_generator(nvlabs_dir: str, kwargs: dict, device):
     """NVIDIA's Generator from their checkout, with their custom-op plugins disabled (reference ops only)."""
     import types
+
     try:
         import pkg_resources  # noqa: F401  (their conv2d_gradfix imports it; newer setuptools lack it)
     except ImportError:
         from packaging.version import parse
+
         sys.modules["pkg_resources"] = types.SimpleNamespace(parse_version=parse)
     sys.path.insert(0, nvlabs_dir)
     from torch_utils.ops import bias_act, filtered_lrelu, upfirdn2d
+
     for mod in (bias_act, filtered_lrelu, upfirdn2d):
         mod._init = lambda: False
     from training.networks_stylegan3 import Generator
+
     return Generator(**kwargs).to(device).eval().requires_grad_(False)
 
 
 def child(impl: str, case: str, nvlabs_dir: str, reps: int, threads: int, device: str) -> dict:
     import torch
+
     torch.set_num_threads(threads)
     from machinegaze import checkpoints
     from machinegaze.nets.stylegan3 import StyleGAN3Generator
+
     pkl, kwargs, batch = CASES[case]
     torch.manual_seed(0)
     if pkl:
@@ -81,8 +104,12 @@ def child(impl: str, case: str, nvlabs_dir: str, reps: int, threads: int, device
             img = run(ws)
         sync()
         dt = time.perf_counter() - t0
-    return {"img_s": reps * batch / dt, "batch": batch, "peak_rss_gb": peak_rss_gb(),
-            "checksum": float(img.double().abs().mean())}
+    return {
+        "img_s": reps * batch / dt,
+        "batch": batch,
+        "peak_rss_gb": peak_rss_gb(),
+        "checksum": float(img.double().abs().mean()),
+    }
 
 
 def main() -> None:
@@ -99,11 +126,25 @@ def main() -> None:
         return
     if not (Path(a.nvlabs_dir) / "training" / "networks_stylegan3.py").is_file():
         sys.exit(f"--nvlabs-dir {a.nvlabs_dir}: not a NVlabs/stylegan3 checkout")
-    print(f"same-run baseline: fp32 matmul {matmul_gflops(a.threads):.1f} GFLOP/s ({a.threads} thread(s)), device {a.device}")
-    print(f"{'case':8} {'batch':>5} {'ours img/s':>11} {'NVlabs img/s':>13} {'ratio':>6} {'ours RSS GB':>12} "
-          f"{'NVlabs RSS GB':>14} {'|out| ours/NV':>14}")
-    env_cmd = [sys.executable, __file__, "--nvlabs-dir", a.nvlabs_dir, "--reps", str(a.reps), "--threads",
-               str(a.threads), "--device", a.device]
+    print(
+        f"same-run baseline: fp32 matmul {matmul_gflops(a.threads):.1f} GFLOP/s ({a.threads} thread(s)), device {a.device}"
+    )
+    print(
+        f"{'case':8} {'batch':>5} {'ours img/s':>11} {'NVlabs img/s':>13} {'ratio':>6} {'ours RSS GB':>12} "
+        f"{'NVlabs RSS GB':>14} {'|out| ours/NV':>14}"
+    )
+    env_cmd = [
+        sys.executable,
+        __file__,
+        "--nvlabs-dir",
+        a.nvlabs_dir,
+        "--reps",
+        str(a.reps),
+        "--threads",
+        str(a.threads),
+        "--device",
+        a.device,
+    ]
     for case in a.cases.split(","):
         res = {}
         for impl in ("ours", "nvlabs"):
@@ -113,8 +154,10 @@ def main() -> None:
             res[impl] = out
         o, n = res["ours"], res["nvlabs"]
         if o and n:
-            print(f"{case:8} {o['batch']:5d} {o['img_s']:11.3f} {n['img_s']:13.3f} {o['img_s'] / n['img_s']:6.2f} "
-                  f"{o['peak_rss_gb']:12.2f} {n['peak_rss_gb']:14.2f} {o['checksum'] / n['checksum']:14.6f}")
+            print(
+                f"{case:8} {o['batch']:5d} {o['img_s']:11.3f} {n['img_s']:13.3f} {o['img_s'] / n['img_s']:6.2f} "
+                f"{o['peak_rss_gb']:12.2f} {n['peak_rss_gb']:14.2f} {o['checksum'] / n['checksum']:14.6f}"
+            )
 
 
 if __name__ == "__main__":

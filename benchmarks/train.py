@@ -6,6 +6,7 @@ keeps the dataset in memory). img/s counts real images shown to D per second, as
 steps are included in proportion (the timed window is a multiple of r1_interval steps).
 Usage: python benchmarks/train.py [--quick] [--threads N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,8 @@ def run_case(name: str, threads: int, steps: int, tune: bool) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from machinegaze.perf import tune_allocator
-    from machinegaze.train import Dist, Trainer, TrainConfig, new_state
+    from machinegaze.train import Dist, TrainConfig, Trainer, new_state
+
     if tune:
         tune_allocator()
     torch.set_num_threads(threads)
@@ -50,12 +52,23 @@ def run_case(name: str, threads: int, steps: int, tune: bool) -> dict:
     mm = (mm0 + matmul_gflops(threads)) / 2
     img_s = steps * cfg.batch / dt
     gflop_s = flops_step * steps / dt / 1e9
-    return dict(case=name, cfg=c["cfg"], res=c["res"], batch=c["batch"], threads=threads, tuned_alloc=tune,
-                img_s=img_s, cpu_s_per_img=dc / (steps * cfg.batch), gflop_per_img=flops_step / cfg.batch / 1e9,
-                gflop_s=gflop_s, matmul_gflop_s=mm, efficiency=gflop_s / mm,
-                g_params_m=sum(p.numel() for p in state.G.parameters()) / 1e6,
-                d_params_m=sum(p.numel() for p in state.D.parameters()) / 1e6,
-                peak_rss_gb=peak_rss_gb())
+    return dict(
+        case=name,
+        cfg=c["cfg"],
+        res=c["res"],
+        batch=c["batch"],
+        threads=threads,
+        tuned_alloc=tune,
+        img_s=img_s,
+        cpu_s_per_img=dc / (steps * cfg.batch),
+        gflop_per_img=flops_step / cfg.batch / 1e9,
+        gflop_s=gflop_s,
+        matmul_gflop_s=mm,
+        efficiency=gflop_s / mm,
+        g_params_m=sum(p.numel() for p in state.G.parameters()) / 1e6,
+        d_params_m=sum(p.numel() for p in state.D.parameters()) / 1e6,
+        peak_rss_gb=peak_rss_gb(),
+    )
 
 
 def main() -> None:
@@ -79,11 +92,13 @@ def main() -> None:
         if x is None:
             print(f"case {name} failed: {r.stderr.strip().splitlines()[-1:]}")
             continue
-        print(f"{x['case']:>9} ({x['cfg']}, {x['res']} px, batch {x['batch']}, G {x['g_params_m']:.2f}M D {x['d_params_m']:.2f}M)"
-              f"  threads {x['threads']}  alloc {'tuned' if x['tuned_alloc'] else 'plain'}  {x['img_s']:6.1f} img/s"
-              f"  {x['cpu_s_per_img'] * 1000:6.1f} CPU-ms/img  {x['gflop_per_img']:5.2f} GFLOP/img  {x['gflop_s']:5.1f} GFLOP/s"
-              f"  matmul {x['matmul_gflop_s']:5.1f}  eff {100 * x['efficiency']:4.1f}%  peak RSS {x['peak_rss_gb']:.2f} GB",
-              flush=True)
+        print(
+            f"{x['case']:>9} ({x['cfg']}, {x['res']} px, batch {x['batch']}, G {x['g_params_m']:.2f}M D {x['d_params_m']:.2f}M)"
+            f"  threads {x['threads']}  alloc {'tuned' if x['tuned_alloc'] else 'plain'}  {x['img_s']:6.1f} img/s"
+            f"  {x['cpu_s_per_img'] * 1000:6.1f} CPU-ms/img  {x['gflop_per_img']:5.2f} GFLOP/img  {x['gflop_s']:5.1f} GFLOP/s"
+            f"  matmul {x['matmul_gflop_s']:5.1f}  eff {100 * x['efficiency']:4.1f}%  peak RSS {x['peak_rss_gb']:.2f} GB",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

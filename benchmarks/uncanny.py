@@ -10,6 +10,7 @@ G/D of train.py's "small" preset at 64 px (what the bundled model is trained wit
 channel_base 8192 / channel_max 256 net (`c8192`). Each case runs in a fresh process, so peak RSS is its own.
 Usage: python benchmarks/uncanny.py [--threads 1] [--reps 5] [--case NAME]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,10 @@ from _common import peak_rss_gb, run_child
 
 def networks(case: str):
     import torch
+
     from machinegaze import GazeError, checkpoints, zoo
     from machinegaze.nets.stylegan2 import Discriminator, Generator
+
     torch.manual_seed(0)
     if case == "bundled":
         try:
@@ -33,11 +36,19 @@ def networks(case: str):
         except GazeError:
             pass
         from machinegaze.train import TrainConfig, build_networks
+
         G, D = build_networks(TrainConfig(cfg="small", res=64))
         return G, D, "train.py 'small' preset, 64 px (bundled model not found)"
     if case == "c8192":
-        G = Generator(z_dim=256, c_dim=0, w_dim=256, img_resolution=64, img_channels=3,
-                      mapping_kwargs=dict(num_layers=4), synthesis_kwargs=dict(channel_base=8192, channel_max=256))
+        G = Generator(
+            z_dim=256,
+            c_dim=0,
+            w_dim=256,
+            img_resolution=64,
+            img_channels=3,
+            mapping_kwargs=dict(num_layers=4),
+            synthesis_kwargs=dict(channel_base=8192, channel_max=256),
+        )
         D = Discriminator(c_dim=0, img_resolution=64, img_channels=3, channel_base=8192, channel_max=256)
         return G, D, "64 px, channel_base 8192 / channel_max 256, z=w=256, 4 mapping layers"
     raise SystemExit(f"unknown case {case}")
@@ -52,8 +63,11 @@ def run_case(case: str, batch: int, threads: int, reps: int) -> dict:
     import copy
 
     import torch
-    from machinegaze import uncanny as U, zoo
+
+    from machinegaze import uncanny as U
+    from machinegaze import zoo
     from machinegaze.perf import tune_allocator
+
     tune_allocator()
     torch.set_num_threads(threads)
     G0, D, what = networks(case)
@@ -87,10 +101,19 @@ def run_case(case: str, batch: int, threads: int, reps: int) -> dict:
     U.param_distance(G, theta0)
     eval_s = time.perf_counter() - t
     step_s, fwd_s = median(steps[2:]), median(fwd[1:])
-    return dict(case=case, what=what, batch=batch, threads=threads, g_params=n_params, step_s=step_s,
-                step_cpu_s=median(cpu[2:]),
-                fwd_s=fwd_s, ratio=step_s / fwd_s, eval_s=eval_s,
-                peak_rss_gb=peak_rss_gb())
+    return dict(
+        case=case,
+        what=what,
+        batch=batch,
+        threads=threads,
+        g_params=n_params,
+        step_s=step_s,
+        step_cpu_s=median(cpu[2:]),
+        fwd_s=fwd_s,
+        ratio=step_s / fwd_s,
+        eval_s=eval_s,
+        peak_rss_gb=peak_rss_gb(),
+    )
 
 
 def main() -> None:
@@ -104,16 +127,31 @@ def main() -> None:
         print(json.dumps(run_case(a.case, a.batch, a.threads, a.reps)))
         return
     print(f"uncanny fine-tuning, batch {a.batch}, {a.threads} thread(s), median of {a.reps} steps")
-    print(f"{'case':8s} {'G params':>9s} {'s/step':>8s} {'cpu s':>7s} {'fwd s':>7s} {'step/fwd':>8s} {'eval s':>7s} {'peak RSS':>9s}  network")
+    print(
+        f"{'case':8s} {'G params':>9s} {'s/step':>8s} {'cpu s':>7s} {'fwd s':>7s} {'step/fwd':>8s} {'eval s':>7s} {'peak RSS':>9s}  network"
+    )
     for case in ("bundled", "c8192"):
-        cmd = [sys.executable, __file__, "--case", case, "--batch", str(a.batch), "--threads", str(a.threads),
-               "--reps", str(a.reps)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--case",
+            case,
+            "--batch",
+            str(a.batch),
+            "--threads",
+            str(a.threads),
+            "--reps",
+            str(a.reps),
+        ]
         x, r = run_child(cmd)
         if x is None:
             print(f"{case}: failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
             continue
-        print(f"{x['case']:8s} {x['g_params'] / 1e6:8.2f}M {x['step_s']:8.3f} {x['step_cpu_s']:7.3f} {x['fwd_s']:7.3f} {x['ratio']:8.2f} "
-              f"{x['eval_s']:7.2f} {x['peak_rss_gb']:7.2f} GB  {x['what']}", flush=True)
+        print(
+            f"{x['case']:8s} {x['g_params'] / 1e6:8.2f}M {x['step_s']:8.3f} {x['step_cpu_s']:7.3f} {x['fwd_s']:7.3f} {x['ratio']:8.2f} "
+            f"{x['eval_s']:7.2f} {x['peak_rss_gb']:7.2f} GB  {x['what']}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ The pickle is written by their own classes (a real snapshot: G, D, G_ema with em
 
 usage: python benchmarks/vs_nvlabs.py --nvlabs-dir PATH [--res 1024] [--threads 2] [--seeds 8] [--workdir DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,6 +93,7 @@ def child(args: list[str], threads: int, cwd: Path) -> tuple[dict, float]:
 
 def png_diff(a: Path, b: Path, n: int) -> tuple[int, float]:
     from PIL import Image
+
     worst, frac = 0, 0.0
     for s in range(n):
         x = np.asarray(Image.open(a / f"seed{s:04d}.png"), dtype=np.int16)
@@ -117,15 +119,20 @@ def main() -> None:
         tmp = Path(tmp)
         pkl = tmp / f"configf_{a.res}.pkl"
         made, dt = child([MAKE_PICKLE, str(nv), str(a.res), str(pkl)], a.threads, tmp)
-        print(f"config-f {a.res} px pickle (G, D, G_ema) by NVIDIA's classes: {pkl.stat().st_size / 1e6:.0f} MB, "
-              f"G {made['params_G'] / 1e6:.1f} M params, written in {dt:.0f} s", flush=True)
+        print(
+            f"config-f {a.res} px pickle (G, D, G_ema) by NVIDIA's classes: {pkl.stat().st_size / 1e6:.0f} MB, "
+            f"G {made['params_G'] / 1e6:.1f} M params, written in {dt:.0f} s",
+            flush=True,
+        )
         rows = {"nvlabs": [], "gaze": []}
         for rep in range(a.repeats):
             for side in ("nvlabs", "gaze"):
                 out = tmp / f"{side}{rep}"
                 out.mkdir()
                 if side == "nvlabs":
-                    r, dt = child([NVLABS_GENERATE, str(nv), str(pkl), str(out), str(a.seeds), str(a.threads)], a.threads, tmp)
+                    r, dt = child(
+                        [NVLABS_GENERATE, str(nv), str(pkl), str(out), str(a.seeds), str(a.threads)], a.threads, tmp
+                    )
                 else:
                     r, dt = child([GAZE_GENERATE, str(pkl), str(out), str(a.seeds)], a.threads, REPO)
                     if r["rc"]:
@@ -135,7 +142,9 @@ def main() -> None:
         worst, frac = png_diff(tmp / "nvlabs0", tmp / "gaze0", a.seeds)
     t_nv, t_gz = (min(t for t, _ in rows[s]) for s in ("nvlabs", "gaze"))
     m_nv, m_gz = (max(m for _, m in rows[s]) for s in ("nvlabs", "gaze"))
-    print(f"\n| {a.res} px config-f, load + {a.seeds} seeds + PNGs, {a.threads} threads | wall s (best) | peak RSS GB |")
+    print(
+        f"\n| {a.res} px config-f, load + {a.seeds} seeds + PNGs, {a.threads} threads | wall s (best) | peak RSS GB |"
+    )
     print("|---|---|---|")
     print(f"| NVIDIA stylegan2-ada-pytorch (reference ops) | {t_nv:.1f} | {m_nv:.2f} |")
     print(f"| gaze generate | {t_gz:.1f} ({t_nv / t_gz:.2f}x faster) | {m_gz:.2f} ({m_gz / m_nv:.2f}x) |")

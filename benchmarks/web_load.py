@@ -10,6 +10,7 @@ Starts its own server (python -m machinegaze.cli serve on a free 127.0.0.1 port,
 Usage: python benchmarks/web_load.py [--requests 200] [--concurrency 8] [--network PATH] [--detector PATH]
                                      [--endpoint auto|detect|generate] [--url http://127.0.0.1:8000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,9 +48,24 @@ def loopback_only(url: str) -> str:
 
 def start_server(args, data_dir: str) -> tuple[subprocess.Popen, str]:
     import httpx
+
     port = free_port()
-    cmd = [sys.executable, "-m", "machinegaze.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--data-dir", data_dir, "--workers", str(args.workers), "--queue", str(args.queue)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "machinegaze.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        data_dir,
+        "--workers",
+        str(args.workers),
+        "--queue",
+        str(args.queue),
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.network:
@@ -123,6 +139,7 @@ def run_load(client, n: int, concurrency: int, deadline: float, make_request) ->
 def direct_baseline(endpoint: str, network: str, detector: str | None, face: bytes, reps: int = 20) -> list[float]:
     """The same library work in this process, sequentially (what the server adds is HTTP, queueing, storage)."""
     from machinegaze.web import adapters
+
     out = []
     if endpoint == "detect":
         det = adapters.load_detector(adapters.resolve_detector(detector))
@@ -150,8 +167,12 @@ def main() -> None:
     ap.add_argument("--url", default=None, help="a running server on loopback (default: start one)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--queue", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads of the server and the baseline "
-                    "(default: torch's default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of the server and the baseline (default: torch's default)",
+    )
     ap.add_argument("--max-seconds", type=float, default=300.0, help="stop sending after this long")
     args = ap.parse_args()
     if not 1 <= args.requests <= 10_000 or not 1 <= args.concurrency <= 64:
@@ -160,6 +181,7 @@ def main() -> None:
     import torch
 
     from machinegaze import GazeError, zoo
+
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.network is None and args.url is None:
@@ -187,17 +209,22 @@ def main() -> None:
                 raise SystemExit(f"detect is unavailable on this server: {status['tabs']['detect']['reason']}")
             if endpoint == "generate" and not status["tabs"]["generate"]["available"]:
                 raise SystemExit(f"generate is unavailable: {status['tabs']['generate']['reason']}")
-            print(f"server {url}: network {status['network']['path']}, detector {status['detector']['path']}; "
-                  f"endpoint {endpoint}; {args.requests} requests, {args.concurrency} at once; "
-                  f"torch threads {args.threads or 'default'} (server), {torch.get_num_threads()} (baseline); "
-                  f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}")
+            print(
+                f"server {url}: network {status['network']['path']}, detector {status['detector']['path']}; "
+                f"endpoint {endpoint}; {args.requests} requests, {args.concurrency} at once; "
+                f"torch threads {args.threads or 'default'} (server), {torch.get_num_threads()} (baseline); "
+                f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}"
+            )
 
             if endpoint == "detect":
+
                 def request(client, i):
                     return client.post("/api/detect", files={"file": ("face.jpg", face, "image/jpeg")})
             else:
+
                 def request(client, i):
                     return client.post("/api/generate", json={"seed": i, "psi": 0.7})
+
             request(c, 0)  # warm-up: the model loads once
             floor, floor_st, _ = run_load(c, 50, 1, deadline, lambda client, i: client.get("/api/status"))
             lat, statuses, wall = run_load(c, args.requests, args.concurrency, deadline, request)
@@ -218,8 +245,10 @@ def main() -> None:
     print(f"{'GET /api/status (1 at a time)':34s} {len(floor):5d} {ms(floor, 50)} {ms(floor, 95)} {ms(floor, 100)}")
     if base:
         print(f"{'library call, in-process, serial':34s} {len(base):5d} {ms(base, 50)} {ms(base, 95)} {ms(base, 100)}")
-    print(f"{f'POST /api/{endpoint} ({args.concurrency} at once)':34s} {len(lat):5d} {ms(lat, 50)} {ms(lat, 95)} "
-          f"{ms(lat, 100)}")
+    print(
+        f"{f'POST /api/{endpoint} ({args.concurrency} at once)':34s} {len(lat):5d} {ms(lat, 50)} {ms(lat, 95)} "
+        f"{ms(lat, 100)}"
+    )
     print(f"\n{ok} ok, errors: {errors or 'none'}; {ok / wall:.1f} requests/s over {wall:.1f} s")
     if errors:
         sys.exit(1)

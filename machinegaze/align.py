@@ -14,6 +14,7 @@ bigger than the output, cropped to the quad plus a border, and, where the quad r
 by mirroring with a blur that grows away from the edge (FFHQ's padding). The warp runs at 4x the output
 size, then a Lanczos downsample (FFHQ: 4096 -> 1024).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,13 +38,13 @@ PAD_MODES = ("reflect", "black")
 
 @dataclass(frozen=True)
 class AlignConfig:
-    size: int = 128                  # output side in pixels
-    select: str = "auto"             # auto: largest and most central face; largest; best (score); all
-    pad: str = "reflect"             # where the crop runs off the photo: reflect (FFHQ's blurred mirror) | black
-    supersample: int = 4             # warp at size*supersample, then Lanczos down (FFHQ: 4)
-    min_face_size: float = 20.0      # MTCNN: smallest face searched for (px, in the detection image)
+    size: int = 128  # output side in pixels
+    select: str = "auto"  # auto: largest and most central face; largest; best (score); all
+    pad: str = "reflect"  # where the crop runs off the photo: reflect (FFHQ's blurred mirror) | black
+    supersample: int = 4  # warp at size*supersample, then Lanczos down (FFHQ: 4)
+    min_face_size: float = 20.0  # MTCNN: smallest face searched for (px, in the detection image)
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # MTCNN stage thresholds (last = final score)
-    detect_max_side: int = 1024      # detect on a copy shrunk to this longest side (speed on big photos)
+    detect_max_side: int = 1024  # detect on a copy shrunk to this longest side (speed on big photos)
 
     def __post_init__(self):
         if not 8 <= int(self.size) <= 4096:
@@ -63,13 +64,13 @@ class AlignConfig:
 
 @dataclass
 class AlignedFace:
-    image: torch.Tensor             # [1, 3, size, size] float32 in [-1, 1]
-    landmarks: torch.Tensor         # [5, 2] landmarks in the aligned image's pixels (pixel k's centre = k)
+    image: torch.Tensor  # [1, 3, size, size] float32 in [-1, 1]
+    landmarks: torch.Tensor  # [5, 2] landmarks in the aligned image's pixels (pixel k's centre = k)
     box: tuple[float, float, float, float]  # detected box in the source photo (x1, y1, x2, y2)
-    score: float                    # MTCNN face probability
+    score: float  # MTCNN face probability
     source_landmarks: torch.Tensor  # [5, 2] landmarks in the source photo's pixels
-    quad: np.ndarray                # [4, 2] the FFHQ quad in the source photo's pixels (UL, LL, LR, UR)
-    outside: float                  # fraction of the aligned image that lies outside the photo (padding)
+    quad: np.ndarray  # [4, 2] the FFHQ quad in the source photo's pixels (UL, LL, LR, UR)
+    outside: float  # fraction of the aligned image that lies outside the photo (padding)
 
 
 # ---------------------------------------------------------------- the recipe
@@ -118,8 +119,10 @@ def _mirror_pad(img: Image.Image, pad: tuple[int, int, int, int], qsize: float) 
     a = np.pad(np.asarray(img, dtype=np.float32), ((top, bottom), (left, right), (0, 0)), mode="reflect")
     h, w, _ = a.shape
     yy, xx = np.ogrid[:h, :w]
-    mask = np.maximum(1.0 - np.minimum(xx.astype(np.float32) / left, (w - 1 - xx).astype(np.float32) / right),
-                      1.0 - np.minimum(yy.astype(np.float32) / top, (h - 1 - yy).astype(np.float32) / bottom))[..., None]
+    mask = np.maximum(
+        1.0 - np.minimum(xx.astype(np.float32) / left, (w - 1 - xx).astype(np.float32) / right),
+        1.0 - np.minimum(yy.astype(np.float32) / top, (h - 1 - yy).astype(np.float32) / bottom),
+    )[..., None]
     blur = qsize * 0.02
     a += (gaussian_filter(a, [blur, blur, 0]) - a) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
     a += (np.median(a, axis=(0, 1)) - a) * np.clip(mask, 0.0, 1.0)
@@ -200,6 +203,7 @@ def detect_landmarks(img, detector: MTCNN | None = None, config: AlignConfig = A
 
 def _default_detector() -> MTCNN:
     from machinegaze import zoo
+
     return zoo.load_mtcnn()
 
 
@@ -212,7 +216,7 @@ def _rank(boxes: torch.Tensor, scores: torch.Tensor, width: int, height: int, se
         key = scores
     else:
         cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2 - width / 2, (boxes[:, 1] + boxes[:, 3]) / 2 - height / 2
-        key = area - 2.0 * (cx ** 2 + cy ** 2)
+        key = area - 2.0 * (cx**2 + cy**2)
     return torch.argsort(key, descending=True, stable=True).tolist()
 
 
@@ -230,15 +234,17 @@ def align_image(img, config: AlignConfig = AlignConfig(), detector: MTCNN | None
         lm = det.landmarks[i].double().numpy()
         quad = ffhq_quad(lm)
         out = warp_quad(pil, quad, config.size, config.pad, config.supersample)
-        faces.append(AlignedFace(
-            image=pil_to_tensor(out),
-            landmarks=torch.from_numpy(quad_to_output(quad, lm, config.size)).float(),
-            box=tuple(float(v) for v in det.boxes[i].tolist()),
-            score=float(det.scores[i]),
-            source_landmarks=det.landmarks[i].clone(),
-            quad=quad,
-            outside=outside_fraction(quad, *pil.size),
-        ))
+        faces.append(
+            AlignedFace(
+                image=pil_to_tensor(out),
+                landmarks=torch.from_numpy(quad_to_output(quad, lm, config.size)).float(),
+                box=tuple(float(v) for v in det.boxes[i].tolist()),
+                score=float(det.scores[i]),
+                source_landmarks=det.landmarks[i].clone(),
+                quad=quad,
+                outside=outside_fraction(quad, *pil.size),
+            )
+        )
     return faces
 
 
@@ -246,17 +252,27 @@ def align_image(img, config: AlignConfig = AlignConfig(), detector: MTCNN | None
 @dataclass
 class AlignReport:
     total: int = 0
-    aligned: list[tuple[str, str]] = field(default_factory=list)   # (input, output) relative paths
+    aligned: list[tuple[str, str]] = field(default_factory=list)  # (input, output) relative paths
     no_face: list[str] = field(default_factory=list)
-    corrupt: list[tuple[str, str]] = field(default_factory=list)   # (input, reason)
+    corrupt: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
 
     def summary(self) -> dict:
-        return {"total": self.total, "aligned_images": len({a for a, _ in self.aligned}),
-                "faces_written": len(self.aligned), "no_face": len(self.no_face), "corrupt": len(self.corrupt)}
+        return {
+            "total": self.total,
+            "aligned_images": len({a for a, _ in self.aligned}),
+            "faces_written": len(self.aligned),
+            "no_face": len(self.no_face),
+            "corrupt": len(self.corrupt),
+        }
 
 
-def align_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, config: AlignConfig = AlignConfig(),
-                 detector: MTCNN | None = None, progress: ProgressFn = None) -> AlignReport:
+def align_folder(
+    in_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: AlignConfig = AlignConfig(),
+    detector: MTCNN | None = None,
+    progress: ProgressFn = None,
+) -> AlignReport:
     """Align every image under in_dir into out_dir (same relative paths, .png). Photos without a face and
     corrupt files are skipped and listed in the report (also written to out_dir/align_report.json)."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
@@ -285,8 +301,15 @@ def align_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, config: 
             used.add(name)
             save_image(face.image, out_dir / name)
             rep.aligned.append((rel, name))
-        report(progress, k + 1, len(files), aligned=len(rep.aligned), no_face=len(rep.no_face), corrupt=len(rep.corrupt))
-    out = {"summary": rep.summary(), "config": asdict(config), "aligned": rep.aligned,
-           "no_face": rep.no_face, "corrupt": [{"file": f, "reason": r} for f, r in rep.corrupt]}
+        report(
+            progress, k + 1, len(files), aligned=len(rep.aligned), no_face=len(rep.no_face), corrupt=len(rep.corrupt)
+        )
+    out = {
+        "summary": rep.summary(),
+        "config": asdict(config),
+        "aligned": rep.aligned,
+        "no_face": rep.no_face,
+        "corrupt": [{"file": f, "reason": r} for f, r in rep.corrupt],
+    }
     atomic_write_bytes(out_dir / "align_report.json", json.dumps(out, indent=1).encode())
     return rep

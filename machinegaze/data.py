@@ -3,6 +3,7 @@
 Every image that enters machinegaze goes through `load_image` (decoded, verified, EXIF-rotated, converted to
 RGB, guarded against decompression bombs); every image that leaves goes through `save_image`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,8 +13,8 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -130,8 +131,12 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(a).permute(2, 0, 1).unsqueeze(0).div(127.5).sub(1.0).contiguous()
 
 
-def load_image(source: str | os.PathLike | bytes, size: int | tuple[int, int] | None = None,
-               crop: bool = True, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+def load_image(
+    source: str | os.PathLike | bytes,
+    size: int | tuple[int, int] | None = None,
+    crop: bool = True,
+    max_pixels: int = MAX_PIXELS,
+) -> torch.Tensor:
     """Load an image as [1, 3, H, W] in [-1, 1]; optionally centre-crop to square and resize (Lanczos)."""
     img = open_image(source, max_pixels=max_pixels)
     if crop:
@@ -172,8 +177,9 @@ def save_image(img: torch.Tensor | Image.Image | np.ndarray, path: str | os.Path
     return path
 
 
-def make_grid(images: torch.Tensor | Sequence[torch.Tensor], ncols: int | None = None, pad: int = 0,
-              pad_value: float = 1.0) -> torch.Tensor:
+def make_grid(
+    images: torch.Tensor | Sequence[torch.Tensor], ncols: int | None = None, pad: int = 0, pad_value: float = 1.0
+) -> torch.Tensor:
     """Tile [N, C, H, W] images into one [1, C, H', W'] grid (row-major)."""
     x = torch.cat(list(images), 0) if not isinstance(images, torch.Tensor) else images
     n, c, h, w = x.shape
@@ -182,7 +188,7 @@ def make_grid(images: torch.Tensor | Sequence[torch.Tensor], ncols: int | None =
     grid = torch.full((c, nrows * (h + pad) - pad, ncols * (w + pad) - pad), pad_value, dtype=x.dtype)
     for i in range(n):
         r, col = divmod(i, ncols)
-        grid[:, r * (h + pad):r * (h + pad) + h, col * (w + pad):col * (w + pad) + w] = x[i]
+        grid[:, r * (h + pad) : r * (h + pad) + h, col * (w + pad) : col * (w + pad) + w] = x[i]
     return grid.unsqueeze(0)
 
 
@@ -230,10 +236,14 @@ class ImageSource:
         self._zip_pid = None
         if self.path.is_dir():
             self.kind = "folder"
-            self.names = sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*")
-                                if p.is_file() and not _hidden(p.relative_to(self.path).as_posix()))
+            self.names = sorted(
+                p.relative_to(self.path).as_posix()
+                for p in self.path.rglob("*")
+                if p.is_file() and not _hidden(p.relative_to(self.path).as_posix())
+            )
         elif self.path.is_file() and self.path.suffix.lower() == ".zip":
             import zipfile
+
             self.kind = "zip"
             try:
                 with zipfile.ZipFile(self.path) as z:
@@ -251,6 +261,7 @@ class ImageSource:
 
     def read(self, name: str) -> bytes:
         import zipfile
+
         try:
             if self.kind == "folder":
                 return (self.path / name).read_bytes()
@@ -262,6 +273,7 @@ class ImageSource:
 
     def _zipfile(self):
         import zipfile
+
         if self._zip is None or self._zip_pid != os.getpid():  # one handle per process (DataLoader workers)
             self._zip, self._zip_pid = zipfile.ZipFile(self.path), os.getpid()
         return self._zip
@@ -271,6 +283,7 @@ class ImageSource:
         if MANIFEST not in self.names:
             return None
         import json
+
         try:
             return json.loads(self.read(MANIFEST))
         except ValueError as e:
@@ -297,7 +310,7 @@ def is_image_name(name: str) -> bool:
 
 # ---------------------------------------------------------------- groups and splits
 _LFW_NAME = re.compile(r"^([A-Za-z][^_/]*(?:_[^_/]+)+)_(\d{4})$")  # Name_Surname_0001 (two or more words)
-_LFW_ONE_WORD = re.compile(r"^([A-Za-z][^_/]*)_(\d{4})$")          # Zico_0001: only inside an 'lfw' path
+_LFW_ONE_WORD = re.compile(r"^([A-Za-z][^_/]*)_(\d{4})$")  # Zico_0001: only inside an 'lfw' path
 _ORL_SUBJECT = re.compile(r"^s\d+$")
 
 
@@ -331,7 +344,7 @@ def _check_fractions(fractions: dict[str, float]) -> list[tuple[str, float]]:
 def split_of(key: str, fractions: dict[str, float] = DEFAULT_SPLITS, salt: str = "machinegaze") -> str:
     """Deterministic split for a group key: a hash of (salt, key) mapped to [0, 1), cut by the fractions."""
     items = _check_fractions(fractions)
-    u = int.from_bytes(hashlib.sha256(f"{salt}\0{key}".encode()).digest()[:8], "big") / 2.0 ** 64
+    u = int.from_bytes(hashlib.sha256(f"{salt}\0{key}".encode()).digest()[:8], "big") / 2.0**64
     acc = 0.0
     for split, frac in items:
         acc += frac
@@ -358,6 +371,7 @@ def parse_splits(s: str) -> dict[str, float]:
 # ---------------------------------------------------------------- the dataset
 def _read_labels(path: str | os.PathLike, key_column: str | None, label_column: str | None):
     import csv
+
     path = Path(path)
     if not path.is_file():
         raise GazeError(f"no such labels file: {path}")
@@ -397,9 +411,17 @@ class ImageDataset(torch.utils.data.Dataset):
     - cache: keep decoded uint8 images in memory (a 64 px dataset of 10k faces is ~120 MB).
     """
 
-    def __init__(self, path: str | os.PathLike, resolution: int | None = None, labels: str | os.PathLike | None = None,
-                 label_column: str | None = None, label_key: str | None = None, xflip: bool = False,
-                 cache: bool = False, names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        resolution: int | None = None,
+        labels: str | os.PathLike | None = None,
+        label_column: str | None = None,
+        label_key: str | None = None,
+        xflip: bool = False,
+        cache: bool = False,
+        names: Sequence[str] | None = None,
+    ):
         self.source = ImageSource(path)
         manifest = self.source.manifest() or {}
         self.meta = {e["file"]: e for e in manifest.get("images", []) if isinstance(e, dict) and "file" in e}
@@ -423,8 +445,14 @@ class ImageDataset(torch.utils.data.Dataset):
         values, missing = [], []
         for n in self.names:
             orig = str(self.meta.get(n, {}).get("original", ""))
-            for cand in (n, orig, PurePosixPath(orig).name, PurePosixPath(n).name, PurePosixPath(n).stem,
-                         PurePosixPath(orig).stem):
+            for cand in (
+                n,
+                orig,
+                PurePosixPath(orig).name,
+                PurePosixPath(n).name,
+                PurePosixPath(n).stem,
+                PurePosixPath(orig).stem,
+            ):
                 if cand and cand in table:
                     values.append(table[cand])
                     break
@@ -480,7 +508,7 @@ class ImageDataset(torch.utils.data.Dataset):
         name = self.names[idx % len(self.names)]
         return str(self.meta.get(name, {}).get("group") or group_key(name))
 
-    def split(self, name: str, fractions: dict[str, float] = DEFAULT_SPLITS, salt: str = "machinegaze") -> "ImageDataset":
+    def split(self, name: str, fractions: dict[str, float] = DEFAULT_SPLITS, salt: str = "machinegaze") -> ImageDataset:
         """The images whose group hashes into split `name` (deterministic; a group never spans two splits)."""
         if name not in fractions:
             raise GazeError(f"no split '{name}' (splits: {', '.join(fractions)})")

@@ -4,6 +4,7 @@ manifest that records every written and every rejected file.
 Reading images, sources and splits lives in `data.py`; this module is the capability on top of it (it may align
 faces with MTCNN, so it sits above the registry, not in the IO layer).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,12 +40,12 @@ from machinegaze.progress import ProgressFn, report
 
 @dataclass(frozen=True)
 class BuildConfig:
-    size: int = 64                # output side (px)
-    align: bool = False           # FFHQ-align faces (MTCNN); off: centre-crop and resize
-    select: str = "auto"          # which face when a photo has several (see align.AlignConfig)
-    max_outside: float = 1.0      # with align: reject faces whose crop lies more than this fraction off the photo
-    dedupe: bool = True           # skip byte-identical copies of a file already written
-    license: str | None = None    # licence line for every source (default: known per source, else "unknown")
+    size: int = 64  # output side (px)
+    align: bool = False  # FFHQ-align faces (MTCNN); off: centre-crop and resize
+    select: str = "auto"  # which face when a photo has several (see align.AlignConfig)
+    max_outside: float = 1.0  # with align: reject faces whose crop lies more than this fraction off the photo
+    dedupe: bool = True  # skip byte-identical copies of a file already written
+    license: str | None = None  # licence line for every source (default: known per source, else "unknown")
 
     def __post_init__(self):
         if not MIN_SIDE <= int(self.size) <= 4096:
@@ -60,8 +61,8 @@ REJECT_KEYS = ("no_face", "too_much_padding", "corrupt", "not_image", "duplicate
 @dataclass
 class BuildReport:
     out: Path
-    counts: dict[str, dict[str, int]]      # per source: COUNT_KEYS
-    rejected: dict[str, list[dict]]        # no_face / too_much_padding / corrupt / not_image / duplicate
+    counts: dict[str, dict[str, int]]  # per source: COUNT_KEYS
+    rejected: dict[str, list[dict]]  # no_face / too_much_padding / corrupt / not_image / duplicate
     wall_s: float
 
     @property
@@ -110,6 +111,7 @@ class _Builder:
         self.align_cfg = None
         if config.align:
             from machinegaze.align import AlignConfig
+
             self.align_cfg = AlignConfig(size=config.size, select=config.select)
         self.counts = {n: dict.fromkeys(COUNT_KEYS, 0) for n in names}
         self.rejected: dict[str, list[dict]] = {k: [] for k in REJECT_KEYS}
@@ -142,6 +144,7 @@ class _Builder:
         if self.align_cfg is None:
             return center_crop(img).resize((self.config.size, self.config.size), Image.LANCZOS)
         from machinegaze.align import align_image
+
         where = {"source": sname, "original": rel}
         faces = align_image(img, self.align_cfg, self.detector)
         if not faces:
@@ -151,8 +154,11 @@ class _Builder:
         if face.outside > self.config.max_outside:
             self.reject(sname, "too_much_padding", {**where, "outside": round(face.outside, 3)})
             return None
-        entry.update(score=round(face.score, 4), outside=round(face.outside, 3),
-                     landmarks=[[round(v, 2) for v in p] for p in face.source_landmarks.tolist()])
+        entry.update(
+            score=round(face.score, 4),
+            outside=round(face.outside, 3),
+            landmarks=[[round(v, 2) for v in p] for p in face.source_landmarks.tolist()],
+        )
         return tensor_to_pil(face.image)
 
     def add(self, sname: str, src: ImageSource, rel: str, lic: str) -> None:
@@ -161,8 +167,16 @@ class _Builder:
         if got is None:
             return
         img, digest = got
-        entry = {"file": "", "source": sname, "original": rel, "license": lic, "group": group_key(f"{sname}/{rel}"),
-                 "sha256": digest, "width": img.size[0], "height": img.size[1]}
+        entry = {
+            "file": "",
+            "source": sname,
+            "original": rel,
+            "license": lic,
+            "group": group_key(f"{sname}/{rel}"),
+            "sha256": digest,
+            "width": img.size[0],
+            "height": img.size[1],
+        }
         out_img = self.face_or_crop(sname, rel, img, entry)
         if out_img is None:
             return
@@ -183,17 +197,30 @@ class _Builder:
     def manifest(self, opened: list[tuple[str, ImageSource]]) -> dict:
         cfg = self.config
         return {
-            "format": MANIFEST_FORMAT, "created_by": f"machinegaze {__version__}", "size": cfg.size,
-            "aligned": cfg.align, "alignment": "FFHQ recipe (NVlabs ffhq-dataset) on MTCNN 5-point landmarks"
-            if cfg.align else "centre crop + Lanczos resize", "config": asdict(cfg),
-            "sources": {n: {"path": str(src.path.resolve()), "license": cfg.license or license_for(n), **self.counts[n]}
-                        for n, src in opened},
-            "images": self.images, "rejected": self.rejected,
+            "format": MANIFEST_FORMAT,
+            "created_by": f"machinegaze {__version__}",
+            "size": cfg.size,
+            "aligned": cfg.align,
+            "alignment": "FFHQ recipe (NVlabs ffhq-dataset) on MTCNN 5-point landmarks"
+            if cfg.align
+            else "centre crop + Lanczos resize",
+            "config": asdict(cfg),
+            "sources": {
+                n: {"path": str(src.path.resolve()), "license": cfg.license or license_for(n), **self.counts[n]}
+                for n, src in opened
+            },
+            "images": self.images,
+            "rejected": self.rejected,
         }
 
 
-def build_dataset(sources: Sequence, out: str | os.PathLike, config: BuildConfig = BuildConfig(),
-                  detector=None, progress: ProgressFn = None) -> BuildReport:
+def build_dataset(
+    sources: Sequence,
+    out: str | os.PathLike,
+    config: BuildConfig = BuildConfig(),
+    detector=None,
+    progress: ProgressFn = None,
+) -> BuildReport:
     """Write a dataset zip: every image of every source, aligned (or centre-cropped) and resized to
     config.size, as `<source>/<name>.png`, plus `manifest.json`. Files that are not images, do not decode,
     have no face or repeat an earlier file byte for byte are skipped and counted (and listed in the manifest).
@@ -204,6 +231,7 @@ def build_dataset(sources: Sequence, out: str | os.PathLike, config: BuildConfig
     total = sum(len(src.names) for _, src in opened)
     if config.align and detector is None:
         from machinegaze import zoo
+
         detector = zoo.load_mtcnn()
     step = 0
     with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:

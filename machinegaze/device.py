@@ -12,6 +12,7 @@
 Library functions take a ready `torch.device` and a precision string; only entry points (CLI, web, benchmarks)
 call `resolve_device`.
 """
+
 from __future__ import annotations
 
 import contextlib

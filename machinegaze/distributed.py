@@ -9,12 +9,14 @@ computed in exactly the batch it would be in one process and the merged output i
 The process group uses NCCL when the processes compute on CUDA and gloo otherwise (CPU, MPS); objects
 are gathered to rank 0 over the same group.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -69,6 +71,7 @@ def init(device: Optional[torch.device] = None, timeout_s: float = 1800) -> Worl
     if not w.on:
         return w
     import torch.distributed as dist
+
     device = device or torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -80,6 +83,7 @@ def init(device: Optional[torch.device] = None, timeout_s: float = 1800) -> Worl
 def finish() -> None:
     """Leave the process group (end of a sharded command)."""
     import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -87,6 +91,7 @@ def finish() -> None:
 def barrier(w: World) -> None:
     if w.on:
         import torch.distributed as dist
+
         if dist.get_backend() == "nccl":
             dist.barrier(device_ids=[torch.cuda.current_device()])
         else:
@@ -126,6 +131,7 @@ def gather_to_main(obj: Any, w: World) -> Optional[list]:
     if not w.on:
         return [obj]
     import torch.distributed as dist
+
     out: Optional[list] = [None] * w.size if w.main else None
     dist.gather_object(obj, out, dst=0)
     return out
@@ -135,6 +141,7 @@ def all_reduce_sum_(t: torch.Tensor, w: World) -> torch.Tensor:
     """Sum `t` over ranks in place (on the device the group's backend uses)."""
     if w.on:
         import torch.distributed as dist
+
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
@@ -142,6 +149,7 @@ def all_reduce_sum_(t: torch.Tensor, w: World) -> torch.Tensor:
 def broadcast_(t: torch.Tensor, w: World, src: int = 0) -> torch.Tensor:
     if w.on:
         import torch.distributed as dist
+
         dist.broadcast(t, src=src)
     return t
 

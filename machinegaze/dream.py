@@ -14,14 +14,16 @@ Gradient ascent on the input image to make a network's activations larger:
 Any nn.Module that takes [N, 3, H, W] images in [-1, 1] can be dreamed through (`DreamNet.wrap`); named
 networks are listed in NETS. Layers are `named_modules()` names (see `gaze dream --list-layers`).
 """
+
 from __future__ import annotations
 
 import difflib
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -41,13 +43,13 @@ class DreamNet:
     module: nn.Module
     default_layer: str
     forward: Optional[Callable[[torch.Tensor], Any]] = None  # x in [-1, 1] -> output; default module(x)
-    class_names: Optional[list[str]] = None                 # names of OUTPUT's entries, if it has any
-    min_size: int = 32                                     # smallest image side the network accepts
-    probe_size: int = 224                                  # input size used to list layers and their shapes
-    fixed_size: Optional[int] = None                       # the forward resizes every input to this: never tile
+    class_names: Optional[list[str]] = None  # names of OUTPUT's entries, if it has any
+    min_size: int = 32  # smallest image side the network accepts
+    probe_size: int = 224  # input size used to list layers and their shapes
+    fixed_size: Optional[int] = None  # the forward resizes every input to this: never tile
 
     @classmethod
-    def wrap(cls, module: nn.Module, default_layer: Optional[str] = None, name: str = "custom", **kw) -> "DreamNet":
+    def wrap(cls, module: nn.Module, default_layer: Optional[str] = None, name: str = "custom", **kw) -> DreamNet:
         """Any module taking [-1, 1] images. Put in eval mode (batch norm must not update while dreaming)."""
         module.eval()
         return cls(name=name, module=module, default_layer=default_layer or OUTPUT, **kw)
@@ -66,8 +68,14 @@ def _efficientnet() -> DreamNet:
     from machinegaze import zoo
 
     net = zoo.load_efficientnet_lite0().requires_grad_(False)
-    return DreamNet("efficientnet", net, default_layer="_blocks.10._relu0", class_names=zoo.imagenet_classes(),
-                    min_size=32, probe_size=224)
+    return DreamNet(
+        "efficientnet",
+        net,
+        default_layer="_blocks.10._relu0",
+        class_names=zoo.imagenet_classes(),
+        min_size=32,
+        probe_size=224,
+    )
 
 
 def _vgg16() -> DreamNet:
@@ -75,8 +83,14 @@ def _vgg16() -> DreamNet:
     from machinegaze.nets.lpips import imagenet_normalize
 
     feats = zoo.vgg16_features()
-    return DreamNet("vgg16", feats, default_layer="relu4_3", forward=lambda x: feats(imagenet_normalize(x)),
-                    min_size=32, probe_size=224)
+    return DreamNet(
+        "vgg16",
+        feats,
+        default_layer="relu4_3",
+        forward=lambda x: feats(imagenet_normalize(x)),
+        min_size=32,
+        probe_size=224,
+    )
 
 
 def discriminator_net(D: nn.Module, name: str = "discriminator") -> DreamNet:
@@ -88,13 +102,16 @@ def discriminator_net(D: nn.Module, name: str = "discriminator") -> DreamNet:
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != (res, res):
-            x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False,
-                              antialias=min(x.shape[-2:]) > res)
+            x = F.interpolate(
+                x, size=(res, res), mode="bilinear", align_corners=False, antialias=min(x.shape[-2:]) > res
+            )
         c = torch.zeros(x.shape[0], c_dim) if c_dim else None
         return D(x, c)
 
     blocks = [n for n, _ in D.named_children() if n.startswith("b") and n[1:].isdigit()]
-    default = f"b{max(8, res // 4)}" if f"b{max(8, res // 4)}" in blocks else (blocks[len(blocks) // 2] if blocks else OUTPUT)
+    default = (
+        f"b{max(8, res // 4)}" if f"b{max(8, res // 4)}" in blocks else (blocks[len(blocks) // 2] if blocks else OUTPUT)
+    )
     return DreamNet(name, D, default_layer=default, forward=forward, min_size=8, probe_size=res, fixed_size=res)
 
 
@@ -103,8 +120,10 @@ def _discriminator(network: Optional[str] = None) -> DreamNet:
 
     nets = zoo.load_networks(network)
     if nets.D is None:
-        raise GazeError(f"{network or 'the default network'} has no discriminator (an NVlabs snapshot or a "
-                        "machinegaze file saved with D is needed)")
+        raise GazeError(
+            f"{network or 'the default network'} has no discriminator (an NVlabs snapshot or a "
+            "machinegaze file saved with D is needed)"
+        )
     return discriminator_net(nets.D.requires_grad_(False))
 
 
@@ -113,8 +132,15 @@ def _detector() -> DreamNet:
 
     det = zoo.load_detector(None).requires_grad_(False).eval()
     # Its one output is the fake logit, exposed as a one-entry "class" so that `-c fake` amplifies fakeness.
-    return DreamNet("detector", det, default_layer="body.net._blocks.10._relu0", forward=lambda x: det(x)[:, None],
-                    class_names=["fake"], min_size=32, probe_size=int(det.spec.size))
+    return DreamNet(
+        "detector",
+        det,
+        default_layer="body.net._blocks.10._relu0",
+        forward=lambda x: det(x)[:, None],
+        class_names=["fake"],
+        min_size=32,
+        probe_size=int(det.spec.size),
+    )
 
 
 # name -> (description, constructor). Every constructor returns a ready DreamNet in eval mode.
@@ -154,18 +180,18 @@ class Objective:
     def __call__(self, acts: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
-    def __add__(self, other: "Objective") -> "Objective":
+    def __add__(self, other: Objective) -> Objective:
         return Sum(_terms(self) + _terms(other))
 
-    def __mul__(self, w: float) -> "Objective":
+    def __mul__(self, w: float) -> Objective:
         return Sum(tuple((float(w) * v, o) for v, o in _terms(self)))
 
     __rmul__ = __mul__
 
-    def __neg__(self) -> "Objective":
+    def __neg__(self) -> Objective:
         return self * -1.0
 
-    def __sub__(self, other: "Objective") -> "Objective":
+    def __sub__(self, other: Objective) -> Objective:
         return self + (-other)
 
 
@@ -203,7 +229,9 @@ class ChannelObjective(Objective):
         a = acts[self.layer]
         if a.ndim < 2 or not 0 <= self.channel < a.shape[1]:
             n = a.shape[1] if a.ndim >= 2 else 0
-            raise GazeError(f"layer {self.layer!r} has {n} channels; channel {self.channel} is out of range (0..{n - 1})")
+            raise GazeError(
+                f"layer {self.layer!r} has {n} channels; channel {self.channel} is out of range (0..{n - 1})"
+            )
         return a[:, self.channel].mean()
 
     def __repr__(self):
@@ -246,10 +274,10 @@ class GuideObjective(Objective):
         a = acts[self.layer]
         if a.ndim != 4 or a.shape[1] != self.guide.shape[0]:
             raise GazeError(f"guide features do not fit layer {self.layer!r}")
-        x = a.flatten(2)                                          # [N, C, P]
+        x = a.flatten(2)  # [N, C, P]
         with torch.no_grad():
             best = torch.einsum("ncp,cm->npm", x, self.guide).argmax(dim=2)  # [N, P]
-        matched = self.guide.t()[best].permute(0, 2, 1)           # [N, C, P]
+        matched = self.guide.t()[best].permute(0, 2, 1)  # [N, C, P]
         return (x * matched).sum(dim=1).mean()
 
     def __repr__(self):
@@ -276,7 +304,9 @@ def _norm_name(s: str) -> str:
     return " ".join(s.replace("_", " ").split()).lower()
 
 
-def class_index(name: str | int, class_names: Optional[Sequence[str]], n_outputs: Optional[int] = None) -> tuple[int, str]:
+def class_index(
+    name: str | int, class_names: Optional[Sequence[str]], n_outputs: Optional[int] = None
+) -> tuple[int, str]:
     """A class given by index or (case-, space/underscore-insensitive) name -> (index, name)."""
     s = str(name).strip()
     if s.lstrip("-").isdigit():
@@ -297,8 +327,10 @@ def class_index(name: str | int, class_names: Optional[Sequence[str]], n_outputs
     close = difflib.get_close_matches(key, list(normed), n=5, cutoff=0.6)
     close += [c for c in normed if key in c and c not in close][:5]
     hint = f"did you mean: {', '.join(normed[c] for c in close[:6])}? " if close else ""
-    raise GazeError(f"unknown class {s!r}; {hint}valid: an index 0..{len(class_names) - 1} or one of the "
-                    f"{len(class_names)} names from `gaze dream --list-classes` (e.g. {', '.join(class_names[:3])})")
+    raise GazeError(
+        f"unknown class {s!r}; {hint}valid: an index 0..{len(class_names) - 1} or one of the "
+        f"{len(class_names)} names from `gaze dream --list-classes` (e.g. {', '.join(class_names[:3])})"
+    )
 
 
 def _check_layer(dnet: DreamNet, layer: str) -> str:
@@ -403,7 +435,7 @@ def _crop_act(a: torch.Tensor, stride: Optional[int], core: tuple[int, int, int,
     r0, c0 = (y0 - cy0) // stride, (x0 - cx0) // stride
     r1 = h if y1 == cy1 else (y1 - cy0) // stride
     c1 = w if x1 == cx1 else (x1 - cx0) // stride
-    return a[:, :, r0:max(r1, r0 + 1), c0:max(c1, c0 + 1)]
+    return a[:, :, r0 : max(r1, r0 + 1), c0 : max(c1, c0 + 1)]
 
 
 def _layout(x: torch.Tensor) -> torch.memory_format:
@@ -411,9 +443,15 @@ def _layout(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if x.device.type == "cpu" else torch.contiguous_format
 
 
-def objective_gradient(dnet: DreamNet, objective: Objective, x: torch.Tensor, tile: int = 0, margin: int = 64,
-                       generator: Optional[torch.Generator] = None,
-                       strides: Optional[dict[str, Optional[int]]] = None) -> tuple[torch.Tensor, float]:
+def objective_gradient(
+    dnet: DreamNet,
+    objective: Objective,
+    x: torch.Tensor,
+    tile: int = 0,
+    margin: int = 64,
+    generator: Optional[torch.Generator] = None,
+    strides: Optional[dict[str, Optional[int]]] = None,
+) -> tuple[torch.Tensor, float]:
     """d objective / d x and the objective's value.
 
     With tile > 0 and an image larger than one tile, the image is cut into tiles (grid origin shifted at
@@ -494,13 +532,13 @@ class DreamConfig:
     objective: Optional[str] = None  # None: the network's default layer
     octaves: int = 4
     octave_scale: float = 1.4
-    steps: int = 10                  # per octave
-    step_size: float = 0.02          # in [-1, 1] units, per step, after dividing the gradient by its mean |g|
-    jitter: int = 32                 # random roll in pixels, each step
-    smooth: float = 0.0              # Gaussian blur of the gradient (sigma, px); 0 = off
-    tile: int = 512                  # tile size for the gradient; 0 = never tile
-    margin: int = 64                 # context around each tile
-    size: int = 512                  # longest side the input photo is resized to; 0 = keep
+    steps: int = 10  # per octave
+    step_size: float = 0.02  # in [-1, 1] units, per step, after dividing the gradient by its mean |g|
+    jitter: int = 32  # random roll in pixels, each step
+    smooth: float = 0.0  # Gaussian blur of the gradient (sigma, px); 0 = off
+    tile: int = 512  # tile size for the gradient; 0 = never tile
+    margin: int = 64  # context around each tile
+    size: int = 512  # longest side the input photo is resized to; 0 = keep
     seed: int = 0
     # from noise (feature visualisation)
     from_noise: bool = False
@@ -531,8 +569,8 @@ class DreamConfig:
 
 @dataclass
 class DreamResult:
-    image: torch.Tensor                                   # [1, 3, H, W] in [-1, 1]
-    history: list[float] = field(default_factory=list)    # objective value at every step, in order
+    image: torch.Tensor  # [1, 3, H, W] in [-1, 1]
+    history: list[float] = field(default_factory=list)  # objective value at every step, in order
     objective: str = ""
     frames: list[torch.Tensor] = field(default_factory=list)  # zoom video frames (if any)
 
@@ -563,9 +601,16 @@ def build_objective(cfg: DreamConfig, dnet: DreamNet, guide: Optional[torch.Tens
     return LayerObjective(_check_layer(dnet, dnet.default_layer))
 
 
-def deepdream(image: torch.Tensor, dnet: DreamNet, objective: Objective, cfg: DreamConfig = DreamConfig(),
-              generator: Optional[torch.Generator] = None, progress: ProgressFn = None,
-              step_offset: int = 0, total: Optional[int] = None) -> DreamResult:
+def deepdream(
+    image: torch.Tensor,
+    dnet: DreamNet,
+    objective: Objective,
+    cfg: DreamConfig = DreamConfig(),
+    generator: Optional[torch.Generator] = None,
+    progress: ProgressFn = None,
+    step_offset: int = 0,
+    total: Optional[int] = None,
+) -> DreamResult:
     """Classic multi-octave DeepDream of `image` ([1, 3, H, W] in [-1, 1])."""
     cfg.check()
     if image.ndim != 4 or image.shape[:2] != (1, 3):
@@ -586,7 +631,11 @@ def deepdream(image: torch.Tensor, dnet: DreamNet, objective: Objective, cfg: Dr
         small = _resize(base, size)
         x = (small + _resize(detail, size)).clamp(-1, 1)
         for _ in range(cfg.steps):
-            dy, dx = (int(v) for v in torch.randint(-cfg.jitter, cfg.jitter + 1, (2,), generator=gen)) if cfg.jitter else (0, 0)
+            dy, dx = (
+                (int(v) for v in torch.randint(-cfg.jitter, cfg.jitter + 1, (2,), generator=gen))
+                if cfg.jitter
+                else (0, 0)
+            )
             rolled = torch.roll(x, (dy, dx), (2, 3))
             g, value = objective_gradient(dnet, objective, rolled, cfg.tile, cfg.margin, gen, strides)
             g = gaussian_blur(torch.roll(g, (-dy, -dx), (2, 3)), cfg.smooth)
@@ -609,12 +658,14 @@ class FourierImage(nn.Module):
     Scaling each frequency by 1/f makes gradient steps roughly equal in energy across frequencies, which is
     what keeps feature visualisations from drowning in high-frequency noise."""
 
-    def __init__(self, h: int, w: int, sd: float = 0.01, decay: float = 1.0, generator: Optional[torch.Generator] = None):
+    def __init__(
+        self, h: int, w: int, sd: float = 0.01, decay: float = 1.0, generator: Optional[torch.Generator] = None
+    ):
         super().__init__()
         self.h, self.w = h, w
         fy = torch.fft.fftfreq(h).view(-1, 1)
         fx = torch.fft.rfftfreq(w).view(1, -1)
-        freq = torch.sqrt(fx ** 2 + fy ** 2)
+        freq = torch.sqrt(fx**2 + fy**2)
         self.register_buffer("scale", 1.0 / freq.clamp(min=1.0 / max(h, w)) ** decay, persistent=False)
         self.spectrum = nn.Parameter(torch.randn(1, 3, h, w // 2 + 1, 2, generator=generator) * sd)
         color = torch.tensor(_COLOR_SQRT)
@@ -628,8 +679,14 @@ class FourierImage(nn.Module):
         return torch.sigmoid(img) * 2.0 - 1.0
 
 
-def random_transform(x: torch.Tensor, generator: torch.Generator, pad: int = 16, jitter: int = 16,
-                     scale: float = 0.2, degrees: float = 15.0) -> torch.Tensor:
+def random_transform(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    pad: int = 16,
+    jitter: int = 16,
+    scale: float = 0.2,
+    degrees: float = 15.0,
+) -> torch.Tensor:
     """Pad, then one random affine warp (shift up to `jitter` px, scale 1 +- `scale`, rotation +- `degrees`)."""
     n, _, h, w = x.shape
     if pad:
@@ -639,14 +696,22 @@ def random_transform(x: torch.Tensor, generator: torch.Generator, pad: int = 16,
     a = math.radians(degrees * float(r[1]))
     hh, ww = x.shape[-2:]
     tx, ty = jitter * float(r[2]) * 2 / ww, jitter * float(r[3]) * 2 / hh
-    theta = torch.tensor([[math.cos(a) / s, -math.sin(a) / s, tx], [math.sin(a) / s, math.cos(a) / s, ty]],
-                         dtype=x.dtype).unsqueeze(0).expand(n, 2, 3)
+    theta = (
+        torch.tensor([[math.cos(a) / s, -math.sin(a) / s, tx], [math.sin(a) / s, math.cos(a) / s, ty]], dtype=x.dtype)
+        .unsqueeze(0)
+        .expand(n, 2, 3)
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def visualize(dnet: DreamNet, objective: Objective, cfg: DreamConfig = DreamConfig(from_noise=True),
-              generator: Optional[torch.Generator] = None, progress: ProgressFn = None) -> DreamResult:
+def visualize(
+    dnet: DreamNet,
+    objective: Objective,
+    cfg: DreamConfig = DreamConfig(from_noise=True),
+    generator: Optional[torch.Generator] = None,
+    progress: ProgressFn = None,
+) -> DreamResult:
     """Feature visualisation from noise: maximise `objective` over a Fourier-parameterised image."""
     cfg.check()
     gen = generator or torch.Generator().manual_seed(cfg.seed)
@@ -672,11 +737,12 @@ def zoom_in(x: torch.Tensor, factor: float) -> torch.Tensor:
     h, w = x.shape[-2:]
     ch, cw = max(1, round(h / factor)), max(1, round(w / factor))
     top, left = (h - ch) // 2, (w - cw) // 2
-    return F.interpolate(x[:, :, top:top + ch, left:left + cw], size=(h, w), mode="bilinear", align_corners=False)
+    return F.interpolate(x[:, :, top : top + ch, left : left + cw], size=(h, w), mode="bilinear", align_corners=False)
 
 
-def dream_zoom(image: torch.Tensor, dnet: DreamNet, objective: Objective, cfg: DreamConfig,
-               progress: ProgressFn = None) -> DreamResult:
+def dream_zoom(
+    image: torch.Tensor, dnet: DreamNet, objective: Objective, cfg: DreamConfig, progress: ProgressFn = None
+) -> DreamResult:
     """Feedback zoom: dream, zoom in by cfg.zoom, dream again ... `cfg.zoom_frames` frames."""
     gen = torch.Generator().manual_seed(cfg.seed)
     n_oct = len(octave_sizes(*image.shape[-2:], cfg.octaves, cfg.octave_scale, dnet.min_size))
@@ -704,12 +770,13 @@ def save_video(frames: Sequence[torch.Tensor], path: str | os.PathLike, fps: int
     arrays = [to_uint8(f)[0] for f in frames]
     if ext == ".mp4":
         h, w = arrays[0].shape[:2]
-        arrays = [a[:h - h % 2, :w - w % 2] for a in arrays]  # H.264 (yuv420p) needs even sides
+        arrays = [a[: h - h % 2, : w - w % 2] for a in arrays]  # H.264 (yuv420p) needs even sides
     with atomic_path(path) as tmp:
         try:
             if ext == ".mp4":
-                with imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", quality=7,
-                                        macro_block_size=1, pixelformat="yuv420p") as wr:
+                with imageio.get_writer(
+                    tmp, format="FFMPEG", fps=fps, codec="libx264", quality=7, macro_block_size=1, pixelformat="yuv420p"
+                ) as wr:
                     for a in arrays:
                         wr.append_data(a)
             else:
@@ -733,9 +800,15 @@ def load_photo(path: str | os.PathLike, max_side: int = 0) -> torch.Tensor:
     return pil_to_tensor(img)
 
 
-def run(cfg: DreamConfig, image: str | os.PathLike | torch.Tensor | None, out: str | os.PathLike,
-        guide: str | os.PathLike | torch.Tensor | None = None, net: str | nn.Module | DreamNet | None = None,
-        network: Optional[str] = None, progress: ProgressFn = None) -> DreamResult:
+def run(
+    cfg: DreamConfig,
+    image: str | os.PathLike | torch.Tensor | None,
+    out: str | os.PathLike,
+    guide: str | os.PathLike | torch.Tensor | None = None,
+    net: str | nn.Module | DreamNet | None = None,
+    network: Optional[str] = None,
+    progress: ProgressFn = None,
+) -> DreamResult:
     """Load inputs, dream (photo, noise, or zoom video) and write `out`. Returns the result."""
     from machinegaze.data import save_image
 
@@ -759,7 +832,11 @@ def run(cfg: DreamConfig, image: str | os.PathLike | torch.Tensor | None, out: s
             result = dream_zoom(result.image, dnet, objective, cfg, progress)
     else:
         x = image if isinstance(image, torch.Tensor) else load_photo(image, cfg.size)
-        result = dream_zoom(x, dnet, objective, cfg, progress) if video else deepdream(x, dnet, objective, cfg, progress=progress)
+        result = (
+            dream_zoom(x, dnet, objective, cfg, progress)
+            if video
+            else deepdream(x, dnet, objective, cfg, progress=progress)
+        )
     if video:
         save_video(result.frames, out, cfg.fps)
     else:

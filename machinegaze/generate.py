@@ -3,14 +3,16 @@
 Seeds mean what NVlabs' seeds mean: z = np.random.RandomState(seed).randn(1, z_dim). The 'rosinality' seed
 convention draws z = torch.randn(1, z_dim, generator=torch.Generator().manual_seed(seed)) instead.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -28,9 +30,9 @@ class GenerateConfig:
     class_idx: Optional[int] = None
     noise_mode: str = "const"
     batch_size: int = 8
-    seed_convention: str = "nvlabs"             # 'nvlabs' | 'rosinality' (see z_from_seed)
-    translate: Optional[tuple[float, float]] = None   # StyleGAN3 only: image translation (fractions of the size)
-    rotate: Optional[float] = None              # StyleGAN3 only: image rotation in degrees
+    seed_convention: str = "nvlabs"  # 'nvlabs' | 'rosinality' (see z_from_seed)
+    translate: Optional[tuple[float, float]] = None  # StyleGAN3 only: image translation (fractions of the size)
+    rotate: Optional[float] = None  # StyleGAN3 only: image rotation in degrees
 
 
 SEED_CONVENTIONS = ("nvlabs", "rosinality")
@@ -41,7 +43,7 @@ def z_from_seed(seed: int, z_dim: int, convention: str = "nvlabs") -> torch.Tens
     """[1, z_dim] float32. 'nvlabs': RandomState(seed).randn(1, z_dim) (float64, cast as their mapping does).
     'rosinality': torch.randn(1, z_dim) from torch.Generator().manual_seed(seed), the first row of what
     rosinality's scripts draw after seeding torch."""
-    if not 0 <= int(seed) < 2 ** 32:
+    if not 0 <= int(seed) < 2**32:
         raise GazeError(f"seed {seed} out of range (0 .. 2^32-1)")
     if convention == "rosinality":
         return torch.randn(1, z_dim, generator=torch.Generator().manual_seed(int(seed)))
@@ -50,8 +52,9 @@ def z_from_seed(seed: int, z_dim: int, convention: str = "nvlabs") -> torch.Tens
     return torch.from_numpy(np.random.RandomState(int(seed)).randn(1, z_dim)).float()
 
 
-def class_vector(G: Generator, class_idx: Optional[int], n: int = 1,
-                 device: torch.device | str = "cpu") -> Optional[torch.Tensor]:
+def class_vector(
+    G: Generator, class_idx: Optional[int], n: int = 1, device: torch.device | str = "cpu"
+) -> Optional[torch.Tensor]:
     if G.c_dim == 0:
         if class_idx is not None:
             raise GazeError("--class given, but this network is unconditional")
@@ -66,8 +69,14 @@ def class_vector(G: Generator, class_idx: Optional[int], n: int = 1,
 
 
 @torch.no_grad()
-def seeds_to_ws(G: Generator, seeds: Sequence[int], trunc: float = 1.0, trunc_cutoff: Optional[int] = None,
-                class_idx: Optional[int] = None, seed_convention: str = "nvlabs") -> torch.Tensor:
+def seeds_to_ws(
+    G: Generator,
+    seeds: Sequence[int],
+    trunc: float = 1.0,
+    trunc_cutoff: Optional[int] = None,
+    class_idx: Optional[int] = None,
+    seed_convention: str = "nvlabs",
+) -> torch.Tensor:
     """[len(seeds), num_ws, w_dim] ws for the seeds, truncated towards w_avg with psi=trunc, on G's device.
 
     z is drawn on the host (NVlabs' RandomState semantics, or rosinality's torch.randn, on every device) and
@@ -83,7 +92,7 @@ def images_per_chunk(G: Generator, budget_bytes: float = 1.5e9) -> int:
 
     A layer holds about five activation-sized buffers at its peak (input, modulated input, conv output,
     padded/filtered copies when upsampling), so per image ~ 5 * 4 bytes * max(channels * res^2)."""
-    if hasattr(G.synthesis, "max_activation_elements"):       # StyleGAN3: activations at the upsampled rate
+    if hasattr(G.synthesis, "max_activation_elements"):  # StyleGAN3: activations at the upsampled rate
         return max(1, int(budget_bytes // (5 * 4 * G.synthesis.max_activation_elements())))
     biggest = 0
     for res in G.synthesis.block_resolutions:
@@ -92,19 +101,30 @@ def images_per_chunk(G: Generator, budget_bytes: float = 1.5e9) -> int:
     return max(1, int(budget_bytes // (5 * 4 * biggest)))
 
 
-def synthesize_batch(G: Generator, ws: torch.Tensor, noise_mode: str = "const", precision: str = "fp32") -> torch.Tensor:
+def synthesize_batch(
+    G: Generator, ws: torch.Tensor, noise_mode: str = "const", precision: str = "fp32"
+) -> torch.Tensor:
     """One batch through G.synthesis on G's device at `precision` (device.resolve_precision); float32 out."""
     from machinegaze import device as devmod
+
     dev = next(G.parameters()).device
     kwargs = devmod.synthesis_kwargs(G.synthesis, precision)
-    ctx = devmod.autocast(dev, precision) if devmod.uses_autocast_for_synthesis(G.synthesis, precision) else nullcontext()
+    ctx = (
+        devmod.autocast(dev, precision) if devmod.uses_autocast_for_synthesis(G.synthesis, precision) else nullcontext()
+    )
     with ctx:
         return G.synthesis(ws.to(dev), noise_mode=noise_mode, **kwargs).float()
 
 
 @torch.no_grad()
-def synthesize(G: Generator, ws: torch.Tensor, noise_mode: str = "const", batch_size: int = 8,
-               progress: ProgressFn = None, precision: str = "fp32") -> torch.Tensor:
+def synthesize(
+    G: Generator,
+    ws: torch.Tensor,
+    noise_mode: str = "const",
+    batch_size: int = 8,
+    progress: ProgressFn = None,
+    precision: str = "fp32",
+) -> torch.Tensor:
     """Images [N, C, R, R] (raw, nominally [-1, 1], on the CPU) for ws [N, num_ws, w_dim], in batches.
 
     Batches are split further when one would exceed the activation-memory budget (large resolutions)."""
@@ -115,13 +135,14 @@ def synthesize(G: Generator, ws: torch.Tensor, noise_mode: str = "const", batch_
     batch_size = max(1, min(batch_size, images_per_chunk(G)))
     out = []
     for i in range(0, ws.shape[0], batch_size):
-        out.append(synthesize_batch(G, ws[i:i + batch_size], noise_mode, precision).cpu())
+        out.append(synthesize_batch(G, ws[i : i + batch_size], noise_mode, precision).cpu())
         report(progress, min(i + batch_size, ws.shape[0]), ws.shape[0])
     return torch.cat(out)
 
 
-def generate_images(G: Generator, seeds: Sequence[int], cfg: GenerateConfig = GenerateConfig(),
-                    progress: ProgressFn = None) -> tuple[torch.Tensor, torch.Tensor]:
+def generate_images(
+    G: Generator, seeds: Sequence[int], cfg: GenerateConfig = GenerateConfig(), progress: ProgressFn = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(images, ws) for the seeds. translate/rotate (StyleGAN3) replace the input transform for this call."""
     ws = seeds_to_ws(G, seeds, cfg.trunc, cfg.trunc_cutoff, cfg.class_idx, cfg.seed_convention)
     with input_transform(G, cfg.translate, cfg.rotate):
@@ -137,6 +158,7 @@ def input_transform(G: Generator, translate: Optional[Sequence[float]] = None, r
         yield G
         return
     from machinegaze.nets.stylegan3 import image_transform
+
     inp = getattr(G.synthesis, "input", None)
     if inp is None or not hasattr(inp, "transform"):
         raise GazeError("--translate/--rotate need a StyleGAN3 network (this one has no input transform)")
@@ -154,6 +176,7 @@ def input_transform(G: Generator, translate: Optional[Sequence[float]] = None, r
 
 def _read_png(path: Path) -> np.ndarray:
     from PIL import Image
+
     with Image.open(path) as im:
         a = np.asarray(im)
     return a[..., None] if a.ndim == 2 else a
@@ -163,15 +186,22 @@ GRID_MAX = 64  # grid.png shows the first 64 seeds (a grid of 100,000 faces help
 
 
 @torch.no_grad()
-def generate_to_dir(G: Generator, seeds: Sequence[int], outdir: str | os.PathLike,
-                    cfg: GenerateConfig = GenerateConfig(), precision: str = "fp32", world=None,
-                    progress: ProgressFn = None) -> int:
+def generate_to_dir(
+    G: Generator,
+    seeds: Sequence[int],
+    outdir: str | os.PathLike,
+    cfg: GenerateConfig = GenerateConfig(),
+    precision: str = "fp32",
+    world=None,
+    progress: ProgressFn = None,
+) -> int:
     """seedNNNN.png per seed, streamed batch by batch, then ws.npz (all seeds) and grid.png (first GRID_MAX).
 
     Under torchrun (`world` from distributed.init) each rank takes a contiguous run of whole batches and
     writes its PNGs; rank 0 gathers the latents and writes ws.npz and grid.png. Every image is computed in
     the same batch as in one process, so the files are identical. Returns the images this process wrote."""
     from machinegaze import distributed
+
     if cfg.noise_mode not in NOISE_MODES:
         raise GazeError(f"--noise-mode must be one of {', '.join(NOISE_MODES)}, got {cfg.noise_mode!r}")
     world = world or distributed.World()
@@ -181,7 +211,7 @@ def generate_to_dir(G: Generator, seeds: Sequence[int], outdir: str | os.PathLik
     start, stop = distributed.shard_batches(len(seeds), batch, world.rank, world.size)
     ws_parts = [torch.empty(0, G.num_ws, G.w_dim)]
     for i in range(start, stop, batch):
-        chunk = list(seeds[i:min(i + batch, stop)])
+        chunk = list(seeds[i : min(i + batch, stop)])
         ws = seeds_to_ws(G, chunk, cfg.trunc, cfg.trunc_cutoff, cfg.class_idx, cfg.seed_convention)
         with input_transform(G, cfg.translate, cfg.rotate):
             images = synthesize_batch(G, ws, cfg.noise_mode, precision).cpu()
@@ -237,18 +267,21 @@ def load_w(path: str | os.PathLike, G: Optional[Generator] = None) -> torch.Tens
         if t.shape[1] == 1:
             t = t.repeat(1, G.num_ws, 1)
         if t.ndim != 3 or t.shape[1:] != (G.num_ws, G.w_dim):
-            raise GazeError(f"{path}: latent shape {tuple(w.shape)} does not fit this network ([N, {G.num_ws}, {G.w_dim}])")
+            raise GazeError(
+                f"{path}: latent shape {tuple(w.shape)} does not fit this network ([N, {G.num_ws}, {G.w_dim}])"
+            )
     if not torch.isfinite(t).all():
         raise GazeError(f"{path}: latent contains NaN or inf")
     return t
 
 
-def write_generated(images: torch.Tensor, seeds: Sequence[int], outdir: str | os.PathLike,
-                    grid: bool = True) -> list[Path]:
+def write_generated(
+    images: torch.Tensor, seeds: Sequence[int], outdir: str | os.PathLike, grid: bool = True
+) -> list[Path]:
     """seedNNNN.png per image, plus grid.png."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    paths = [save_image(images[i:i + 1], outdir / f"seed{s:04d}.png") for i, s in enumerate(seeds)]
+    paths = [save_image(images[i : i + 1], outdir / f"seed{s:04d}.png") for i, s in enumerate(seeds)]
     if grid and len(seeds) > 1:
         paths.append(save_image(make_grid(images.clamp(-1, 1)), outdir / "grid.png"))
     return paths
@@ -267,14 +300,17 @@ def loop_path(keys: torch.Tensor, frames: int) -> torch.Tensor:
         u = t - i
         p0, p1, p2, p3 = (keys[(i + d) % k] for d in (-1, 0, 1, 2))
         # Catmull-Rom: C1-continuous through every key, no overshoot-free guarantee but smooth in W.
-        out.append(0.5 * ((2 * p1) + (-p0 + p2) * u + (2 * p0 - 5 * p1 + 4 * p2 - p3) * u ** 2
-                          + (-p0 + 3 * p1 - 3 * p2 + p3) * u ** 3))
+        out.append(
+            0.5
+            * ((2 * p1) + (-p0 + p2) * u + (2 * p0 - 5 * p1 + 4 * p2 - p3) * u**2 + (-p0 + 3 * p1 - 3 * p2 + p3) * u**3)
+        )
     return torch.stack(out)
 
 
 def write_video(frames_uint8: list[np.ndarray] | np.ndarray, out: str | os.PathLike, fps: int = 30) -> Path:
     """mp4 (H.264 via imageio-ffmpeg) or gif, chosen by the extension; written atomically."""
     import imageio.v2 as imageio
+
     out = Path(out)
     ext = out.suffix.lower()
     if ext not in (".mp4", ".gif"):
@@ -283,8 +319,16 @@ def write_video(frames_uint8: list[np.ndarray] | np.ndarray, out: str | os.PathL
         if ext == ".gif":
             imageio.mimsave(tmp, list(frames_uint8), format="GIF", duration=1000 / fps, loop=0)
         else:
-            w = imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", quality=8,
-                                   macro_block_size=1, ffmpeg_log_level="error", pixelformat="yuv420p")
+            w = imageio.get_writer(
+                tmp,
+                format="FFMPEG",
+                fps=fps,
+                codec="libx264",
+                quality=8,
+                macro_block_size=1,
+                ffmpeg_log_level="error",
+                pixelformat="yuv420p",
+            )
             try:
                 for fr in frames_uint8:
                     w.append_data(fr)
@@ -293,9 +337,17 @@ def write_video(frames_uint8: list[np.ndarray] | np.ndarray, out: str | os.PathL
     return out
 
 
-def interpolate(G: Generator, seeds: Sequence[int], frames: int = 60, trunc: float = 1.0,
-                class_idx: Optional[int] = None, noise_mode: str = "const", batch_size: int = 8,
-                progress: ProgressFn = None, seed_convention: str = "nvlabs") -> torch.Tensor:
+def interpolate(
+    G: Generator,
+    seeds: Sequence[int],
+    frames: int = 60,
+    trunc: float = 1.0,
+    class_idx: Optional[int] = None,
+    noise_mode: str = "const",
+    batch_size: int = 8,
+    progress: ProgressFn = None,
+    seed_convention: str = "nvlabs",
+) -> torch.Tensor:
     """Frames [F, C, R, R] of a looping walk through the seeds' w vectors."""
     if frames < 2:
         raise GazeError("--frames must be at least 2")

@@ -11,6 +11,7 @@ formulas are the usual ones:
 Numbers are comparable only with other FID-EffNetLite0 numbers at the same sample counts (FID is biased
 upwards for small sets; KID is unbiased).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,14 +30,14 @@ METRIC_NAMES = ("FID-EffNetLite0", "KID-EffNetLite0")
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    num_gen: int = 2000           # generated images
-    max_real: int = 0             # use at most this many real images (0 = all)
+    num_gen: int = 2000  # generated images
+    max_real: int = 0  # use at most this many real images (0 = all)
     truncation_psi: float = 1.0
-    seed: int = 0                 # generated image i uses z = RandomState(seed + i).randn(1, z_dim) (NVlabs seeds)
+    seed: int = 0  # generated image i uses z = RandomState(seed + i).randn(1, z_dim) (NVlabs seeds)
     batch: int = 32
     kid_subsets: int = 100
     kid_subset_size: int = 1000
-    split: str = ""               # use one split of the real data (data.ImageDataset.split), '' = all
+    split: str = ""  # use one split of the real data (data.ImageDataset.split), '' = all
 
     def __post_init__(self):
         if self.num_gen < 2 or self.batch < 1:
@@ -54,14 +55,16 @@ def embed(images: torch.Tensor, net=None, batch: int = 32, precision: str = "fp3
     """[N, 3, H, W] in [-1, 1] -> [N, 1280] float64 EfficientNet-Lite0 features (at 224 px), computed on the
     net's device (autocast at `precision`, see device.py)."""
     from machinegaze.device import autocast
+
     if net is None:
         from machinegaze import zoo
+
         net = zoo.load_efficientnet_lite0()
     dev = next(net.parameters()).device
     out = []
     with autocast(dev, precision):
         for i in range(0, len(images), batch):
-            x = _resize(images[i:i + batch].to(dev).float().clamp(-1, 1))
+            x = _resize(images[i : i + batch].to(dev).float().clamp(-1, 1))
             out.append(net.features(x).float().cpu().double())
     return torch.cat(out).numpy() if out else np.zeros((0, 1280))
 
@@ -84,8 +87,9 @@ def fid_from_features(fa: np.ndarray, fb: np.ndarray) -> float:
     return max(fid, 0.0)
 
 
-def kid_from_features(fa: np.ndarray, fb: np.ndarray, num_subsets: int = 100, max_subset_size: int = 1000,
-                      seed: int = 0) -> float:
+def kid_from_features(
+    fa: np.ndarray, fb: np.ndarray, num_subsets: int = 100, max_subset_size: int = 1000, seed: int = 0
+) -> float:
     """Unbiased MMD^2 with the cubic polynomial kernel, averaged over random subsets (as NVlabs' metric)."""
     n = fa.shape[1]
     m = min(len(fa), len(fb), max_subset_size)
@@ -105,6 +109,7 @@ def kid_from_features(fa: np.ndarray, fb: np.ndarray, num_subsets: int = 100, ma
 def real_images(path: str, res: int, max_images: int = 0, split: str = "") -> torch.Tensor:
     """Real images of a folder/zip, centre-cropped and resized to res, as [N, 3, res, res] in [-1, 1]."""
     from machinegaze.data import ImageDataset
+
     ds = ImageDataset(path, resolution=res)
     if split:
         ds = ds.split(split)
@@ -117,30 +122,47 @@ def real_images(path: str, res: int, max_images: int = 0, split: str = "") -> to
 
 
 @torch.no_grad()
-def generate_images(G, num: int, seed: int = 0, truncation_psi: float = 1.0, batch: int = 32,
-                    precision: str = "fp32") -> torch.Tensor:
+def generate_images(
+    G, num: int, seed: int = 0, truncation_psi: float = 1.0, batch: int = 32, precision: str = "fp32"
+) -> torch.Tensor:
     """num images from G (noise_mode 'const') on G's device, image i from z = RandomState(seed + i).randn(1, z_dim)
     (drawn on the host, moved once)."""
     from machinegaze.generate import synthesize_batch
+
     dev = next(G.parameters()).device
-    z = torch.from_numpy(np.concatenate([np.random.RandomState(seed + i).randn(1, G.z_dim) for i in range(num)])).float()
+    z = torch.from_numpy(
+        np.concatenate([np.random.RandomState(seed + i).randn(1, G.z_dim) for i in range(num)])
+    ).float()
     z = z.to(dev)
-    out = [synthesize_batch(G, G.mapping(z[i:i + batch], None, truncation_psi=truncation_psi), "const", precision).clamp(-1, 1)
-           for i in range(0, num, batch)]
+    out = [
+        synthesize_batch(G, G.mapping(z[i : i + batch], None, truncation_psi=truncation_psi), "const", precision).clamp(
+            -1, 1
+        )
+        for i in range(0, num, batch)
+    ]
     return torch.cat(out)
 
 
-def evaluate_generator(G, data: str, config: MetricsConfig = MetricsConfig(), net=None,
-                       progress: ProgressFn = None, precision: str = "fp32", world=None) -> Optional[dict]:
+def evaluate_generator(
+    G,
+    data: str,
+    config: MetricsConfig = MetricsConfig(),
+    net=None,
+    progress: ProgressFn = None,
+    precision: str = "fp32",
+    world=None,
+) -> Optional[dict]:
     """FID/KID-EffNetLite0 of G's images against the real images in `data` (at G's resolution), on G's device.
 
     Under torchrun (`world` from distributed.init) every rank embeds a contiguous share of whole batches of
     the real and the generated images; rank 0 gathers the features and returns the result (the others
     return None). The numbers equal one process's."""
     from machinegaze import distributed
+
     world = world or distributed.World()
     if net is None:
         from machinegaze import zoo
+
         net = zoo.load_efficientnet_lite0(device=next(G.parameters()).device)
     reals = real_images(data, G.img_resolution, config.max_real, config.split)
     if len(reals) < 2:
@@ -160,7 +182,12 @@ def evaluate_generator(G, data: str, config: MetricsConfig = MetricsConfig(), ne
         return None
     fr = np.concatenate([p[0] for p in parts])
     fg = np.concatenate([p[1] for p in parts])
-    return {"FID-EffNetLite0": fid_from_features(fg, fr),
-            "KID-EffNetLite0": kid_from_features(fg, fr, config.kid_subsets, config.kid_subset_size),
-            "num_gen": int(config.num_gen), "num_real": int(len(reals)), "resolution": int(G.img_resolution),
-            "truncation_psi": float(config.truncation_psi), "feature_size": FEATURE_SIZE}
+    return {
+        "FID-EffNetLite0": fid_from_features(fg, fr),
+        "KID-EffNetLite0": kid_from_features(fg, fr, config.kid_subsets, config.kid_subset_size),
+        "num_gen": int(config.num_gen),
+        "num_real": int(len(reals)),
+        "resolution": int(G.img_resolution),
+        "truncation_psi": float(config.truncation_psi),
+        "feature_size": FEATURE_SIZE,
+    }

@@ -10,6 +10,7 @@ resolution whose Nyquist limit is its layer's cutoff (2 x cutoff: 4 for the inpu
 the same thresholds: coarse <= 8, middle <= 32, fine above. For a 1024 px StyleGAN3 that is ws 0-2 / 3-5 / 6-15
 (input + L0-L1, L2-L4, L5-L14); 256 px: 0-3 / 4-7 / 8-15; 64 px: 0-4 / 5-10 / 11-15.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,7 @@ from machinegaze.data import make_grid, save_image
 from machinegaze.generate import load_w, save_w, seeds_to_ws, synthesize
 from machinegaze.nets.stylegan2 import Generator
 
-GROUPS = {"coarse": (0, 8), "middle": (8, 32), "fine": (32, 1 << 30)}   # (lo, hi]: resolution of the styled band
+GROUPS = {"coarse": (0, 8), "middle": (8, 32), "fine": (32, 1 << 30)}  # (lo, hi]: resolution of the styled band
 
 
 def layer_resolution(G: Generator, i: int) -> float:
@@ -63,10 +64,14 @@ def parse_styles(G: Generator, spec: str) -> list[int]:
             else:
                 out.add(int(part))
         except ValueError:
-            raise GazeError(f"--styles: '{part}' is not a layer group ({', '.join(GROUPS)}) or a layer index/range") from None
+            raise GazeError(
+                f"--styles: '{part}' is not a layer group ({', '.join(GROUPS)}) or a layer index/range"
+            ) from None
     bad = sorted(i for i in out if not 0 <= i < G.num_ws)
     if bad:
-        raise GazeError(f"--styles: layer {bad[0]} out of range (this network has {G.num_ws} style layers, 0..{G.num_ws - 1})")
+        raise GazeError(
+            f"--styles: layer {bad[0]} out of range (this network has {G.num_ws} style layers, 0..{G.num_ws - 1})"
+        )
     if not out:
         raise GazeError(f"--styles {spec!r} selects no layers on this {G.img_resolution} px network")
     return sorted(out)
@@ -87,8 +92,9 @@ class MixConfig:
     class_idx: Optional[int] = None
 
 
-def style_mixing_grid(G: Generator, row_seeds: Sequence[int], col_seeds: Sequence[int],
-                      cfg: MixConfig = MixConfig()) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor]]:
+def style_mixing_grid(
+    G: Generator, row_seeds: Sequence[int], col_seeds: Sequence[int], cfg: MixConfig = MixConfig()
+) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor]]:
     """The paper's figure: blank corner, column sources on top, row sources on the left, mixes inside.
 
     Returns (grid image [1, C, H, W], {(row_seed, col_seed): image [1, C, R, R]}).
@@ -96,13 +102,13 @@ def style_mixing_grid(G: Generator, row_seeds: Sequence[int], col_seeds: Sequenc
     styles = parse_styles(G, cfg.styles)
     all_seeds = list(dict.fromkeys(list(row_seeds) + list(col_seeds)))
     ws = seeds_to_ws(G, all_seeds, trunc=cfg.trunc, class_idx=cfg.class_idx)
-    w_of = {s: ws[i:i + 1] for i, s in enumerate(all_seeds)}
+    w_of = {s: ws[i : i + 1] for i, s in enumerate(all_seeds)}
     src = synthesize(G, ws, noise_mode=cfg.noise_mode)
-    img_of = {s: src[i:i + 1] for i, s in enumerate(all_seeds)}
+    img_of = {s: src[i : i + 1] for i, s in enumerate(all_seeds)}
     pairs = [(r, c) for r in row_seeds for c in col_seeds]
     mixed_ws = torch.cat([style_mix(w_of[r], w_of[c], styles) for r, c in pairs])
     mixed = synthesize(G, mixed_ws, noise_mode=cfg.noise_mode)
-    mixes = {p: mixed[i:i + 1] for i, p in enumerate(pairs)}
+    mixes = {p: mixed[i : i + 1] for i, p in enumerate(pairs)}
     blank = torch.ones_like(src[:1])
     tiles = [blank] + [img_of[c] for c in col_seeds]
     for r in row_seeds:
@@ -143,7 +149,9 @@ def parse_genes(spec: str | dict) -> dict[str, float]:
         except (TypeError, ValueError):
             raise GazeError(f"--genes: weight '{val}' for {name} is not a number") from None
         if not 0.0 <= v <= 1.0:
-            raise GazeError(f"--genes: weight {v} for {name} is outside 0..1 (the fraction taken from the second parent)")
+            raise GazeError(
+                f"--genes: weight {v} for {name} is outside 0..1 (the fraction taken from the second parent)"
+            )
         if name == "all":
             out = dict.fromkeys(GROUPS, v)
         elif name in GROUPS:
@@ -181,8 +189,9 @@ def breed(G: Generator, w_a: torch.Tensor, w_b: torch.Tensor, genes: dict[str, f
     return torch.where(t == 0, w_a, torch.where(t == 1, w_b, mixed)).expand_as(mixed).clone()
 
 
-def crossover(G: Generator, w_a: torch.Tensor, w_b: torch.Tensor, mode: str = "uniform", seed: int = 0,
-              rate: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+def crossover(
+    G: Generator, w_a: torch.Tensor, w_b: torch.Tensor, mode: str = "uniform", seed: int = 0, rate: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(child, mask): each W+ layer ('uniform') or each layer group ('grouped') taken whole from w_b with
     probability `rate`, else from w_a. Deterministic for a seed; mask [num_ws] bool is True where B was used."""
     if mode not in CROSSOVER_MODES:
@@ -199,13 +208,18 @@ def crossover(G: Generator, w_a: torch.Tensor, w_b: torch.Tensor, mode: str = "u
         for take, g in zip(draws.tolist(), GROUPS):
             if take:
                 mask[group_layers(G, g)] = True
-    child = torch.where(mask.to(w_a.device).view(1, -1, 1), w_b, w_a).expand(max(w_a.shape[0], w_b.shape[0]), -1, -1).clone()
+    child = (
+        torch.where(mask.to(w_a.device).view(1, -1, 1), w_b, w_a)
+        .expand(max(w_a.shape[0], w_b.shape[0]), -1, -1)
+        .clone()
+    )
     return child, mask
 
 
 @torch.no_grad()
-def mutate(G: Generator, w: torch.Tensor, strength: float = 0.1, seed: int = 0,
-           class_idx: Optional[int] = None) -> torch.Tensor:
+def mutate(
+    G: Generator, w: torch.Tensor, strength: float = 0.1, seed: int = 0, class_idx: Optional[int] = None
+) -> torch.Tensor:
     """w + strength * (mapping(z_seed) - w_avg) on every layer: a step towards (strength 1: by) a random face's
     offset from the average, so the step has the size and direction of real variation in W."""
     w = _check_ws(G, w, "latent")
@@ -219,13 +233,13 @@ def mutate(G: Generator, w: torch.Tensor, strength: float = 0.1, seed: int = 0,
 
 @dataclass(frozen=True)
 class BreedConfig:
-    genes: Optional[str] = None        # 'coarse=0.8,middle=0.3,fine=0' (fraction from the second parent)
-    crossover: Optional[str] = None    # 'uniform' | 'grouped' (instead of genes)
+    genes: Optional[str] = None  # 'coarse=0.8,middle=0.3,fine=0' (fraction from the second parent)
+    crossover: Optional[str] = None  # 'uniform' | 'grouped' (instead of genes)
     crossover_seed: int = 0
     crossover_rate: float = 0.5
-    mutate: float = 0.0                # strength of the random step in W (0: none)
+    mutate: float = 0.0  # strength of the random step in W (0: none)
     mutation_seed: int = 0
-    trunc: float = 1.0                 # for seed parents
+    trunc: float = 1.0  # for seed parents
     class_idx: Optional[int] = None
     noise_mode: str = "const"
 
@@ -243,25 +257,27 @@ def make_child(G: Generator, w_a: torch.Tensor, w_b: torch.Tensor, cfg: BreedCon
     return child
 
 
-def breed_grid(G: Generator, parents: torch.Tensor, cfg: BreedConfig = BreedConfig()
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def breed_grid(
+    G: Generator, parents: torch.Tensor, cfg: BreedConfig = BreedConfig()
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Parent x parent grid: cell (i, j) is the child of parents i (A) and j (B). Returns (grid image with the
     parents on the top row and left column [1, C, H, W], children ws [P*P, num_ws, w_dim] row-major)."""
     parents = _check_ws(G, parents, "parents")
     n = parents.shape[0]
     if n < 2:
         raise GazeError("--grid needs at least two parents")
-    kids = torch.cat([make_child(G, parents[i:i + 1], parents[j:j + 1], cfg) for i in range(n) for j in range(n)])
+    kids = torch.cat([make_child(G, parents[i : i + 1], parents[j : j + 1], cfg) for i in range(n) for j in range(n)])
     src = synthesize(G, parents, noise_mode=cfg.noise_mode)
     imgs = synthesize(G, kids, noise_mode=cfg.noise_mode)
-    tiles = [torch.ones_like(src[:1])] + [src[j:j + 1] for j in range(n)]
+    tiles = [torch.ones_like(src[:1])] + [src[j : j + 1] for j in range(n)]
     for i in range(n):
-        tiles += [src[i:i + 1]] + [imgs[i * n + j:i * n + j + 1] for j in range(n)]
+        tiles += [src[i : i + 1]] + [imgs[i * n + j : i * n + j + 1] for j in range(n)]
     return make_grid(torch.cat(tiles).clamp(-1, 1), ncols=n + 1), kids
 
 
-def write_mixing_grid(grid: torch.Tensor, mixes: dict[tuple[int, int], torch.Tensor],
-                      outdir: str | os.PathLike) -> list[Path]:
+def write_mixing_grid(
+    grid: torch.Tensor, mixes: dict[tuple[int, int], torch.Tensor], outdir: str | os.PathLike
+) -> list[Path]:
     """Write style_mixing_grid's output: one `<row>-<col>.png` per mix and `grid.png`; returns the paths."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -269,22 +285,28 @@ def write_mixing_grid(grid: torch.Tensor, mixes: dict[tuple[int, int], torch.Ten
     return paths + [save_image(grid, outdir / "grid.png")]
 
 
-def gather_parents(G: Generator, w_files: Sequence[str | os.PathLike] = (), seeds: Sequence[int] = (),
-                   trunc: float = 1.0, class_idx: Optional[int] = None) -> torch.Tensor:
+def gather_parents(
+    G: Generator,
+    w_files: Sequence[str | os.PathLike] = (),
+    seeds: Sequence[int] = (),
+    trunc: float = 1.0,
+    class_idx: Optional[int] = None,
+) -> torch.Tensor:
     """Parents [P, num_ws, w_dim]: one latent from each .npz file (in order), then one per seed (at trunc)."""
     parents = []
     for p in w_files:
-        lw = load_w(p, G).to(G.w_avg.device)
+        lw = load_w(p, G).to(next(G.parameters()).device)
         if lw.shape[0] != 1:
             raise GazeError(f"{p}: holds {lw.shape[0]} latents; a parent file must hold one")
         parents.append(lw)
     for s in seeds:
         parents.append(seeds_to_ws(G, [s], trunc=trunc, class_idx=class_idx))
-    return torch.cat(parents) if parents else torch.empty(0, G.num_ws, G.w_dim, device=G.w_avg.device)
+    return torch.cat(parents) if parents else torch.empty(0, G.num_ws, G.w_dim, device=next(G.parameters()).device)
 
 
-def breed_to_file(G: Generator, parents: torch.Tensor, cfg: BreedConfig, out: str | os.PathLike,
-                  grid: bool = False) -> tuple[Path, Path, torch.Tensor]:
+def breed_to_file(
+    G: Generator, parents: torch.Tensor, cfg: BreedConfig, out: str | os.PathLike, grid: bool = False
+) -> tuple[Path, Path, torch.Tensor]:
     """One child of exactly two parents (or, with grid, breed_grid's parent x parent grid), written as the image
     `out` and its latents beside it (same stem, .npz). Returns (image path, latent path, children ws)."""
     out = Path(out)
@@ -292,8 +314,9 @@ def breed_to_file(G: Generator, parents: torch.Tensor, cfg: BreedConfig, out: st
         image, kids = breed_grid(G, parents, cfg)
     else:
         if parents.shape[0] != 2:
-            raise GazeError(f"breeding needs exactly two parents (--w and/or --seed), got {parents.shape[0]} "
-                            "(or use --grid)")
+            raise GazeError(
+                f"breeding needs exactly two parents (--w and/or --seed), got {parents.shape[0]} (or use --grid)"
+            )
         kids = make_child(G, parents[:1], parents[1:], cfg)
         image = synthesize(G, kids, noise_mode=cfg.noise_mode).clamp(-1, 1)
     save_image(image, out)

@@ -1,4 +1,5 @@
 """Process-level speed settings, applied by entry points (CLI, benchmarks), never at import time."""
+
 from __future__ import annotations
 
 import ctypes
@@ -20,7 +21,7 @@ def tune_allocator(threshold_bytes: int = 1 << 30) -> bool:
         # M_MMAP_THRESHOLD cannot exceed 32 MB on 64-bit glibc, so large blocks would still be mmap'd:
         # turn mmap off for malloc (heap only) and raise the trim threshold so the heap is kept.
         ok1 = libc.mallopt(_M_MMAP_MAX, ctypes.c_int(0))
-        ok2 = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(min(threshold_bytes, 2 ** 31 - 1)))
+        ok2 = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(min(threshold_bytes, 2**31 - 1)))
         return bool(ok1 and ok2)
     except (OSError, AttributeError):
         return False

@@ -1,8 +1,10 @@
 """The one progress callback type that long loops report through (CLI: Rich bar; web: job events)."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 
 @dataclass

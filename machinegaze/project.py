@@ -17,6 +17,7 @@ a batched, gradient-free search over candidate ws at low resolution picks the st
 is followed by optimisation in W+, the learning rate decays on a cosine, and the noise buffers stay as they
 are (they are thrown away at the end anyway, so optimising them only moves the loss away from the output).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,9 +25,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -48,23 +50,24 @@ INITS = ("w_avg", "search")
 @dataclass(frozen=True)
 class Recipe:
     """The optimisation's hyper-parameters. PRESETS names the two that the CLI offers."""
+
     steps: int = 1000
-    space: str = "w"                   # 'w': one w for all layers; 'w+': one w per layer
-    w_steps: int = 0                   # with space 'w+': optimise a single w for this many steps first
-    init: str = "w_avg"                # 'w_avg' | 'search' (best of `candidates` ws by low-res LPIPS)
+    space: str = "w"  # 'w': one w for all layers; 'w+': one w per layer
+    w_steps: int = 0  # with space 'w+': optimise a single w for this many steps first
+    init: str = "w_avg"  # 'w_avg' | 'search' (best of `candidates` ws by low-res LPIPS)
     candidates: int = 0
-    candidate_psi: float = 0.7         # candidates are mapping samples truncated towards w_avg with this psi
-    candidate_res: int = 32            # LPIPS resolution of the candidate search
+    candidate_psi: float = 0.7  # candidates are mapping samples truncated towards w_avg with this psi
+    candidate_res: int = 32  # LPIPS resolution of the candidate search
     lr: float = 0.1
-    schedule: str = "nvlabs"           # 'nvlabs': ramp-up, flat, cosine ramp-down; 'cosine': ramp-up, cosine decay
-    lr_rampup: float = 0.05            # fraction of the steps
-    lr_rampdown: float = 0.25          # fraction of the steps (nvlabs schedule)
-    w_noise: float = 0.05              # std of the noise added to w, in units of w_std, at the start
-    w_noise_ramp: float = 0.75         # ... decaying quadratically to 0 over this fraction of the steps
-    optimize_noise: bool = True        # optimise the noise buffers (NVlabs) or keep the network's own
-    noise_weight: float = 1e5          # weight of the noise regularisation
-    lpips_res: int = 256               # images larger than this are area-downsampled to it for the loss
-    clamp: bool = False                # compare the synthesis clamped to [-1, 1] (as it is saved) in the loss
+    schedule: str = "nvlabs"  # 'nvlabs': ramp-up, flat, cosine ramp-down; 'cosine': ramp-up, cosine decay
+    lr_rampup: float = 0.05  # fraction of the steps
+    lr_rampdown: float = 0.25  # fraction of the steps (nvlabs schedule)
+    w_noise: float = 0.05  # std of the noise added to w, in units of w_std, at the start
+    w_noise_ramp: float = 0.75  # ... decaying quadratically to 0 over this fraction of the steps
+    optimize_noise: bool = True  # optimise the noise buffers (NVlabs) or keep the network's own
+    noise_weight: float = 1e5  # weight of the noise regularisation
+    lpips_res: int = 256  # images larger than this are area-downsampled to it for the loss
+    clamp: bool = False  # compare the synthesis clamped to [-1, 1] (as it is saved) in the loss
 
     def __post_init__(self):
         if self.steps < 1:
@@ -87,21 +90,33 @@ PRESETS: dict[str, Recipe] = {
     # NVlabs stylegan2-ada-pytorch projector.py defaults.
     "nvlabs": Recipe(),
     # Chosen by measurement (benchmarks/project.py): reaches the nvlabs preset's final LPIPS in <= 1/5 of its time.
-    "fast": Recipe(steps=150, space="w+", w_steps=15, init="search", candidates=64, lr=0.2, schedule="cosine",
-                   lr_rampup=0.02, w_noise=0.0, optimize_noise=False, noise_weight=0.0, clamp=True),
+    "fast": Recipe(
+        steps=150,
+        space="w+",
+        w_steps=15,
+        init="search",
+        candidates=64,
+        lr=0.2,
+        schedule="cosine",
+        lr_rampup=0.02,
+        w_noise=0.0,
+        optimize_noise=False,
+        noise_weight=0.0,
+        clamp=True,
+    ),
 }
 
 
 @dataclass(frozen=True)
 class ProjectConfig:
     preset: str = "fast"
-    space: Optional[str] = None        # None: the preset's
-    steps: Optional[int] = None        # None: the preset's
-    seed: int = 0                      # noise-buffer init, w noise, candidate draw
-    class_idx: Optional[int] = None    # conditional networks: the label to project under
-    align: bool = False                # FFHQ-align the target's face first (else centre-crop + resize)
+    space: Optional[str] = None  # None: the preset's
+    steps: Optional[int] = None  # None: the preset's
+    seed: int = 0  # noise-buffer init, w noise, candidate draw
+    class_idx: Optional[int] = None  # conditional networks: the label to project under
+    align: bool = False  # FFHQ-align the target's face first (else centre-crop + resize)
     w_avg_samples: int = 10000
-    reference_samples: int = 32        # generated images whose D scores are the "in domain" reference
+    reference_samples: int = 32  # generated images whose D scores are the "in domain" reference
     video: bool = True
     max_frames: int = 300
 
@@ -112,7 +127,7 @@ class ProjectConfig:
             raise GazeError(f"--space must be one of {', '.join(SPACES)}, got {self.space!r}")
         if self.steps is not None and self.steps < 1:
             raise GazeError(f"--steps must be at least 1, got {self.steps}")
-        if not 0 <= int(self.seed) < 2 ** 32:
+        if not 0 <= int(self.seed) < 2**32:
             raise GazeError(f"--seed {self.seed} out of range (0 .. 2^32-1)")
         if self.w_avg_samples < 1:
             raise GazeError("w_avg_samples must be at least 1")
@@ -136,10 +151,12 @@ def prepare_target(img, resolution: int, align: bool = False, detector=None) -> 
     Every file goes through data.open_image: not-an-image, tiny, huge (decompression bombs), grayscale, alpha,
     16-bit and EXIF-rotated inputs are refused or converted there."""
     from PIL import Image
+
     name = "image" if isinstance(img, (bytes, bytearray, Image.Image)) else str(img)
     pil = img.convert("RGB") if isinstance(img, Image.Image) else open_image(img)
     if align:
         from machinegaze.align import AlignConfig, align_image
+
         faces = align_image(pil, AlignConfig(size=resolution), detector)
         if not faces:
             raise GazeError(f"{name}: no face found to align (run without --align to centre-crop instead)")
@@ -160,8 +177,10 @@ class TargetDistance:
         self.taps = lpips.features.lpips_taps
         t = _fit(target, self.res)
         if t.shape[-1] < lpips.features.min_size:
-            raise GazeError(f"LPIPS-{lpips.net} needs images of at least {lpips.features.min_size} px, "
-                            f"this network makes {t.shape[-1]} px")
+            raise GazeError(
+                f"LPIPS-{lpips.net} needs images of at least {lpips.features.min_size} px, "
+                f"this network makes {t.shape[-1]} px"
+            )
         with torch.no_grad():
             self.target = [unit_normalize(f) for f in lpips.features.taps(imagenet_normalize(t), self.taps)]
 
@@ -175,15 +194,16 @@ class TargetDistance:
 
 # ================================================================ pieces of the optimisation
 @torch.no_grad()
-def w_stats(G: Generator, n: int = 10000, c: Optional[torch.Tensor] = None,
-            batch: int = 2048) -> tuple[torch.Tensor, float, torch.Tensor]:
+def w_stats(
+    G: Generator, n: int = 10000, c: Optional[torch.Tensor] = None, batch: int = 2048
+) -> tuple[torch.Tensor, float, torch.Tensor]:
     """(w_avg [1, 1, C], w_std (NVlabs: root of the summed variance over all C), samples [n, 1, C]) from the
     mapping of z ~ RandomState(123).randn(n, z_dim), as NVlabs' projector does."""
     z = torch.from_numpy(np.random.RandomState(123).randn(n, G.z_dim)).float()
     ws = []
     for i in range(0, n, batch):
         cc = None if c is None else c.expand(min(batch, n - i), -1)
-        ws.append(G.mapping(z[i:i + batch], cc)[:, :1, :])
+        ws.append(G.mapping(z[i : i + batch], cc)[:, :1, :])
     ws = torch.cat(ws)
     w_avg = ws.mean(dim=0, keepdim=True)
     w_std = float(((ws - w_avg).square().sum() / n).sqrt())
@@ -241,12 +261,13 @@ def learning_rate(r: Recipe, step: int) -> float:
 
 
 @torch.inference_mode()
-def search_start(G: Generator, dist: TargetDistance, pool: torch.Tensor, batch: int = 16,
-                 clamp: bool = False) -> tuple[int, torch.Tensor]:
+def search_start(
+    G: Generator, dist: TargetDistance, pool: torch.Tensor, batch: int = 16, clamp: bool = False
+) -> tuple[int, torch.Tensor]:
     """Index of the w in pool [K, 1, C] whose image is closest to the target, and all K distances."""
     d = []
     for i in range(0, pool.shape[0], batch):
-        ws = pool[i:i + batch].expand(-1, G.num_ws, -1)
+        ws = pool[i : i + batch].expand(-1, G.num_ws, -1)
         img = G.synthesis(ws, noise_mode="const")
         d.append(dist(img.clamp(-1, 1) if clamp else img))
     d = torch.cat(d)
@@ -256,14 +277,14 @@ def search_start(G: Generator, dist: TargetDistance, pool: torch.Tensor, batch: 
 # ================================================================ the projection
 @dataclass
 class Projection:
-    ws: torch.Tensor                    # [1, num_ws, w_dim], the result
-    image: torch.Tensor                 # [1, 3, R, R] G.synthesis(ws, noise_mode='const') (the network's noise)
-    target: torch.Tensor                # [1, 3, R, R]
-    lpips: float                        # LPIPS-VGG(image clamped to [-1, 1], target), at <= 256 px
-    steps_ws: torch.Tensor              # [steps, num_ws, w_dim], the latent after every step (for the video)
-    history: list[dict] = field(default_factory=list)   # per step: step, wall_s, cpu_s, loss, dist, lr
+    ws: torch.Tensor  # [1, num_ws, w_dim], the result
+    image: torch.Tensor  # [1, 3, R, R] G.synthesis(ws, noise_mode='const') (the network's noise)
+    target: torch.Tensor  # [1, 3, R, R]
+    lpips: float  # LPIPS-VGG(image clamped to [-1, 1], target), at <= 256 px
+    steps_ws: torch.Tensor  # [steps, num_ws, w_dim], the latent after every step (for the video)
+    history: list[dict] = field(default_factory=list)  # per step: step, wall_s, cpu_s, loss, dist, lr
     recipe: Optional[Recipe] = None
-    wall_s: float = 0.0                 # setup + optimisation (excluding monitor calls)
+    wall_s: float = 0.0  # setup + optimisation (excluding monitor calls)
     cpu_s: float = 0.0
     setup: dict = field(default_factory=dict)  # e.g. start LPIPS of the chosen candidate
     realism: dict = field(default_factory=dict)
@@ -296,10 +317,17 @@ def final_lpips(G: Generator, lpips: LPIPS, ws: torch.Tensor, target: torch.Tens
     return float(d[0]), img
 
 
-def project(G: Generator, target: torch.Tensor, recipe: Recipe = PRESETS["fast"], lpips: Optional[LPIPS] = None,
-            seed: int = 0, c: Optional[torch.Tensor] = None, w_avg_samples: int = 10000,
-            progress: ProgressFn = None,
-            monitor: Optional[Callable[[int, torch.Tensor, float, float], None]] = None) -> Projection:
+def project(
+    G: Generator,
+    target: torch.Tensor,
+    recipe: Recipe = PRESETS["fast"],
+    lpips: Optional[LPIPS] = None,
+    seed: int = 0,
+    c: Optional[torch.Tensor] = None,
+    w_avg_samples: int = 10000,
+    progress: ProgressFn = None,
+    monitor: Optional[Callable[[int, torch.Tensor, float, float], None]] = None,
+) -> Projection:
     """Optimise a latent so that G's image matches `target` [1, 3, R, R] in [-1, 1] (R = G.img_resolution).
 
     `c`: one-hot label [1, c_dim] for conditional networks (used for the w statistics and candidates).
@@ -312,12 +340,14 @@ def project(G: Generator, target: torch.Tensor, recipe: Recipe = PRESETS["fast"]
     if G.img_channels != 3:
         raise GazeError(f"projection needs an RGB generator, this one makes {G.img_channels}-channel images")
     if tuple(target.shape[2:]) != (G.img_resolution, G.img_resolution):
-        raise GazeError(f"target is {target.shape[3]}x{target.shape[2]}, the network makes "
-                        f"{G.img_resolution}x{G.img_resolution}")
+        raise GazeError(
+            f"target is {target.shape[3]}x{target.shape[2]}, the network makes {G.img_resolution}x{G.img_resolution}"
+        )
     if G.c_dim > 0 and (c is None or tuple(c.shape) != (1, G.c_dim)):
         raise GazeError(f"this network is conditional ({G.c_dim} classes): pass a label (--class)")
     if lpips is None:
         from machinegaze import zoo
+
         lpips = zoo.load_lpips("vgg")
     target = target.detach().float().cpu()
     gen = torch.Generator().manual_seed(int(seed))
@@ -335,9 +365,13 @@ def project(G: Generator, target: torch.Tensor, recipe: Recipe = PRESETS["fast"]
         pick = torch.randperm(pool.shape[0], generator=gen)[: r.candidates]
         cands = torch.cat([w_avg, w_avg.lerp(pool[pick], r.candidate_psi)])
         best, d = search_start(G, dsearch, cands, clamp=r.clamp)
-        w0 = cands[best:best + 1].clone()
-        setup.update(candidates=int(cands.shape[0]), start_lpips=float(d[best]), w_avg_lpips=float(d[0]),
-                     start_is_w_avg=best == 0)
+        w0 = cands[best : best + 1].clone()
+        setup.update(
+            candidates=int(cands.shape[0]),
+            start_lpips=float(d[best]),
+            w_avg_lpips=float(d[0]),
+            start_is_w_avg=best == 0,
+        )
     w_opt = w0.clone()
     if r.space == "w+" and r.w_steps <= 0:
         w_opt = w_opt.repeat(1, G.num_ws, 1)
@@ -361,8 +395,9 @@ def project(G: Generator, target: torch.Tensor, recipe: Recipe = PRESETS["fast"]
                 w_opt = w_old.detach().repeat(1, G.num_ws, 1).requires_grad_(True)
                 opt = make_opt([w_opt] + (bufs if r.optimize_noise else []))
                 if st:  # Adam's moments carry over, so the first W+ steps are as measured as the last W ones
-                    opt.state[w_opt] = {k: (v.repeat(1, G.num_ws, 1) if k.startswith("exp_avg") else v.clone())
-                                        for k, v in st.items()}
+                    opt.state[w_opt] = {
+                        k: (v.repeat(1, G.num_ws, 1) if k.startswith("exp_avg") else v.clone()) for k, v in st.items()
+                    }
             t = step / r.steps
             lr = learning_rate(r, step)
             for g in opt.param_groups:
@@ -388,8 +423,16 @@ def project(G: Generator, target: torch.Tensor, recipe: Recipe = PRESETS["fast"]
             cur = w_opt.detach().expand(-1, G.num_ws, -1) if w_opt.shape[1] == 1 else w_opt.detach()
             steps_ws[step] = cur[0]
             wall, cpu = clock.now()
-            history.append({"step": step + 1, "wall_s": wall, "cpu_s": cpu, "loss": float(loss.detach()), "dist": float(d.detach()),
-                            "lr": lr})
+            history.append(
+                {
+                    "step": step + 1,
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    "loss": float(loss.detach()),
+                    "dist": float(d.detach()),
+                    "lr": lr,
+                }
+            )
             report(progress, step + 1, r.steps, lpips=float(d.detach()))
             if monitor is not None:
                 with clock.excluded(), swapped_noise(G, own_noise):  # scored as the output will be
@@ -399,17 +442,28 @@ def project(G: Generator, target: torch.Tensor, recipe: Recipe = PRESETS["fast"]
     score, img = final_lpips(G, lpips, ws, target)
     if r.optimize_noise:  # what the loop itself saw, for the record
         with swapped_noise(G, [b.detach() for b in bufs]), torch.no_grad():
-            setup["lpips_with_optimised_noise"] = float(lpips(_fit(G.synthesis(ws, noise_mode="const").clamp(-1, 1), 256),
-                                                                _fit(target.clamp(-1, 1), 256))[0])
-    return Projection(ws=ws, image=img, target=target, lpips=score, steps_ws=steps_ws, history=history, recipe=r,
-                      wall_s=wall, cpu_s=cpu, setup=setup)
+            setup["lpips_with_optimised_noise"] = float(
+                lpips(_fit(G.synthesis(ws, noise_mode="const").clamp(-1, 1), 256), _fit(target.clamp(-1, 1), 256))[0]
+            )
+    return Projection(
+        ws=ws,
+        image=img,
+        target=target,
+        lpips=score,
+        steps_ws=steps_ws,
+        history=history,
+        recipe=r,
+        wall_s=wall,
+        cpu_s=cpu,
+        setup=setup,
+    )
 
 
 # ================================================================ realism (the discriminator's opinion)
 @torch.no_grad()
 def d_logits(D: Discriminator, images: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
     """D's 'real' logit per image, each image on its own (minibatch-std sees a group of one)."""
-    out = [D(images[i:i + 1], c if D.c_dim > 0 else None)[0, 0] for i in range(images.shape[0])]
+    out = [D(images[i : i + 1], c if D.c_dim > 0 else None)[0, 0] for i in range(images.shape[0])]
     return torch.stack(out)
 
 
@@ -417,18 +471,28 @@ def d_logits(D: Discriminator, images: torch.Tensor, c: Optional[torch.Tensor]) 
 def reference_logits(G: Generator, D: Discriminator, n: int = 64, class_idx: Optional[int] = None) -> torch.Tensor:
     """D logits of the network's own images for seeds 0..n-1 (psi 1, const noise): what 'in domain' looks like."""
     from machinegaze.generate import seeds_to_ws
+
     ws = seeds_to_ws(G, list(range(n)), class_idx=class_idx)
     return d_logits(D, synthesize(G, ws), class_vector(G, class_idx, 1))
 
 
-def realism(D: Discriminator, image: torch.Tensor, c: Optional[torch.Tensor], reference: torch.Tensor,
-            percentile_cut: float = 5.0) -> dict:
+def realism(
+    D: Discriminator,
+    image: torch.Tensor,
+    c: Optional[torch.Tensor],
+    reference: torch.Tensor,
+    percentile_cut: float = 5.0,
+) -> dict:
     """D's logit and sigmoid for one image, its percentile among the reference logits, and whether it is
     'out of domain' (less real to D than all but `percentile_cut`% of the network's own images)."""
     logit = float(d_logits(D, image, c)[0])
     pct = float((reference < logit).float().mean() * 100)
-    return {"d_logit": logit, "d_sigmoid": 1 / (1 + math.exp(-logit)) if logit > -700 else 0.0,
-            "percentile_among_generated": pct, "out_of_domain": pct < percentile_cut}
+    return {
+        "d_logit": logit,
+        "d_sigmoid": 1 / (1 + math.exp(-logit)) if logit > -700 else 0.0,
+        "percentile_among_generated": pct,
+        "out_of_domain": pct < percentile_cut,
+    }
 
 
 # ================================================================ the command
@@ -439,8 +503,9 @@ class ProjectRun:
     result: dict
 
 
-def video_frames(G: Generator, target: torch.Tensor, steps_ws: torch.Tensor, max_frames: int = 300,
-                 min_side: int = 256) -> list[np.ndarray]:
+def video_frames(
+    G: Generator, target: torch.Tensor, steps_ws: torch.Tensor, max_frames: int = 300, min_side: int = 256
+) -> list[np.ndarray]:
     """target | projection side by side for (up to max_frames of) the steps, scaled up to >= min_side px."""
     n = steps_ws.shape[0]
     idx = sorted(set(np.linspace(0, n - 1, min(n, max_frames)).round().astype(int).tolist()))
@@ -454,11 +519,17 @@ def video_frames(G: Generator, target: torch.Tensor, steps_ws: torch.Tensor, max
     return frames
 
 
-def run_project(network: str | os.PathLike | None, target_path: str | os.PathLike, outdir: str | os.PathLike,
-                cfg: ProjectConfig = ProjectConfig(), progress: ProgressFn = None) -> ProjectRun:
+def run_project(
+    network: str | os.PathLike | None,
+    target_path: str | os.PathLike,
+    outdir: str | os.PathLike,
+    cfg: ProjectConfig = ProjectConfig(),
+    progress: ProgressFn = None,
+) -> ProjectRun:
     """`gaze project`: load, prepare the target, project, write target.png, proj.png, projected_w.npz,
     proj.mp4 and result.json into outdir."""
     from machinegaze import zoo
+
     recipe = cfg.recipe()
     src = zoo.resolve_network(network)
     nets = zoo.load_networks(src)
@@ -468,27 +539,48 @@ def run_project(network: str | os.PathLike | None, target_path: str | os.PathLik
     proj = project(G, target, recipe, seed=cfg.seed, c=c, w_avg_samples=cfg.w_avg_samples, progress=progress)
     if nets.D is not None:
         ref = reference_logits(G, nets.D, cfg.reference_samples, cfg.class_idx)
-        proj.realism = {"projection": realism(nets.D, proj.image, c, ref), "target": realism(nets.D, target, c, ref),
-                        "reference": {"n": int(ref.numel()), "median_logit": float(ref.median()),
-                                      "p5_logit": float(torch.quantile(ref, 0.05))}}
+        proj.realism = {
+            "projection": realism(nets.D, proj.image, c, ref),
+            "target": realism(nets.D, target, c, ref),
+            "reference": {
+                "n": int(ref.numel()),
+                "median_logit": float(ref.median()),
+                "p5_logit": float(torch.quantile(ref, 0.05)),
+            },
+        }
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    files = {"target": save_image(target, outdir / "target.png"),
-             "proj": save_image(proj.image.clamp(-1, 1), outdir / "proj.png"),
-             "projected_w": save_w(outdir / "projected_w.npz", proj.ws)}
+    files = {
+        "target": save_image(target, outdir / "target.png"),
+        "proj": save_image(proj.image.clamp(-1, 1), outdir / "proj.png"),
+        "projected_w": save_w(outdir / "projected_w.npz", proj.ws),
+    }
     if cfg.video:
-        files["video"] = write_video(video_frames(G, target, proj.steps_ws, cfg.max_frames), outdir / "proj.mp4",
-                                     fps=min(30, max(5, proj.steps_ws.shape[0] // 10)))
+        files["video"] = write_video(
+            video_frames(G, target, proj.steps_ws, cfg.max_frames),
+            outdir / "proj.mp4",
+            fps=min(30, max(5, proj.steps_ws.shape[0] // 10)),
+        )
     result = {
-        "network": str(src), "target": str(target_path), "preset": cfg.preset, "recipe": asdict(recipe),
-        "seed": cfg.seed, "class_idx": cfg.class_idx, "align": cfg.align,
-        "lpips": proj.lpips, "lpips_net": "vgg", "lpips_note": "LPIPS-VGG v0.1 of proj.png (the network's own "
+        "network": str(src),
+        "target": str(target_path),
+        "preset": cfg.preset,
+        "recipe": asdict(recipe),
+        "seed": cfg.seed,
+        "class_idx": cfg.class_idx,
+        "align": cfg.align,
+        "lpips": proj.lpips,
+        "lpips_net": "vgg",
+        "lpips_note": "LPIPS-VGG v0.1 of proj.png (the network's own "
         "noise buffers, clamped) against target.png, both area-downsampled to 256 px when larger",
-        "wall_s": proj.wall_s, "cpu_s": proj.cpu_s, "setup": proj.setup,
+        "wall_s": proj.wall_s,
+        "cpu_s": proj.cpu_s,
+        "setup": proj.setup,
         "realism": proj.realism or None,
         "realism_note": "D logit ('real' score) and sigmoid; percentile among the network's own images (seeds "
-                        "0..n-1); out_of_domain = below the 5th percentile" if proj.realism else
-                        "no discriminator in this network file",
+        "0..n-1); out_of_domain = below the 5th percentile"
+        if proj.realism
+        else "no discriminator in this network file",
         "curve": [{k: h[k] for k in ("step", "wall_s", "cpu_s", "dist")} for h in proj.history],
     }
     files["result"] = outdir / "result.json"

@@ -28,6 +28,7 @@ NVlabs), not on the number of processes.
 Snapshots are machinegaze .safetensors files (checkpoints.save_networks, atomic): G, D, G_ema and the
 training state in `extra` tensors, so `gaze generate --network snapshot-....safetensors` works on them.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,39 +65,39 @@ PRESETS = {
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str = ""                     # folder or .zip of images (centre-cropped and resized to res)
-    outdir: str = "runs/train"         # snapshots, metrics.jsonl, fakes grids
-    kimg: float = 100.0                # train until this many thousand real images have been shown to D
-    batch: int = 32                    # global minibatch
-    batch_gpu: int = 0                 # images per chunk per process (gradient accumulation); 0 = batch / processes
+    data: str = ""  # folder or .zip of images (centre-cropped and resized to res)
+    outdir: str = "runs/train"  # snapshots, metrics.jsonl, fakes grids
+    kimg: float = 100.0  # train until this many thousand real images have been shown to D
+    batch: int = 32  # global minibatch
+    batch_gpu: int = 0  # images per chunk per process (gradient accumulation); 0 = batch / processes
     res: int = 64
-    split: str = ""                    # train on one split of the dataset (data.ImageDataset.split); '' = all images
-    cfg: str = "small"                 # network preset (PRESETS); the fields below override it when non-zero
+    split: str = ""  # train on one split of the dataset (data.ImageDataset.split); '' = all images
+    cfg: str = "small"  # network preset (PRESETS); the fields below override it when non-zero
     z_dim: int = 0
     w_dim: int = 0
     map_layers: int = 0
     cbase: int = 0
     cmax: int = 0
     mbstd_group: int = 4
-    lr: float = 0.0025                 # Adam, G and D
+    lr: float = 0.0025  # Adam, G and D
     beta1: float = 0.0
     beta2: float = 0.99
-    gamma: Optional[float] = None      # R1 weight; None = NVlabs' auto 0.0002 * res^2 / batch
+    gamma: Optional[float] = None  # R1 weight; None = NVlabs' auto 0.0002 * res^2 / batch
     r1_interval: int = 16
-    pl_weight: float = 0.0             # path-length regularisation (0 = off)
+    pl_weight: float = 0.0  # path-length regularisation (0 = off)
     pl_interval: int = 4
     pl_batch_shrink: int = 2
     pl_decay: float = 0.01
     style_mixing: float = 0.9
-    ema_kimg: Optional[float] = None   # None = NVlabs' auto batch * 10 / 32
+    ema_kimg: Optional[float] = None  # None = NVlabs' auto batch * 10 / 32
     ema_rampup: Optional[float] = 0.05
     augment: str = "color,translation,cutout"  # DiffAugment ops, comma-separated; '' or 'none' = off
-    mirror: bool = True                # random x-flips of real images
+    mirror: bool = True  # random x-flips of real images
     seed: int = 0
-    tick_kimg: float = 1.0             # log a line of metrics every tick
-    snap_kimg: float = 5.0             # write a snapshot every this many kimg (and at the end)
-    threads: int = 0                   # torch threads per process; 0 = CPU count / processes
-    resume: bool = False               # continue from the latest snapshot in outdir
+    tick_kimg: float = 1.0  # log a line of metrics every tick
+    snap_kimg: float = 5.0  # write a snapshot every this many kimg (and at the end)
+    threads: int = 0  # torch threads per process; 0 = CPU count / processes
+    resume: bool = False  # continue from the latest snapshot in outdir
 
     def __post_init__(self):
         if self.cfg not in PRESETS:
@@ -124,7 +125,7 @@ class TrainConfig:
         return int(v) if v else int(PRESETS[self.cfg][key])
 
     def resolved_gamma(self) -> float:
-        return float(self.gamma) if self.gamma is not None else 0.0002 * self.res ** 2 / self.batch
+        return float(self.gamma) if self.gamma is not None else 0.0002 * self.res**2 / self.batch
 
     def resolved_ema_kimg(self) -> float:
         return float(self.ema_kimg) if self.ema_kimg is not None else self.batch * 10 / 32
@@ -138,11 +139,23 @@ def build_networks(cfg: TrainConfig, img_channels: int = 3):
     """Fresh G and D for a config (weights from torch's global RNG: seed it first)."""
     from machinegaze.nets.stylegan2 import Discriminator, Generator
 
-    G = Generator(z_dim=cfg.net("z_dim"), c_dim=0, w_dim=cfg.net("w_dim"), img_resolution=cfg.res,
-                  img_channels=img_channels, mapping_kwargs=dict(num_layers=cfg.net("map_layers")),
-                  synthesis_kwargs=dict(channel_base=cfg.net("cbase"), channel_max=cfg.net("cmax")))
-    D = Discriminator(c_dim=0, img_resolution=cfg.res, img_channels=img_channels, channel_base=cfg.net("cbase"),
-                      channel_max=cfg.net("cmax"), epilogue_kwargs=dict(mbstd_group_size=cfg.mbstd_group))
+    G = Generator(
+        z_dim=cfg.net("z_dim"),
+        c_dim=0,
+        w_dim=cfg.net("w_dim"),
+        img_resolution=cfg.res,
+        img_channels=img_channels,
+        mapping_kwargs=dict(num_layers=cfg.net("map_layers")),
+        synthesis_kwargs=dict(channel_base=cfg.net("cbase"), channel_max=cfg.net("cmax")),
+    )
+    D = Discriminator(
+        c_dim=0,
+        img_resolution=cfg.res,
+        img_channels=img_channels,
+        channel_base=cfg.net("cbase"),
+        channel_max=cfg.net("cmax"),
+        epilogue_kwargs=dict(mbstd_group_size=cfg.mbstd_group),
+    )
     return G, D
 
 
@@ -150,8 +163,9 @@ def build_networks(cfg: TrainConfig, img_channels: int = 3):
 PHASES = {"Gmain": 1, "Greg": 2, "Dmain": 3, "Dreg": 4, "data": 5}
 
 
-def step_generator(seed: int, step: int, phase: str, chunk: int, device: torch.device | str = "cpu",
-                   stream: int = 0) -> torch.Generator:
+def step_generator(
+    seed: int, step: int, phase: str, chunk: int, device: torch.device | str = "cpu", stream: int = 0
+) -> torch.Generator:
     """The generator of one (seed, step, phase, chunk) on `device`. Stream 1 is a second, independent
     sequence (host-side scalar draws when the tensors live on a GPU)."""
     key = [seed, step, PHASES[phase], chunk] + ([stream] if stream else [])
@@ -159,8 +173,9 @@ def step_generator(seed: int, step: int, phase: str, chunk: int, device: torch.d
     return torch.Generator(device=device).manual_seed((int(state[0]) << 32) | int(state[1]))
 
 
-def chunk_generators(seed: int, step: int, phase: str, chunk: int,
-                     device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+def chunk_generators(
+    seed: int, step: int, phase: str, chunk: int, device: torch.device
+) -> tuple[torch.Generator, torch.Generator]:
     """(tensor generator on the device, host generator for scalar decisions). On the CPU both are the same
     generator (the original single stream); on a GPU the scalars come from the host, so no step waits for
     the device to answer a random number."""
@@ -188,7 +203,7 @@ class DataStream:
         while pos < start + count:
             epoch, off = divmod(pos, self.n)
             take = min(self.n - off, start + count - pos)
-            out.append(self._permutation(epoch)[off:off + take])
+            out.append(self._permutation(epoch)[off : off + take])
             pos += take
         return torch.cat(out)
 
@@ -212,7 +227,7 @@ def diff_augment(x: torch.Tensor, ops: list[str], g: torch.Generator) -> torch.T
         sy, sx = int(h * 0.125 + 0.5), int(w * 0.125 + 0.5)
         ty = torch.randint(-sy, sy + 1, (n, 1), generator=g, device=dev)
         tx = torch.randint(-sx, sx + 1, (n, 1), generator=g, device=dev)
-        iy = torch.arange(h, device=dev)[None, :] - ty           # output row i reads input row i - ty
+        iy = torch.arange(h, device=dev)[None, :] - ty  # output row i reads input row i - ty
         ix = torch.arange(w, device=dev)[None, :] - tx
         my = ((iy >= 0) & (iy < h)).to(x.dtype)
         mx = ((ix >= 0) & (ix < w)).to(x.dtype)
@@ -248,13 +263,13 @@ def load_training_images(cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
     arr = np.stack([ds.image_uint8(i) for i in range(len(ds.names))])
     x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
     import hashlib
+
     h = hashlib.sha256(x.numpy().tobytes()).hexdigest()[:16]
     sources: dict[str, int] = {}
     for n in ds.names:
         src = n.split("/", 1)[0] if "/" in n else "."
         sources[src] = sources.get(src, 0) + 1
-    return x, {"path": str(cfg.data), "split": cfg.split, "images": int(x.shape[0]), "sha256_16": h,
-               "sources": sources}
+    return x, {"path": str(cfg.data), "split": cfg.split, "images": int(x.shape[0]), "sha256_16": h, "sources": sources}
 
 
 # ================================================================ distributed helpers (gloo on CPU)
@@ -280,12 +295,14 @@ class Dist:
 
     def barrier(self) -> None:
         from machinegaze import distributed
+
         distributed.barrier(distributed.World(self.rank, self.world))
 
 
 def init_dist(device: torch.device = torch.device("cpu")) -> Dist:
     """Join the process group when started by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo otherwise."""
     from machinegaze import distributed
+
     w = distributed.init(device)
     return Dist(rank=w.rank, world=w.size, local_world=w.local_size)
 
@@ -299,7 +316,7 @@ def _sync_grads(params: list[torch.nn.Parameter], dist: Dist) -> None:
         torch.nan_to_num(flat, nan=0, posinf=1e5, neginf=-1e5, out=flat)
         off = 0
         for p, g in zip(params, grads):
-            p.grad = flat[off:off + g.numel()].view_as(p).clone()
+            p.grad = flat[off : off + g.numel()].view_as(p).clone()
             off += g.numel()
     else:
         for p, g in zip(params, grads):
@@ -317,26 +334,28 @@ class State:
     opt_D: torch.optim.Optimizer
     pl_mean: torch.Tensor
     step: int = 0
-    wall_s: float = 0.0               # training time of earlier sessions (for the model card)
+    wall_s: float = 0.0  # training time of earlier sessions (for the model card)
     dataset: dict = field(default_factory=dict)
 
 
 def _adam(params, cfg: TrainConfig, interval: Optional[int]) -> torch.optim.Adam:
     ratio = interval / (interval + 1) if interval else 1.0  # lazy regularisation correction (NVlabs)
-    return torch.optim.Adam(params, lr=cfg.lr * ratio, betas=(cfg.beta1 ** ratio, cfg.beta2 ** ratio), eps=1e-8)
+    return torch.optim.Adam(params, lr=cfg.lr * ratio, betas=(cfg.beta1**ratio, cfg.beta2**ratio), eps=1e-8)
 
 
 def new_state(cfg: TrainConfig, img_channels: int = 3, device: torch.device = torch.device("cpu")) -> State:
     """Networks initialised on the CPU from the seed (the same weights on every device), then moved."""
     import copy
+
     torch.manual_seed(cfg.seed)
     G, D = build_networks(cfg, img_channels)
     G, D = G.to(device), D.to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_G = _adam(G.parameters(), cfg, cfg.pl_interval if cfg.pl_weight > 0 else None)
     opt_D = _adam(D.parameters(), cfg, cfg.r1_interval if cfg.resolved_gamma() > 0 else None)
-    return State(cfg, G.requires_grad_(False), D.requires_grad_(False), G_ema, opt_G, opt_D,
-                 torch.zeros([], device=device))
+    return State(
+        cfg, G.requires_grad_(False), D.requires_grad_(False), G_ema, opt_G, opt_D, torch.zeros([], device=device)
+    )
 
 
 def _opt_tensors(prefix: str, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -367,12 +386,23 @@ def snapshot_path(outdir: str | os.PathLike, nimg: int) -> Path:
 def save_snapshot(state: State, path: str | os.PathLike, nimg: int) -> Path:
     from machinegaze import checkpoints
 
-    extra = {"pl_mean": state.pl_mean.reshape(1).cpu(), "step": torch.tensor([state.step], dtype=torch.int64),
-             **_opt_tensors("opt_G", state.opt_G), **_opt_tensors("opt_D", state.opt_D)}
-    meta = {"kind": "machinegaze-training-snapshot", "step": state.step, "nimg": nimg, "kimg": nimg / 1000,
-            "config": asdict(state.cfg), "dataset": state.dataset, "wall_s": round(state.wall_s, 1),
-            "rng": "counter-based: every draw of a step comes from a generator seeded by (seed, step, phase, chunk)",
-            "loss": "non-saturating logistic, R1, style mixing, DiffAugment; Adam"}
+    extra = {
+        "pl_mean": state.pl_mean.reshape(1).cpu(),
+        "step": torch.tensor([state.step], dtype=torch.int64),
+        **_opt_tensors("opt_G", state.opt_G),
+        **_opt_tensors("opt_D", state.opt_D),
+    }
+    meta = {
+        "kind": "machinegaze-training-snapshot",
+        "step": state.step,
+        "nimg": nimg,
+        "kimg": nimg / 1000,
+        "config": asdict(state.cfg),
+        "dataset": state.dataset,
+        "wall_s": round(state.wall_s, 1),
+        "rng": "counter-based: every draw of a step comes from a generator seeded by (seed, step, phase, chunk)",
+        "loss": "non-saturating logistic, R1, style mixing, DiffAugment; Adam",
+    }
     return checkpoints.save_networks(path, {"G": state.G, "D": state.D, "G_ema": state.G_ema}, meta=meta, extra=extra)
 
 
@@ -381,8 +411,9 @@ def latest_snapshot(outdir: str | os.PathLike) -> Optional[Path]:
     return snaps[-1] if snaps else None
 
 
-def load_snapshot(path: str | os.PathLike, cfg: Optional[TrainConfig] = None,
-                  device: torch.device = torch.device("cpu")) -> State:
+def load_snapshot(
+    path: str | os.PathLike, cfg: Optional[TrainConfig] = None, device: torch.device = torch.device("cpu")
+) -> State:
     """A State from a snapshot. With cfg, only the RESUMABLE_CHANGES fields of cfg are taken; the rest must
     equal the snapshot's."""
     from machinegaze import checkpoints
@@ -397,8 +428,10 @@ def load_snapshot(path: str | os.PathLike, cfg: Optional[TrainConfig] = None,
         diff = [k for k in saved if k not in RESUMABLE_CHANGES and saved[k] != mine.get(k)]
         if diff:
             k = diff[0]
-            raise GazeError(f"--resume: --{k.replace('_', '-')} is {mine.get(k)!r} but the run was started with "
-                            f"{saved[k]!r} (only {', '.join(RESUMABLE_CHANGES[:-1])} may change on resume)")
+            raise GazeError(
+                f"--resume: --{k.replace('_', '-')} is {mine.get(k)!r} but the run was started with "
+                f"{saved[k]!r} (only {', '.join(RESUMABLE_CHANGES[:-1])} may change on resume)"
+            )
         saved.update({k: mine[k] for k in RESUMABLE_CHANGES})
     run_cfg = TrainConfig(**saved)
     st = new_state(run_cfg, nets.G.img_channels, device)
@@ -414,8 +447,9 @@ def load_snapshot(path: str | os.PathLike, cfg: Optional[TrainConfig] = None,
 
 
 # ================================================================ one step, phase by phase
-def run_G(G, z: torch.Tensor, g: torch.Generator, mixing_prob: float,
-          host: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def run_G(
+    G, z: torch.Tensor, g: torch.Generator, mixing_prob: float, host: Optional[torch.Generator] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Image and ws for z, with style mixing (a second z from g after a random crossover layer, prob p).
     Scalar decisions come from `host` (default: g), a CPU generator, so they need no device round trip."""
     host = g if host is None else host
@@ -425,15 +459,16 @@ def run_G(G, z: torch.Tensor, g: torch.Generator, mixing_prob: float,
     if float(torch.rand((), generator=host)) < mixing_prob and cutoff < ws.shape[1]:
         ws = torch.cat([ws[:, :cutoff], G.mapping(z2, None)[:, cutoff:]], dim=1)
     # Synthesis noise is drawn from torch's global RNG: seed it from the chunk's stream (on every device).
-    noise_seed = int(torch.randint(0, 2 ** 62, (), generator=host))
+    noise_seed = int(torch.randint(0, 2**62, (), generator=host))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(noise_seed)
         img = G.synthesis(ws, noise_mode="random")
     return img, ws
 
 
-def _reals(images: torch.Tensor, stream: DataStream, start: int, count: int, g: torch.Generator,
-           mirror: bool) -> torch.Tensor:
+def _reals(
+    images: torch.Tensor, stream: DataStream, start: int, count: int, g: torch.Generator, mirror: bool
+) -> torch.Tensor:
     dev = g.device
     x = images[stream.indices(start, count)].to(dev, non_blocking=True).to(torch.float32).div_(127.5).sub_(1.0)
     if mirror:
@@ -585,8 +620,12 @@ class Trainer:
             real_logits = D(diff_augment(real, self.ops, g))
             loss_gen, loss_real = F.softplus(fake_logits), F.softplus(-real_logits)
             (loss_gen.sum() + loss_real.sum()).div(cfg.batch).backward()
-            self._add(loss_D=loss_gen.sum() + loss_real.sum(), fake_score=fake_logits.sum(),
-                      real_score=real_logits.sum(), n_D=self.bg)
+            self._add(
+                loss_D=loss_gen.sum() + loss_real.sum(),
+                fake_score=fake_logits.sum(),
+                real_score=real_logits.sum(),
+                n_D=self.bg,
+            )
 
     def _d_r1(self, gain: int) -> None:
         """R1: gamma/2 * |d D(aug(x)) / dx|^2 on this step's reals (gradient w.r.t. the un-augmented image)."""
@@ -614,15 +653,17 @@ def _fixed_grid_z(G, n: int = 64, seed: int = 0) -> torch.Tensor:
 
 def _save_fakes(G_ema, z: torch.Tensor, path: Path) -> None:
     from machinegaze.data import make_grid, save_image
+
     z = z.to(next(G_ema.parameters()).device)
     with torch.no_grad():
-        img = torch.cat([G_ema(z[i:i + 16], noise_mode="const").cpu() for i in range(0, z.shape[0], 16)])
+        img = torch.cat([G_ema(z[i : i + 16], noise_mode="const").cpu() for i in range(0, z.shape[0], 16)])
     save_image(make_grid(img.clamp(-1, 1), ncols=int(math.sqrt(z.shape[0]))), path)
 
 
 def _rewrite_metrics(path: Path, max_step: int) -> None:
     """On resume, drop log lines written after the snapshot we resume from."""
     from machinegaze.data import atomic_write_bytes
+
     if not path.is_file():
         return
     keep = []
@@ -635,8 +676,12 @@ def _rewrite_metrics(path: Path, max_step: int) -> None:
     atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
 
 
-def train(cfg: TrainConfig, progress: ProgressFn = None, stop_after_steps: Optional[int] = None,
-          device: torch.device = torch.device("cpu")) -> Path:
+def train(
+    cfg: TrainConfig,
+    progress: ProgressFn = None,
+    stop_after_steps: Optional[int] = None,
+    device: torch.device = torch.device("cpu"),
+) -> Path:
     """Train (or resume) and return the path of the last snapshot. Under torchrun every process calls this
     with its own device (cuda:LOCAL_RANK); rank 0 writes files and reports progress. `stop_after_steps`
     ends early (tests: a simulated kill)."""
@@ -657,9 +702,11 @@ def train(cfg: TrainConfig, progress: ProgressFn = None, stop_after_steps: Optio
         state = new_state(cfg, images.shape[1], device)
         state.dataset = dsinfo
     elif state.dataset.get("sha256_16") not in (None, dsinfo["sha256_16"]):
-        raise GazeError(f"--resume: {cfg.data} is not the dataset this run was trained on "
-                        f"({dsinfo['images']} images, fingerprint {dsinfo['sha256_16']}; the run used "
-                        f"{state.dataset.get('images')} images, {state.dataset.get('sha256_16')})")
+        raise GazeError(
+            f"--resume: {cfg.data} is not the dataset this run was trained on "
+            f"({dsinfo['images']} images, fingerprint {dsinfo['sha256_16']}; the run used "
+            f"{state.dataset.get('images')} images, {state.dataset.get('sha256_16')})"
+        )
     if images.shape[0] < 1:
         raise GazeError(f"{cfg.data}: no images")
     for net in (state.G, state.D, state.G_ema):  # identical start on every rank
@@ -683,6 +730,7 @@ def train(cfg: TrainConfig, progress: ProgressFn = None, stop_after_steps: Optio
             with open(outdir / "config.json", "w") as f:
                 json.dump({"config": asdict(cfg), "dataset": dsinfo, "world_size": dist.world}, f, indent=1)
             from machinegaze.data import make_grid, save_image
+
             save_image(make_grid(images[:64].float().div(127.5).sub(1)), outdir / "reals.png")
     grid_z = _fixed_grid_z(state.G)
     last = latest_snapshot(outdir) if cfg.resume else None
@@ -700,12 +748,16 @@ def train(cfg: TrainConfig, progress: ProgressFn = None, stop_after_steps: Optio
         if state.step % tick_steps == 0 or done:
             st = trainer.tick_stats()
             dt = time.time() - t_tick
-            line = {"step": state.step, "kimg": round(state.step * B / 1000, 3),
-                    "loss_G": st.get("loss_G", 0) / max(st.get("n_G", 1), 1),
-                    "loss_D": st.get("loss_D", 0) / max(st.get("n_D", 1), 1),
-                    "real_score": st.get("real_score", 0) / max(st.get("n_D", 1), 1),
-                    "fake_score": st.get("fake_score", 0) / max(st.get("n_D", 1), 1),
-                    "img_per_s": round(steps_tick * B / max(dt, 1e-9), 2), "wall_s": round(state.wall_s, 1)}
+            line = {
+                "step": state.step,
+                "kimg": round(state.step * B / 1000, 3),
+                "loss_G": st.get("loss_G", 0) / max(st.get("n_G", 1), 1),
+                "loss_D": st.get("loss_D", 0) / max(st.get("n_D", 1), 1),
+                "real_score": st.get("real_score", 0) / max(st.get("n_D", 1), 1),
+                "fake_score": st.get("fake_score", 0) / max(st.get("n_D", 1), 1),
+                "img_per_s": round(steps_tick * B / max(dt, 1e-9), 2),
+                "wall_s": round(state.wall_s, 1),
+            }
             if st.get("n_r1"):
                 line["r1_penalty"] = st["r1_penalty"] / st["n_r1"]
             if st.get("n_pl"):
@@ -723,9 +775,15 @@ def train(cfg: TrainConfig, progress: ProgressFn = None, stop_after_steps: Optio
             dist.barrier()
         if main:
             ll = getattr(trainer, "last_line", {})
-            report(progress, state.step * B, total_steps * B, kimg=round(state.step * B / 1000, 2),
-                   G=ll.get("loss_G", float("nan")), D=ll.get("loss_D", float("nan")),
-                   img_s=ll.get("img_per_s", float("nan")))
+            report(
+                progress,
+                state.step * B,
+                total_steps * B,
+                kimg=round(state.step * B / 1000, 2),
+                G=ll.get("loss_G", float("nan")),
+                D=ll.get("loss_D", float("nan")),
+                img_s=ll.get("img_per_s", float("nan")),
+            )
     final = snapshot_path(outdir, state.step * B)
     if main and not final.is_file():  # resumed a finished run with the same kimg
         save_snapshot(state, final, state.step * B)
@@ -736,8 +794,9 @@ def train(cfg: TrainConfig, progress: ProgressFn = None, stop_after_steps: Optio
 
 
 # ================================================================ shipping a trained model
-def export_networks(snapshot: str | os.PathLike, out: str | os.PathLike, meta: Optional[dict] = None,
-                    half: bool = True) -> Path:
+def export_networks(
+    snapshot: str | os.PathLike, out: str | os.PathLike, meta: Optional[dict] = None, half: bool = True
+) -> Path:
     """G_ema + D of a training snapshot as a (by default fp16) network file without the training state;
     the run's config, dataset description, step and wall time go into the metadata."""
     from machinegaze import checkpoints
@@ -746,8 +805,15 @@ def export_networks(snapshot: str | os.PathLike, out: str | os.PathLike, meta: O
     if nets.G_ema is None:
         raise GazeError(f"{snapshot}: holds no G_ema")
     m = nets.meta
-    info = {"kind": "machinegaze-trained-generator", "source_snapshot": Path(snapshot).name,
-            "step": m.get("step"), "kimg": m.get("kimg"), "wall_s": m.get("wall_s"), "config": m.get("config"),
-            "dataset": m.get("dataset"), "loss": m.get("loss")}
+    info = {
+        "kind": "machinegaze-trained-generator",
+        "source_snapshot": Path(snapshot).name,
+        "step": m.get("step"),
+        "kimg": m.get("kimg"),
+        "wall_s": m.get("wall_s"),
+        "config": m.get("config"),
+        "dataset": m.get("dataset"),
+        "loss": m.get("loss"),
+    }
     info.update(meta or {})
     return checkpoints.save_networks(out, {"G_ema": nets.G_ema, "D": nets.D}, meta=info, half=half)

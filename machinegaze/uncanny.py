@@ -38,6 +38,7 @@ Everything lands in `outdir`:
     summary.png, summary.html      the metric curves, with the peak and the collapse marked
     peak.safetensors, peak.png     with --keep-peak
 """
+
 from __future__ import annotations
 
 import copy
@@ -47,9 +48,10 @@ import math
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -63,16 +65,27 @@ from machinegaze.progress import ProgressFn, report
 SNAPSHOT_FORMAT = "machinegaze-uncanny-snapshot-1"
 GRID_COLS = 8
 # Fields that change what is trained or measured; a resumed run must use the same ones.
-_RESUME_FIELDS = ("critic", "start_from", "batch", "lr", "betas", "eps", "seed", "eval_seeds", "eval_trunc",
-                  "lpips_net", "face_crop")
+_RESUME_FIELDS = (
+    "critic",
+    "start_from",
+    "batch",
+    "lr",
+    "betas",
+    "eps",
+    "seed",
+    "eval_seeds",
+    "eval_trunc",
+    "lpips_net",
+    "face_crop",
+)
 
 
 @dataclass(frozen=True)
 class UncannyConfig:
     steps: int = 500
     snapshot_every: int = 50
-    critic: str = "d"                 # "d" (the network's discriminator) | "detector" | "detector:NAME_OR_PATH"
-    start_from: str = "G_ema"         # "G_ema" | "G" of the network file, or another network file / model name
+    critic: str = "d"  # "d" (the network's discriminator) | "detector" | "detector:NAME_OR_PATH"
+    start_from: str = "G_ema"  # "G_ema" | "G" of the network file, or another network file / model name
     batch: int = 8
     lr: float = 0.0025
     betas: tuple[float, float] = (0.0, 0.99)
@@ -81,7 +94,7 @@ class UncannyConfig:
     eval_seeds: tuple[int, ...] = tuple(range(16))
     eval_trunc: float = 1.0
     lpips_net: str = "alex"
-    face_crop: float = 0.5            # side of the central "face region" crop, as a fraction of the image side
+    face_crop: float = 0.5  # side of the central "face region" crop, as a fraction of the image side
     max_collapse: Optional[float] = None
     keep_peak: bool = False
     video_fps: int = 4
@@ -118,6 +131,7 @@ class Critic(nn.Module):
     """A frozen judge: images [N, 3, R, R] in [-1, 1] (+ one-hot labels [N, c_dim] or None) -> "real" logit [N].
 
     P(fake) = sigmoid(-logit). Subclasses wrap a discriminator or a fake-face detector."""
+
     name = "critic"
 
     def forward(self, img: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -126,6 +140,7 @@ class Critic(nn.Module):
 
 class DiscriminatorCritic(Critic):
     """The GAN's own discriminator: its output is already a "real" logit (labels go in for conditional nets)."""
+
     name = "discriminator"
 
     def __init__(self, D: Discriminator):
@@ -140,6 +155,7 @@ class DetectorCritic(Critic):
     """A fake-face detector (machinegaze.detect): real logit = -fake_logit / temperature, so that
     sigmoid(-real_logit) is its calibrated P(fake). Images are clamped to [-1, 1] and resized (bilinear, not
     JPEG re-encoded: that would not be differentiable) to the detector's input size."""
+
     name = "detector"
 
     def __init__(self, detector: nn.Module):
@@ -150,8 +166,9 @@ class DetectorCritic(Critic):
     def forward(self, img, c=None):
         x = img.clamp(-1, 1)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                              antialias=self.size < x.shape[-1])
+            x = F.interpolate(
+                x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=self.size < x.shape[-1]
+            )
         return -self.detector(x) / self.detector.temperature
 
 
@@ -162,8 +179,8 @@ def parse_critic_spec(spec: str) -> tuple[str, Optional[str]]:
         return "d", None
     if s.lower() == "detector":
         return "detector", None
-    if s.lower().startswith("detector:") and s[len("detector:"):].strip():
-        return "detector", s[len("detector:"):].strip()
+    if s.lower().startswith("detector:") and s[len("detector:") :].strip():
+        return "detector", s[len("detector:") :].strip()
     raise GazeError(f"--critic must be 'd' or 'detector:PATH', got {spec!r}")
 
 
@@ -171,10 +188,12 @@ def build_critic(spec: str, D: Optional[Discriminator]) -> Critic:
     kind, arg = parse_critic_spec(spec)
     if kind == "d":
         if D is None:
-            raise GazeError("this network file holds no discriminator (D); pass one that does, or use "
-                            "--critic detector:PATH")
+            raise GazeError(
+                "this network file holds no discriminator (D); pass one that does, or use --critic detector:PATH"
+            )
         return DiscriminatorCritic(D)
     from machinegaze import zoo
+
     return DetectorCritic(zoo.load_detector(arg))
 
 
@@ -227,6 +246,7 @@ def make_optimizer(G: Generator, cfg: UncannyConfig) -> torch.optim.Adam:
 def eval_inputs(G: Generator, seeds: Sequence[int]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Fixed z (NVlabs seed semantics) and, for conditional nets, class seed % c_dim."""
     from machinegaze.generate import z_from_seed
+
     z = torch.cat([z_from_seed(s, G.z_dim) for s in seeds])
     c = None
     if G.c_dim > 0:
@@ -235,10 +255,14 @@ def eval_inputs(G: Generator, seeds: Sequence[int]) -> tuple[torch.Tensor, Optio
 
 
 @torch.no_grad()
-def render(G: Generator, z: torch.Tensor, c: Optional[torch.Tensor], trunc: float = 1.0, batch: int = 8) -> torch.Tensor:
+def render(
+    G: Generator, z: torch.Tensor, c: Optional[torch.Tensor], trunc: float = 1.0, batch: int = 8
+) -> torch.Tensor:
     out = []
     for i in range(0, z.shape[0], batch):
-        out.append(G(z[i:i + batch], None if c is None else c[i:i + batch], truncation_psi=trunc, noise_mode="const"))
+        out.append(
+            G(z[i : i + batch], None if c is None else c[i : i + batch], truncation_psi=trunc, noise_mode="const")
+        )
     return torch.cat(out)
 
 
@@ -248,10 +272,11 @@ def critic_logits(critic: Critic, images: torch.Tensor, c: Optional[torch.Tensor
     out = []
     for i in range(0, images.shape[0], batch):
         try:
-            out.append(critic(images[i:i + batch], None if c is None else c[i:i + batch]))
+            out.append(critic(images[i : i + batch], None if c is None else c[i : i + batch]))
         except ValueError as e:  # minibatch-stddev group size that does not divide the chunk
-            raise GazeError(f"the critic cannot judge {images[i:i + batch].shape[0]} images at once ({e}); "
-                            f"choose another --batch") from None
+            raise GazeError(
+                f"the critic cannot judge {images[i : i + batch].shape[0]} images at once ({e}); choose another --batch"
+            ) from None
     return torch.cat(out)
 
 
@@ -265,7 +290,7 @@ def mean_pairwise_lpips(lpips: nn.Module, images: torch.Tensor) -> float:
         x = F.interpolate(x, size=(min_size, min_size), mode="bilinear", align_corners=False)
     total, pairs = 0.0, 0
     for i in range(n - 1):
-        d = lpips(x[i:i + 1], x[i + 1:])
+        d = lpips(x[i : i + 1], x[i + 1 :])
         total += float(d.double().sum())
         pairs += d.numel()
     return total / pairs
@@ -280,19 +305,24 @@ def face_colour(images: torch.Tensor, crop: float = 0.5) -> dict[str, Optional[f
     h, w = images.shape[-2:]
     ch, cw = max(1, round(h * crop)), max(1, round(w * crop))
     top, left = (h - ch) // 2, (w - cw) // 2
-    x = ((images[:, :3, top:top + ch, left:left + cw].double().clamp(-1, 1) + 1) / 2)
+    x = (images[:, :3, top : top + ch, left : left + cw].double().clamp(-1, 1) + 1) / 2
     r, g, b = x[:, 0], x[:, 1], x[:, 2]
     maxc, minc = x.max(dim=1).values, x.min(dim=1).values
     delta = maxc - minc
     safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    hue = torch.where(maxc == r, ((g - b) / safe) % 6,
-                      torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4)) * (math.pi / 3)
+    hue = torch.where(
+        maxc == r, ((g - b) / safe) % 6, torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4)
+    ) * (math.pi / 3)
     hue = torch.where(delta > 0, hue, torch.zeros_like(hue))
     sat = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
     sx, sy = float((sat * torch.cos(hue)).sum()), float((sat * torch.sin(hue)).sum())
     mean_hue = None if math.hypot(sx, sy) < 1e-9 * sat.numel() else math.degrees(math.atan2(sy, sx))
-    return {"hue": mean_hue, "saturation": float(sat.mean()), "value": float(maxc.mean()),
-            "redness": float((r - (g + b) / 2).mean())}
+    return {
+        "hue": mean_hue,
+        "saturation": float(sat.mean()),
+        "value": float(maxc.mean()),
+        "redness": float((r - (g + b) / 2).mean()),
+    }
 
 
 @torch.no_grad()
@@ -333,6 +363,7 @@ def list_snapshots(outdir: Path) -> list[tuple[int, Path]]:
 def save_snapshot(path: Path, G: Generator, opt: torch.optim.Optimizer, step: int, run: dict) -> Path:
     """G (role "G") + Adam's per-parameter state + the torch RNG state, with the step and run record in meta."""
     from machinegaze import checkpoints
+
     extra: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
     for i, st in opt.state_dict()["state"].items():
         for k, v in st.items():
@@ -344,6 +375,7 @@ def save_snapshot(path: Path, G: Generator, opt: torch.optim.Optimizer, step: in
 def load_snapshot(path: Path, G: Generator, opt: torch.optim.Optimizer) -> tuple[int, torch.Tensor, dict]:
     """Load weights into G and state into opt (in place); returns (step, rng_state, run record)."""
     from machinegaze import checkpoints
+
     nets = checkpoints.load_networks(path)
     info = nets.meta.get("uncanny") or {}
     if info.get("format") != SNAPSHOT_FORMAT or nets.G is None or "rng.torch" not in nets.extra:
@@ -366,8 +398,8 @@ class UncannyResult:
     outdir: Path
     steps_done: int
     metrics: list[dict]
-    collapse_step: Optional[int] = None       # first snapshot whose diversity fell below --max-collapse
-    peak_step: Optional[int] = None           # highest uncanniness (step > 0)
+    collapse_step: Optional[int] = None  # first snapshot whose diversity fell below --max-collapse
+    peak_step: Optional[int] = None  # highest uncanniness (step > 0)
     resumed_from: Optional[int] = None
     seconds: float = 0.0
     files: dict[str, Path] = field(default_factory=dict)
@@ -376,12 +408,15 @@ class UncannyResult:
 def start_generator(nets, start_from: str) -> Generator:
     """The generator to fine-tune: G_ema or G of the network file, or the generator of another file/name."""
     from machinegaze import zoo
+
     if start_from in ("G_ema", "G"):
         g = getattr(nets, start_from)
         if g is None:
             have = [r for r in ("G_ema", "G") if getattr(nets, r) is not None]
-            raise GazeError(f"{nets.source}: holds no {start_from} (it has: {', '.join(have) or 'no generator'}); "
-                            f"use --start-from {have[0] if have else 'PATH'}")
+            raise GazeError(
+                f"{nets.source}: holds no {start_from} (it has: {', '.join(have) or 'no generator'}); "
+                f"use --start-from {have[0] if have else 'PATH'}"
+            )
         return g
     return zoo.load_generator(start_from)
 
@@ -405,13 +440,16 @@ def _check_batches(critic: Critic, batch: int, n_eval: int) -> None:
     for n in {batch, n_eval % batch or batch}:
         g = min(mbstd.group_size, n)
         if n % g:
-            raise GazeError(f"the discriminator judges images in groups of {mbstd.group_size} (minibatch stddev): "
-                            f"--batch {batch} with {n_eval} evaluation faces gives a batch of {n}; use a multiple "
-                            f"of {mbstd.group_size}")
+            raise GazeError(
+                f"the discriminator judges images in groups of {mbstd.group_size} (minibatch stddev): "
+                f"--batch {batch} with {n_eval} evaluation faces gives a batch of {n}; use a multiple "
+                f"of {mbstd.group_size}"
+            )
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
     from machinegaze.data import atomic_write_bytes
+
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
 
 
@@ -433,8 +471,14 @@ def _resume(outdir: Path, snaps: list, G: Generator, opt, run: dict) -> tuple[li
     return records, start_step, rng_state
 
 
-def run_uncanny(network: str | os.PathLike, outdir: str | os.PathLike, cfg: UncannyConfig = UncannyConfig(),
-                resume: bool = False, progress: ProgressFn = None, lpips: Optional[nn.Module] = None) -> UncannyResult:
+def run_uncanny(
+    network: str | os.PathLike,
+    outdir: str | os.PathLike,
+    cfg: UncannyConfig = UncannyConfig(),
+    resume: bool = False,
+    progress: ProgressFn = None,
+    lpips: Optional[nn.Module] = None,
+) -> UncannyResult:
     """Fine-tune the generator of `network` against its frozen critic, measuring and snapshotting as it goes.
 
     `lpips` may be given (a loaded LPIPS module) to save loading it; by default zoo.load_lpips(cfg.lpips_net)."""
@@ -446,7 +490,9 @@ def run_uncanny(network: str | os.PathLike, outdir: str | os.PathLike, cfg: Unca
     network = Path(network)
     snaps = list_snapshots(outdir)
     if not resume and (snaps or (outdir / "metrics.jsonl").exists()):
-        raise GazeError(f"{outdir} already holds an uncanny run; pass --resume to continue it, or choose another --outdir")
+        raise GazeError(
+            f"{outdir} already holds an uncanny run; pass --resume to continue it, or choose another --outdir"
+        )
     nets = checkpoints.load_networks(network)
     critic = freeze(build_critic(cfg.critic, nets.D))
     critic_before = fingerprint(critic)
@@ -474,13 +520,15 @@ def run_uncanny(network: str | os.PathLike, outdir: str | os.PathLike, cfg: Unca
         images = render(G, z_eval, c_eval, cfg.eval_trunc, cfg.batch)
         G.train(was_training)
         logits = critic_logits(critic, images, c_eval, cfg.batch)
-        rec = {"step": step,
-               "critic_fake": float(torch.sigmoid(-logits.double()).mean()),
-               "critic_logit": float(logits.double().mean()),
-               "diversity": mean_pairwise_lpips(lpips, images),
-               **face_colour(images, cfg.face_crop),
-               "param_distance": param_distance(G, theta0),
-               "loss": float(np.mean(losses)) if losses else None}
+        rec = {
+            "step": step,
+            "critic_fake": float(torch.sigmoid(-logits.double()).mean()),
+            "critic_logit": float(logits.double().mean()),
+            "diversity": mean_pairwise_lpips(lpips, images),
+            **face_colour(images, cfg.face_crop),
+            "param_distance": param_distance(G, theta0),
+            "loss": float(np.mean(losses)) if losses else None,
+        }
         d0 = records[0]["diversity"] if records else rec["diversity"]
         rec["uncanniness"] = uncanniness(rec["critic_fake"], rec["diversity"], d0)
         rec["seconds"] = round(time.perf_counter() - t_start, 3)
@@ -506,8 +554,10 @@ def run_uncanny(network: str | os.PathLike, outdir: str | os.PathLike, cfg: Unca
             if cfg.max_collapse is not None and rec0["diversity"] < cfg.max_collapse:
                 for p in (outdir / "metrics.jsonl", grid_path(outdir, 0), outdir / "run.json"):
                     p.unlink(missing_ok=True)  # nothing was fine-tuned: leave no half-started run behind
-                raise GazeError(f"the starting generator's diversity ({rec0['diversity']:.4f}) is already below "
-                                f"--max-collapse {cfg.max_collapse}")
+                raise GazeError(
+                    f"the starting generator's diversity ({rec0['diversity']:.4f}) is already below "
+                    f"--max-collapse {cfg.max_collapse}"
+                )
             report(progress, 0, cfg.steps, critic_fake=rec0["critic_fake"], diversity=rec0["diversity"])
         losses: list[float] = []
         while collapse_step is None and step < cfg.steps:
@@ -519,17 +569,30 @@ def run_uncanny(network: str | os.PathLike, outdir: str | os.PathLike, cfg: Unca
                 save_snapshot(snapshot_path(outdir, step), G, opt, step, run)
                 if collapsed(rec):
                     collapse_step = step
-                report(progress, step, cfg.steps, loss=rec["loss"], critic_fake=rec["critic_fake"],
-                       diversity=rec["diversity"])
+                report(
+                    progress,
+                    step,
+                    cfg.steps,
+                    loss=rec["loss"],
+                    critic_fake=rec["critic_fake"],
+                    diversity=rec["diversity"],
+                )
             else:
                 report(progress, step, cfg.steps, loss=losses[-1])
     if not same_state(critic, critic_before):
         raise RuntimeError("internal error: the frozen critic changed during fine-tuning")
 
     files = finalise(outdir, cfg, records, collapse_step)
-    return UncannyResult(outdir=outdir, steps_done=records[-1]["step"], metrics=records, collapse_step=collapse_step,
-                         peak_step=find_peak(records), resumed_from=resumed_from,
-                         seconds=time.perf_counter() - t_start, files=files)
+    return UncannyResult(
+        outdir=outdir,
+        steps_done=records[-1]["step"],
+        metrics=records,
+        collapse_step=collapse_step,
+        peak_step=find_peak(records),
+        resumed_from=resumed_from,
+        seconds=time.perf_counter() - t_start,
+        files=files,
+    )
 
 
 def _check_resume(info: dict, run: dict, path: Path) -> None:
@@ -565,18 +628,25 @@ def finalise(outdir: Path, cfg: UncannyConfig, records: list[dict], collapse_ste
     if peak is not None:
         nets = checkpoints.load_networks(snapshot_path(outdir, peak))
         rec = next(r for r in records if r["step"] == peak)
-        meta = {"uncanny_peak": {"step": peak, "rule": "max critic_fake * diversity / diversity_0 over steps > 0",
-                                 "metrics": rec}}
+        meta = {
+            "uncanny_peak": {
+                "step": peak,
+                "rule": "max critic_fake * diversity / diversity_0 over steps > 0",
+                "metrics": rec,
+            }
+        }
         files["peak"] = checkpoints.save_networks(outdir / "peak.safetensors", {"G": nets.G}, meta=meta)
         files["peak_grid"] = save_image(grids[steps.index(peak)], outdir / "peak.png")
-    files["summary_png"] = plot_summary(records, outdir / "summary.png", peak_step=peak, collapse_step=collapse_step,
-                                        max_collapse=cfg.max_collapse)
+    files["summary_png"] = plot_summary(
+        records, outdir / "summary.png", peak_step=peak, collapse_step=collapse_step, max_collapse=cfg.max_collapse
+    )
     files["summary_html"] = write_summary_html(outdir, records, cfg, peak, collapse_step)
     return files
 
 
 def _read_png(path: Path) -> np.ndarray:
     from PIL import Image
+
     if not path.is_file():
         raise GazeError(f"missing snapshot grid {path} (the run folder is incomplete)")
     with Image.open(path) as im:
@@ -597,14 +667,20 @@ def progression_grid(grids: list[np.ndarray], steps: list[int], rows: int = 8) -
     return np.concatenate([grids[i][:tile] for i in idx], axis=0)
 
 
-def plot_summary(records: list[dict], out: Path, peak_step: Optional[int] = None,
-                 collapse_step: Optional[int] = None, max_collapse: Optional[float] = None) -> Path:
+def plot_summary(
+    records: list[dict],
+    out: Path,
+    peak_step: Optional[int] = None,
+    collapse_step: Optional[int] = None,
+    max_collapse: Optional[float] = None,
+) -> Path:
     """Six panels against the step: critic P(fake), diversity, uncanniness, parameter distance, redness and
     saturation, hue. Uses the Agg canvas directly (no global matplotlib backend is touched)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from machinegaze.data import atomic_path
+
     steps = [r["step"] for r in records]
 
     def series(key):
@@ -613,11 +689,14 @@ def plot_summary(records: list[dict], out: Path, peak_step: Optional[int] = None
     fig = Figure(figsize=(11, 6.5), dpi=80)
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 3)
-    panels = [("critic_fake", "critic P(fake)", None), ("diversity", "diversity (mean pairwise LPIPS)", None),
-              ("uncanniness", "uncanniness = P(fake) x div/div0", None),
-              ("param_distance", "|theta - theta0| / |theta0|", None),
-              ("redness", "face colour: redness R-(G+B)/2, saturation", "saturation"),
-              ("hue", "face hue (deg, 0 = red, +60 = yellow)", None)]
+    panels = [
+        ("critic_fake", "critic P(fake)", None),
+        ("diversity", "diversity (mean pairwise LPIPS)", None),
+        ("uncanniness", "uncanniness = P(fake) x div/div0", None),
+        ("param_distance", "|theta - theta0| / |theta0|", None),
+        ("redness", "face colour: redness R-(G+B)/2, saturation", "saturation"),
+        ("hue", "face hue (deg, 0 = red, +60 = yellow)", None),
+    ]
     for ax, (key, title, key2) in zip(axes.flat, panels):
         ax.plot(steps, series(key), marker="o", ms=3, label=key)
         if key2:
@@ -645,14 +724,17 @@ def plot_summary(records: list[dict], out: Path, peak_step: Optional[int] = None
     return Path(out)
 
 
-def write_summary_html(outdir: Path, records: list[dict], cfg: UncannyConfig, peak_step: Optional[int],
-                       collapse_step: Optional[int]) -> Path:
+def write_summary_html(
+    outdir: Path, records: list[dict], cfg: UncannyConfig, peak_step: Optional[int], collapse_step: Optional[int]
+) -> Path:
     from machinegaze.data import atomic_write_bytes
+
     esc = html.escape
     keys = ["step", "critic_fake", "diversity", "uncanniness", "redness", "saturation", "hue", "param_distance", "loss"]
 
     def fmt(v):
         return "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
     rows = "".join("<tr>" + "".join(f"<td>{esc(fmt(r.get(k)))}</td>" for k in keys) + "</tr>" for r in records)
     last = records[-1]["step"]
     parts = [

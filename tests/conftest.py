@@ -45,6 +45,7 @@ def tiny_detector(tmp_path_factory) -> Path:
     """An untrained small-CNN detector: real detector code and file format, meaningless verdicts."""
     from machinegaze import checkpoints
     from machinegaze.detect.model import DetectorSpec, build_detector
+
     torch.manual_seed(0)
     det = build_detector(DetectorSpec(arch="smallcnn", size=32, width=4, jpeg_quality=75)).eval()
     path = tmp_path_factory.mktemp("det") / "tiny_detector.safetensors"

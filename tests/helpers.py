@@ -1,4 +1,5 @@
 """Test helpers shared by several test modules (plain functions; shared fixtures live in conftest.py)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """Test helper: write networks in NVIDIA's snapshot pickle format (persistent objects with module_src,
 EasyDict kwargs, numpy scalars, legacy tensor storages) without NVIDIA's code, so the loader can be tested on
 configurations the golden files don't cover, and so malicious variants can be hand-made."""
+
 from __future__ import annotations
 
 import collections
@@ -24,6 +25,7 @@ def _install_fake_modules():
 
     def _reconstruct_persistent_obj(meta):  # never called by our loader
         raise RuntimeError("fake")
+
     _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
     _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
     pers._reconstruct_persistent_obj = _reconstruct_persistent_obj
@@ -32,6 +34,7 @@ def _install_fake_modules():
 
     class EasyDict(dict):
         pass
+
     EasyDict.__module__ = "dnnlib.util"
     EasyDict.__qualname__ = "EasyDict"
     util.EasyDict = EasyDict
@@ -64,7 +67,9 @@ def module_record(m: torch.nn.Module, init_kwargs: dict | None = None) -> Persis
         "_load_state_dict_pre_hooks": collections.OrderedDict(),
         "_modules": collections.OrderedDict((k, module_record(v)) for k, v in m._modules.items()),
         "_init_args": (),
-        "_init_kwargs": EasyDict({k: (EasyDict(v) if isinstance(v, dict) else v) for k, v in (init_kwargs or {}).items()}),
+        "_init_kwargs": EasyDict(
+            {k: (EasyDict(v) if isinstance(v, dict) else v) for k, v in (init_kwargs or {}).items()}
+        ),
     }
     if hasattr(m, "weight_gain"):
         state["weight_gain"] = np.float64(m.weight_gain)

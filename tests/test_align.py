@@ -1,4 +1,5 @@
 """MTCNN (our nets + cascade on facenet-pytorch's weights) and FFHQ-style alignment."""
+
 import json
 import os
 
@@ -29,7 +30,7 @@ def detector():
 def utk_files(faces_dir, n=5):
     names = sorted(os.listdir(faces_dir / "utkface"))
     names = [n_ for n_ in names if n_.endswith(".jpg")]
-    return UTK + names[100:100 + n - len(UTK)]
+    return UTK + names[100 : 100 + n - len(UTK)]
 
 
 # ---------------------------------------------------------------- weights and NMS
@@ -46,9 +47,9 @@ def test_weights_load_strictly_and_bad_files_are_user_errors(tmp_path, detector)
 
 
 def test_nms_keeps_the_best_of_overlapping_boxes():
-    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 5, 5.]])
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 5, 5.0]])
     scores = torch.tensor([0.8, 0.9, 0.5, 0.7])
-    assert nms(boxes, scores, 0.5).tolist() == [1, 3, 2]        # box 0 overlaps box 1 (IoU 0.68)
+    assert nms(boxes, scores, 0.5).tolist() == [1, 3, 2]  # box 0 overlaps box 1 (IoU 0.68)
     assert nms(boxes, scores, 0.5, mode="min").tolist() == [1, 2]  # box 3 lies inside box 1
     assert nms(torch.zeros(0, 4), torch.zeros(0), 0.5).numel() == 0
 
@@ -58,15 +59,15 @@ def test_detects_one_face_with_plausible_landmarks(faces_dir, detector):
     det = detect_landmarks(faces_dir / "ffhq256" / "00001.jpg", detector)
     assert len(det) == 1 and det.scores[0] > 0.99
     (lx, ly), (rx, ry), (nx, ny), (mlx, mly), (mrx, mry) = det.landmarks[0].tolist()
-    assert lx < nx < rx and mlx < mrx          # left/right in image order
-    assert max(ly, ry) < ny < min(mly, mry)    # eyes above nose above mouth
+    assert lx < nx < rx and mlx < mrx  # left/right in image order
+    assert max(ly, ry) < ny < min(mly, mry)  # eyes above nose above mouth
     x1, y1, x2, y2 = det.boxes[0].tolist()
     assert x1 < lx and rx < x2 and y1 < ly and max(mly, mry) < y2
 
 
 def test_ffhq_quad_matches_the_recipe_by_hand():
     # Upright face: eyes 20 px apart, mouth 25 px below the eyes -> x = (45, 0), c = (50, 52.5).
-    lm = np.array([[40, 50], [60, 50], [50, 62], [42, 75], [58, 75.]])
+    lm = np.array([[40, 50], [60, 50], [50, 62], [42, 75], [58, 75.0]])
     q = ffhq_quad(lm)
     np.testing.assert_allclose(q, [[5, 7.5], [5, 97.5], [95, 97.5], [95, 7.5]], atol=1e-9)
     # The recipe is rotation-equivariant: rotate the landmarks, the quad rotates with them.

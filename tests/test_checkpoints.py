@@ -1,4 +1,5 @@
 """Loading NVlabs pickles safely, our safetensors format, and refusing everything else."""
+
 import os
 import pickle
 import subprocess
@@ -11,29 +12,46 @@ import torch
 from machinegaze import GazeError
 from machinegaze.checkpoints import convert, load_networks, read_nvlabs_pickle, save_networks
 from machinegaze.nets.stylegan2 import Discriminator, Generator
-from tests.nvlabs_pickle import Persistent, module_record, snapshot_bytes, _install_fake_modules
+from tests.nvlabs_pickle import Persistent, _install_fake_modules, module_record, snapshot_bytes
 
 
 def _tiny(res=16, arch="skip", c_dim=0, mapping_layers=2, fp16=0, clamp=None, seed=0):
     torch.manual_seed(seed)
-    G = Generator(z_dim=16, c_dim=c_dim, w_dim=16, img_resolution=res, img_channels=3,
-                  mapping_kwargs=dict(num_layers=mapping_layers),
-                  synthesis_kwargs=dict(channel_base=128, channel_max=32, architecture=arch, num_fp16_res=fp16,
-                                        conv_clamp=clamp))
+    G = Generator(
+        z_dim=16,
+        c_dim=c_dim,
+        w_dim=16,
+        img_resolution=res,
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=mapping_layers),
+        synthesis_kwargs=dict(channel_base=128, channel_max=32, architecture=arch, num_fp16_res=fp16, conv_clamp=clamp),
+    )
     with torch.no_grad():
         for p in G.parameters():
             p.add_(0.1 * torch.randn_like(p))
         G.mapping.w_avg.normal_()
-    D = Discriminator(c_dim=c_dim, img_resolution=res, img_channels=3, architecture=arch, channel_base=128,
-                      channel_max=32, num_fp16_res=fp16, conv_clamp=clamp, epilogue_kwargs=dict(mbstd_group_size=2))
+    D = Discriminator(
+        c_dim=c_dim,
+        img_resolution=res,
+        img_channels=3,
+        architecture=arch,
+        channel_base=128,
+        channel_max=32,
+        num_fp16_res=fp16,
+        conv_clamp=clamp,
+        epilogue_kwargs=dict(mbstd_group_size=2),
+    )
     return G.eval(), D.eval()
 
 
-@pytest.mark.parametrize("cfg", [
-    dict(res=8, arch="orig", mapping_layers=1),
-    dict(res=16, arch="resnet", mapping_layers=4, fp16=2, clamp=256),
-    dict(res=64, arch="skip", c_dim=3, mapping_layers=8, fp16=1),
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(res=8, arch="orig", mapping_layers=1),
+        dict(res=16, arch="resnet", mapping_layers=4, fp16=2, clamp=256),
+        dict(res=64, arch="skip", c_dim=3, mapping_layers=8, fp16=1),
+    ],
+)
 def test_nvlabs_format_roundtrip_other_configs(tmp_path, cfg):
     """Configurations the golden files don't cover: rebuilt from the recorded init kwargs alone."""
     G, D = _tiny(**cfg)
@@ -44,7 +62,9 @@ def test_nvlabs_format_roundtrip_other_configs(tmp_path, cfg):
     z = torch.randn(2, 16)
     c = torch.eye(cfg.get("c_dim", 0))[:2] if cfg.get("c_dim") else None
     with torch.no_grad():
-        assert torch.equal(nets.G_ema(z, c, truncation_psi=0.7, noise_mode="const"), G(z, c, truncation_psi=0.7, noise_mode="const"))
+        assert torch.equal(
+            nets.G_ema(z, c, truncation_psi=0.7, noise_mode="const"), G(z, c, truncation_psi=0.7, noise_mode="const")
+        )
         img = G(z, c, noise_mode="const")
         assert torch.equal(nets.D(img, c), D(img, c))
     # and through our safetensors format, fp32 exactly and fp16 approximately
@@ -92,7 +112,8 @@ def test_refuses_eval_buried_in_state(tmp_path):
     G, _ = _tiny()
     rec = module_record(G, G.init_kwargs)
     rec.meta["state"]["_modules"]["synthesis"].meta["state"]["architecture"] = _Reduce(
-        eval, (f"open({str(marker)!r}, 'w').close()",))
+        eval, (f"open({str(marker)!r}, 'w').close()",)
+    )
     p = tmp_path / "evil.pkl"
     p.write_bytes(pickle.dumps({"G_ema": rec}, protocol=4))
     with pytest.raises(GazeError, match=r"refused global 'builtins\.eval'"):
@@ -131,7 +152,9 @@ def test_refuses_malicious_inner_storage(tmp_path):
     class Storage:
         def __reduce__(self):
             import torch.storage
+
             return torch.storage._load_from_bytes, (inner,)
+
     p.write_bytes(pickle.dumps({"G": Storage()}, protocol=4))
     with pytest.raises(GazeError, match="refused global"):
         load_networks(p)
@@ -146,8 +169,9 @@ def test_golden_pickle_globals_all_admitted(golden_dir):
 
 # ------------------------------------------------------------------ bad input, via the real CLI
 def _gaze(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "machinegaze.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "machinegaze.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
 
 
 def _assert_one_line_error(r, *needles):
@@ -162,7 +186,9 @@ def _assert_one_line_error(r, *needles):
 def test_cli_bad_inputs(tmp_path, golden_dir):
     net = str(golden_dir / "sg2_skip_32.pkl")
     out = str(tmp_path / "o")
-    _assert_one_line_error(_gaze("generate", "--network", str(tmp_path / "nope.pkl"), "--outdir", out), "no such network")
+    _assert_one_line_error(
+        _gaze("generate", "--network", str(tmp_path / "nope.pkl"), "--outdir", out), "no such network"
+    )
     trunc = tmp_path / "trunc.pkl"
     trunc.write_bytes((golden_dir / "sg2_skip_32.pkl").read_bytes()[:100_000])
     _assert_one_line_error(_gaze("generate", "--network", str(trunc), "--outdir", out), "truncated or corrupt")
@@ -177,10 +203,20 @@ def test_cli_bad_inputs(tmp_path, golden_dir):
 
 
 def test_cli_generate_writes_nvlabs_pixels(tmp_path, golden_dir):
-    r = _gaze("generate", "--network", str(golden_dir / "sg2_skip_32.pkl"), "--seeds", "0-7", "--trunc", "0.7",
-              "--outdir", str(tmp_path))
+    r = _gaze(
+        "generate",
+        "--network",
+        str(golden_dir / "sg2_skip_32.pkl"),
+        "--seeds",
+        "0-7",
+        "--trunc",
+        "0.7",
+        "--outdir",
+        str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     from PIL import Image
+
     g = np.load(golden_dir / "sg2_skip_32.npz")
     for s in range(8):
         ours = np.asarray(Image.open(tmp_path / f"seed{s:04d}.png")).astype(int)
@@ -201,6 +237,7 @@ def test_convert_cli(tmp_path, golden_dir):
     assert (img - torch.from_numpy(g["img_psi07"])).abs().max() < 1e-3
     # a safetensors file that is not ours is refused clearly
     from safetensors.torch import save_file
+
     foreign = tmp_path / "foreign.safetensors"
     save_file({"x": torch.zeros(2)}, str(foreign))
     with pytest.raises(GazeError, match="not a machinegaze network file"):
@@ -232,6 +269,7 @@ def test_load_generator_builds_only_the_generator(tmp_path):
     pkl.write_bytes(snapshot_bytes(G=G, D=D, G_ema=G_ema))
     save_networks(st, {"G_ema": G_ema, "G": G, "D": D}, half=True)
     from machinegaze.checkpoints import load_generator
+
     z = torch.randn(2, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = G_ema(z, noise_mode="const")

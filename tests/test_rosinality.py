@@ -1,6 +1,7 @@
 """rosinality/stylegan2-pytorch checkpoints: golden parity with rosinality's own model.py outputs (../shared/golden/
 rosinality), config inference from the tensors (including the unmodified 256 and 1024 px layouts), seed conventions,
 every capability on the golden checkpoint, and hostile or damaged .pt files (nothing in them is ever run)."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,9 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from machinegaze import GazeError, checkpoints
+from machinegaze import GazeError, checkpoints, mix
 from machinegaze import generate as gen
-from machinegaze import mix
 from machinegaze.nets.stylegan2 import Discriminator, Generator
 from tests.helpers import single_thread
 
@@ -66,6 +66,7 @@ def test_golden_latents_images_and_logits(ros, zc):
             assert _max(img, g[f"img_{zc}_{psi}"]) < 1e-3
             assert _max(D(torch.from_numpy(g[f"img_{zc}_{psi}"])), g[f"d_logits_{zc}_{psi}"]) < 1e-3
     from machinegaze.data import to_uint8  # NVlabs' x*127.5+128 truncation == rosinality's rounding of (x+1)/2*255
+
     diff = np.abs(to_uint8(img).astype(int) - g[f"img_{zc}_psi07_uint8"].astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
@@ -95,17 +96,35 @@ def test_seed_conventions(ros):
 
 def _cli(*args):
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "machinegaze.cli", *map(str, args)], capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "machinegaze.cli", *map(str, args)], capture_output=True, text=True, env=env
+    )
 
 
 def test_cli_generate_writes_the_golden_pngs(ros_dir, tmp_path):
     g = np.load(ros_dir / "ros_64.npz")
-    r = _cli("generate", "--network", ros_dir / "ros_64.pt", "--seeds", "0-7", "--trunc", "0.7", "--outdir", tmp_path / "a")
+    r = _cli(
+        "generate", "--network", ros_dir / "ros_64.pt", "--seeds", "0-7", "--trunc", "0.7", "--outdir", tmp_path / "a"
+    )
     assert r.returncode == 0, r.stderr
-    r2 = _cli("generate", "--network", ros_dir / "ros_64.pt", "--seeds", "0", "--trunc", "0.7", "--seed-convention",
-              "rosinality", "--outdir", tmp_path / "b")
+    r2 = _cli(
+        "generate",
+        "--network",
+        ros_dir / "ros_64.pt",
+        "--seeds",
+        "0",
+        "--trunc",
+        "0.7",
+        "--seed-convention",
+        "rosinality",
+        "--outdir",
+        tmp_path / "b",
+    )
     assert r2.returncode == 0, r2.stderr
-    for out, key, seeds in ((tmp_path / "a", "img_rs_psi07_uint8", range(8)), (tmp_path / "b", "img_torch_psi07_uint8", [0])):
+    for out, key, seeds in (
+        (tmp_path / "a", "img_rs_psi07_uint8", range(8)),
+        (tmp_path / "b", "img_torch_psi07_uint8", [0]),
+    ):
         for s in seeds:
             diff = np.abs(np.asarray(Image.open(out / f"seed{s:04d}.png")).astype(int) - g[key][s].astype(int))
             assert diff.max() <= 1 and (diff > 0).mean() < 1e-2, (key, s)
@@ -116,8 +135,10 @@ def _listing_tensors(listing):
     """A state dict with the listed names/shapes: meta tensors, except real [1,3,3,1] blur kernels."""
     k = torch.tensor([1.0, 3, 3, 1])
     blur = torch.outer(k, k) / 64
-    return {e["name"]: (blur * 4 if e["name"].endswith("kernel") else torch.empty(e["shape"], device="meta"))
-            for e in listing}
+    return {
+        e["name"]: (blur * 4 if e["name"].endswith("kernel") else torch.empty(e["shape"], device="meta"))
+        for e in listing
+    }
 
 
 @pytest.mark.parametrize("which,size,style_dim,n_mlp", [("size256_cm2", 256, 512, 8), ("size1024_cm2", 1024, 512, 8)])
@@ -134,8 +155,9 @@ def test_config_inference_on_unmodified_layouts(ros_dir, which, size, style_dim,
     assert set(own) - set(sd) == {k for k in own if k.endswith("resample_filter")} | {"mapping.w_avg"}
     assert all(tuple(own[k].shape) == tuple(v.shape) for k, v in sd.items())
     assert sum(v.numel() for k, v in sd.items() if "noise_const" not in k) == ref["g_num_params"]
-    kw, sd = checkpoints.rosinality_discriminator({k: (v / 4 if k.endswith("kernel") else v)
-                                                   for k, v in _listing_tensors(ref["d"]).items()}, which)
+    kw, sd = checkpoints.rosinality_discriminator(
+        {k: (v / 4 if k.endswith("kernel") else v) for k, v in _listing_tensors(ref["d"]).items()}, which
+    )
     with torch.device("meta"):
         D = Discriminator(**kw)
     own = D.state_dict()
@@ -172,6 +194,7 @@ def test_projection_breed_and_uncanny_step(ros):
 
     from machinegaze import project as P
     from machinegaze import uncanny as U
+
     nets = ros[0]
     G = nets.G_ema
     target = gen.synthesize(G, gen.seeds_to_ws(G, [3], trunc=0.7))
@@ -273,6 +296,7 @@ def test_web_lab_generates_and_mixes(shared, tmp_path, which):
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
     from machinegaze.web import ServeConfig, create_app
+
     path = shared / "golden" / which
     app = create_app(ServeConfig(network=str(path), detector="none", data_dir=tmp_path, workers=1, queue=2))
     with TestClient(app) as c:
@@ -281,6 +305,7 @@ def test_web_lab_generates_and_mixes(shared, tmp_path, which):
         G = checkpoints.load_networks(path).G_ema
         want = gen.generate_images(G, [3], gen.GenerateConfig(trunc=0.7))[0]
         from machinegaze.data import to_uint8
+
         got = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")).astype(int)
         assert np.abs(got - to_uint8(want)[0].astype(int)).max() <= 1
         m = c.post("/api/mix", json={"a": {"seed": 3}, "b": {"seed": 5}, "psi": 0.7, "coarse": 1})

@@ -1,4 +1,5 @@
 """StyleGAN2 nets: golden parity against NVIDIA's own outputs, plus checks that do not rely on the golden data."""
+
 import numpy as np
 import pytest
 import scipy.signal
@@ -68,12 +69,12 @@ def test_golden_style_mixing(golden):
     z = torch.cat([z_from_seed(s, G.z_dim) for s in seeds])
     with torch.no_grad():
         w = G.mapping(z, c_all, truncation_psi=float(g["mix_psi"]))
-    w_of = {s: w[i:i + 1] for i, s in enumerate(seeds)}
+    w_of = {s: w[i : i + 1] for i, s in enumerate(seeds)}
     for k, (r, col) in enumerate(g["mix_pairs"]):
         mixed = style_mix(w_of[int(r)], w_of[int(col)], styles)
-        assert (mixed - _t(g["mix_ws"][k:k + 1])).abs().max() < 1e-4
+        assert (mixed - _t(g["mix_ws"][k : k + 1])).abs().max() < 1e-4
         img = synthesize(G, mixed, noise_mode="const")
-        assert (img - _t(g["mix_img"][k:k + 1])).abs().max() < 1e-3
+        assert (img - _t(g["mix_img"][k : k + 1])).abs().max() < 1e-3
 
 
 def test_golden_discriminator(golden):
@@ -107,12 +108,12 @@ def _ref_fused_modconv(x, weight, styles, up, demod=True):
     f = ops.setup_filter([1, 3, 3, 1])
     for i in range(b):
         if up == 1:
-            out.append(F.conv2d(x[i:i + 1], w[i], padding=weight.shape[-1] // 2))
+            out.append(F.conv2d(x[i : i + 1], w[i], padding=weight.shape[-1] // 2))
         else:  # transposed conv = zero-insert + true convolution, then the [1,3,3,1] blur (gain 4)
             h = x.shape[2]
             y = torch.zeros(1, x.shape[1], 2 * h - 1, 2 * h - 1)
-            y[..., ::2, ::2] = x[i:i + 1]
-            y = F.conv2d(F.pad(y, [2, 2, 2, 2]), w[i].flip([2, 3]))       # 2h+1 px
+            y[..., ::2, ::2] = x[i : i + 1]
+            y = F.conv2d(F.pad(y, [2, 2, 2, 2]), w[i].flip([2, 3]))  # 2h+1 px
             out.append(ops.upfirdn2d(y, f, padding=[1, 1, 1, 1], gain=4))  # blur -> 2h px
     return torch.cat(out)
 
@@ -148,8 +149,15 @@ def test_upfirdn_against_scipy():
 @pytest.mark.parametrize("res", [8, 16, 64, 128])
 @pytest.mark.parametrize("arch", ["orig", "skip", "resnet"])
 def test_architecture_rules(res, arch):
-    G = Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=res, img_channels=3,
-                  mapping_kwargs=dict(num_layers=3), synthesis_kwargs=dict(channel_base=256, channel_max=32, architecture=arch))
+    G = Generator(
+        z_dim=16,
+        c_dim=0,
+        w_dim=16,
+        img_resolution=res,
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=3),
+        synthesis_kwargs=dict(channel_base=256, channel_max=32, architecture=arch),
+    )
     log2 = int(np.log2(res))
     assert G.num_ws == 2 * log2 - 2
     blocks = [getattr(G.synthesis, f"b{r}") for r in G.synthesis.block_resolutions]
@@ -161,15 +169,28 @@ def test_architecture_rules(res, arch):
     with torch.no_grad():
         img = G(torch.randn(2, 16), None, noise_mode="random")
     assert img.shape == (2, 3, res, res) and torch.isfinite(img).all()
-    D = Discriminator(c_dim=0, img_resolution=res, img_channels=3, architecture=arch, channel_base=256, channel_max=32,
-                      epilogue_kwargs=dict(mbstd_group_size=2))
+    D = Discriminator(
+        c_dim=0,
+        img_resolution=res,
+        img_channels=3,
+        architecture=arch,
+        channel_base=256,
+        channel_max=32,
+        epilogue_kwargs=dict(mbstd_group_size=2),
+    )
     with torch.no_grad():
         assert D(img).shape == (2, 1)
 
 
 def test_fp16_flags_and_clamp():
-    G = Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=32, img_channels=3,
-                  synthesis_kwargs=dict(channel_base=128, channel_max=16, num_fp16_res=2, conv_clamp=0.01))
+    G = Generator(
+        z_dim=8,
+        c_dim=0,
+        w_dim=8,
+        img_resolution=32,
+        img_channels=3,
+        synthesis_kwargs=dict(channel_base=128, channel_max=16, num_fp16_res=2, conv_clamp=0.01),
+    )
     assert [getattr(G.synthesis, f"b{r}").use_fp16 for r in (4, 8, 16, 32)] == [False, False, True, True]
     with torch.no_grad():
         img = G(torch.randn(1, 8), noise_mode="none")
@@ -179,8 +200,14 @@ def test_fp16_flags_and_clamp():
 
 def test_truncation_cutoff_and_noise_modes():
     torch.manual_seed(0)
-    G = Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
-                  synthesis_kwargs=dict(channel_base=128, channel_max=16))
+    G = Generator(
+        z_dim=8,
+        c_dim=0,
+        w_dim=8,
+        img_resolution=16,
+        img_channels=3,
+        synthesis_kwargs=dict(channel_base=128, channel_max=16),
+    )
     G.mapping.w_avg.normal_()
     for b in G.synthesis.modules():
         if hasattr(b, "noise_strength"):
@@ -197,8 +224,14 @@ def test_truncation_cutoff_and_noise_modes():
 
 
 def test_layer_groups():
-    G = Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=128, img_channels=3,
-                  synthesis_kwargs=dict(channel_base=256, channel_max=16))
+    G = Generator(
+        z_dim=8,
+        c_dim=0,
+        w_dim=8,
+        img_resolution=128,
+        img_channels=3,
+        synthesis_kwargs=dict(channel_base=256, channel_max=16),
+    )
     assert G.num_ws == 12
     assert group_layers(G, "coarse") == [0, 1, 2, 3]
     assert group_layers(G, "middle") == [4, 5, 6, 7]

@@ -1,4 +1,5 @@
 """`gaze tour`, the README's main-job command: every stop runs on the bundled models and the page links real files."""
+
 from __future__ import annotations
 
 import re
@@ -54,7 +55,20 @@ def html_escaped(s: str) -> str:
 
 
 def test_tour_bad_faces_folder_is_one_line_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "machinegaze.cli", "tour", "--outdir", str(tmp_path / "t"),
-                        "--faces", str(tmp_path / "missing")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "machinegaze.cli",
+            "tour",
+            "--outdir",
+            str(tmp_path / "t"),
+            "--faces",
+            str(tmp_path / "missing"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert len([ln for ln in r.stderr.strip().splitlines() if ln.strip()]) == 1 and re.search("missing", r.stderr)

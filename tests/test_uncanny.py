@@ -1,12 +1,13 @@
 """Amplifying the uncanny: frozen critic, inverted objective, exact resume, metrics, collapse stop, peak."""
+
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from machinegaze import GazeError, uncanny as U
+from machinegaze import GazeError
+from machinegaze import uncanny as U
 from machinegaze.checkpoints import load_networks, save_networks
 from machinegaze.nets.stylegan2 import Discriminator, Generator
 from tests.helpers import single_thread
@@ -16,13 +17,26 @@ RES = 32  # LPIPS-alex needs >= 31 px
 
 def _nets(c_dim=0, seed=0, scale=0.1):
     torch.manual_seed(seed)
-    G = Generator(z_dim=16, c_dim=c_dim, w_dim=16, img_resolution=RES, img_channels=3,
-                  mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=256, channel_max=16))
+    G = Generator(
+        z_dim=16,
+        c_dim=c_dim,
+        w_dim=16,
+        img_resolution=RES,
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=2),
+        synthesis_kwargs=dict(channel_base=256, channel_max=16),
+    )
     with torch.no_grad():
         for p in G.parameters():
             p.add_(scale * torch.randn_like(p))
-    D = Discriminator(c_dim=c_dim, img_resolution=RES, img_channels=3, channel_base=256, channel_max=16,
-                      epilogue_kwargs=dict(mbstd_group_size=4))
+    D = Discriminator(
+        c_dim=c_dim,
+        img_resolution=RES,
+        img_channels=3,
+        channel_base=256,
+        channel_max=16,
+        epilogue_kwargs=dict(mbstd_group_size=4),
+    )
     return G.eval().requires_grad_(False), D.eval().requires_grad_(False)
 
 
@@ -33,6 +47,7 @@ one_thread = pytest.fixture(single_thread, scope="module", autouse=True)
 @pytest.fixture(scope="module")
 def lpips():
     from machinegaze import zoo
+
     try:
         return zoo.load_lpips("alex")
     except GazeError as e:
@@ -81,14 +96,15 @@ def test_inverted_step_freezes_critic_changes_g_and_raises_fake_score():
         return G, start, _fake_score(G, critic, z)
 
     G, start, end = run(+1)
-    assert end > start + 0.05, (start, end)         # the inverted objective makes the critic call it fake
+    assert end > start + 0.05, (start, end)  # the inverted objective makes the critic call it fake
     _, start_c, end_c = run(-1)
     assert end_c < start_c - 0.05, (start_c, end_c)  # and the usual sign does the opposite
-    assert U.same_state(critic, before)              # bit-identical parameters and buffers
+    assert U.same_state(critic, before)  # bit-identical parameters and buffers
     assert all(p.grad is None for p in critic.parameters())
     assert not all(torch.equal(a, b) for a, b in zip(G.parameters(), G0.parameters()))
     assert U.inverted_loss(torch.tensor([0.0, 2.0])).item() == pytest.approx(
-        (math.log(2) + math.log1p(math.exp(2))) / 2)
+        (math.log(2) + math.log1p(math.exp(2))) / 2
+    )
 
 
 def test_run_outputs_metrics_and_exact_resume(tmp_path, netfile, lpips):
@@ -117,8 +133,17 @@ def test_run_outputs_metrics_and_exact_resume(tmp_path, netfile, lpips):
     mb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
     assert [(r["critic_fake"], r["diversity"]) for r in mb] == [(r["critic_fake"], r["diversity"]) for r in lines]
 
-    for name in ("progression.mp4", "progression.png", "summary.png", "summary.html", "run.json",
-                 "grids/step-000000.png", "grids/step-000004.png", "peak.safetensors", "peak.png"):
+    for name in (
+        "progression.mp4",
+        "progression.png",
+        "summary.png",
+        "summary.html",
+        "run.json",
+        "grids/step-000000.png",
+        "grids/step-000004.png",
+        "peak.safetensors",
+        "peak.png",
+    ):
         assert (a / name).is_file() and (a / name).stat().st_size > 0, name
     # --keep-peak: the documented rule over steps > 0, and the peak file holds that snapshot's generator
     best = max(lines[1:], key=lambda r: r["critic_fake"] * r["diversity"] / lines[0]["diversity"])
@@ -150,8 +175,9 @@ def test_max_collapse_stops_at_first_snapshot_below(tmp_path, lpips):
     assert [r["step"] for r in res.metrics] == [2 * i for i in range(k + 1)]
     assert U.list_snapshots(tmp_path / "stop")[-1][0] == 2 * k
     with pytest.raises(GazeError, match="already below"):
-        U.run_uncanny(net, tmp_path / "too_high", U.UncannyConfig(**{**cfg.__dict__, "max_collapse": 10.0}),
-                      lpips=lpips)
+        U.run_uncanny(
+            net, tmp_path / "too_high", U.UncannyConfig(**{**cfg.__dict__, "max_collapse": 10.0}), lpips=lpips
+        )
     assert not (tmp_path / "too_high" / "metrics.jsonl").exists()  # the folder can be reused as it is
 
 
@@ -174,9 +200,8 @@ def test_conditional_net_and_detector_critic(tmp_path, lpips):
     x = torch.rand(4, 3, RES, RES) * 2 - 1
     up = torch.nn.functional.interpolate(x, size=(48, 48), mode="bilinear", align_corners=False)
     with torch.no_grad():
-        assert torch.allclose(crit(x), -det(up) / 2.0, atol=1e-6)   # real logit = -fake logit / temperature
-    res = U.run_uncanny(net, tmp_path / "det", _cfg(start_from="G", steps=2, critic=f"detector:{dpath}"),
-                        lpips=lpips)
+        assert torch.allclose(crit(x), -det(up) / 2.0, atol=1e-6)  # real logit = -fake logit / temperature
+    res = U.run_uncanny(net, tmp_path / "det", _cfg(start_from="G", steps=2, critic=f"detector:{dpath}"), lpips=lpips)
     with torch.no_grad():  # the metric is the detector's calibrated P(fake) of the evaluation faces
         faces = U.render(G, *U.eval_inputs(G, range(8))).clamp(-1, 1)
         up = torch.nn.functional.interpolate(faces, size=(48, 48), mode="bilinear", align_corners=False)
@@ -210,6 +235,7 @@ def test_face_colour_and_param_distance():
 
 def test_cli_one_line_errors_and_run(tmp_path, netfile, capsys):
     from machinegaze.cli import main
+
     with pytest.raises(SystemExit) as e:
         main(["uncanny", "--network", str(netfile), "--critic", "bogus", "--outdir", str(tmp_path / "o")])
     assert e.value.code == 1 and "--critic" in capsys.readouterr().err
@@ -219,8 +245,24 @@ def test_cli_one_line_errors_and_run(tmp_path, netfile, capsys):
         main(["uncanny", "--network", str(no_d), "--outdir", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert "no discriminator" in err and "Traceback" not in err
-    main(["uncanny", "--network", str(netfile), "--steps", "2", "--snapshot-every", "1", "--batch", "4",
-          "--outdir", str(tmp_path / "cli"), "--keep-peak", "--threads", "1"])
+    main(
+        [
+            "uncanny",
+            "--network",
+            str(netfile),
+            "--steps",
+            "2",
+            "--snapshot-every",
+            "1",
+            "--batch",
+            "4",
+            "--outdir",
+            str(tmp_path / "cli"),
+            "--keep-peak",
+            "--threads",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert "critic P(fake)" in out and "peak uncanniness at step" in out
     assert len((tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()) == 3

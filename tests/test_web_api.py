@@ -1,6 +1,7 @@
 """The web API (machinegaze.web) through FastAPI's TestClient, on a golden 32 px StyleGAN2 and a tiny random
 detector: limits (413/415/422/429/404), PNG endpoints, jobs (progress, SSE, cancel, crashes), the gallery's lineage
 and its database safety, and a bounded schema-driven fuzz that must find no 5xx."""
+
 from __future__ import annotations
 
 import io
@@ -53,8 +54,7 @@ def face_bytes(shared) -> bytes:
 @pytest.fixture(scope="module")
 def client(network, tiny_detector, tmp_path_factory):
     data = tmp_path_factory.mktemp("gallery")
-    app = create_app(ServeConfig(network=str(network), detector=str(tiny_detector), data_dir=data,
-                                 workers=1, queue=2))
+    app = create_app(ServeConfig(network=str(network), detector=str(tiny_detector), data_dir=data, workers=1, queue=2))
     with TestClient(app) as c:
         yield c
 
@@ -125,7 +125,8 @@ def test_oversize_upload_413(client, tmp_path):
 
         def chunks():  # no Content-Length: counted while reading
             for i in range(0, len(body), 4096):
-                yield body[i:i + 4096]
+                yield body[i : i + 4096]
+
         r = c.post("/api/items", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=x"})
         assert r.status_code == 413
         assert c.post("/api/items", files={"file": ("s.png", png_bytes((16, 16)), "image/png")}).status_code == 201
@@ -150,10 +151,17 @@ def test_decompression_bomb_guard(tmp_path):
 
 
 def test_unknown_ids_404(client):
-    for url in ("/api/jobs/AAAAAAAAAAAAAAAA", "/api/jobs/not-a-job", "/api/jobs/..%2f..%2fetc",
-                "/api/items/AAAAAAAAAAAAAAAA", "/api/items/AAAAAAAAAAAAAAAA/image.png",
-                "/api/items/AAAAAAAAAAAAAAAA/latent.npz", "/api/uncanny/runs/AAAAAAAAAAAAAAAA",
-                "/api/jobs/AAAAAAAAAAAAAAAA/events", "/api/dream/nets/resnet"):
+    for url in (
+        "/api/jobs/AAAAAAAAAAAAAAAA",
+        "/api/jobs/not-a-job",
+        "/api/jobs/..%2f..%2fetc",
+        "/api/items/AAAAAAAAAAAAAAAA",
+        "/api/items/AAAAAAAAAAAAAAAA/image.png",
+        "/api/items/AAAAAAAAAAAAAAAA/latent.npz",
+        "/api/uncanny/runs/AAAAAAAAAAAAAAAA",
+        "/api/jobs/AAAAAAAAAAAAAAAA/events",
+        "/api/dream/nets/resnet",
+    ):
         assert client.get(url).status_code == 404, url
     assert client.post("/api/jobs/AAAAAAAAAAAAAAAA/cancel").status_code == 404
     assert client.delete("/api/jobs/AAAAAAAAAAAAAAAA").status_code == 404
@@ -185,6 +193,7 @@ def test_generate_and_mix_return_pngs(client):
 
 def test_gallery_lineage_round_trip(client, network, tiny_detector, tmp_path):
     from machinegaze.generate import load_w
+
     mix = client.post("/api/mix", json={"a": {"seed": 10}, "b": {"seed": 11}, "middle": 0.5, "psi": 0.5})
     mid = mix.headers["x-item-id"]
     item = client.get(f"/api/items/{mid}").json()
@@ -257,6 +266,7 @@ def test_queue_full_429_cancel_and_crash(client):
 
     def blocker(progress):
         from machinegaze.progress import report
+
         for i in range(600):
             if release.wait(0.05):
                 return {"ok": True}
@@ -277,9 +287,11 @@ def test_queue_full_429_cancel_and_crash(client):
     client.delete(f"/api/jobs/{running.id}")
     assert wait_job(client, running.id)["status"] == "cancelled"
     assert wait_job(client, waiting[1].id)["result"] == {"n": 1}
+
     # a crashing job fails alone; the worker and the server go on
     def crash(progress):
         raise RuntimeError("boom")
+
     bad = lab.jobs.submit("test-crash", crash)
     j = wait_job(client, bad.id)
     assert j["status"] == "failed" and "boom" in j["message"]
@@ -300,6 +312,7 @@ def test_gate_and_queue_units():
         with g:
             held.set()
             done.wait(5)
+
     t1, t2 = threading.Thread(target=hold), threading.Thread(target=lambda: g.__enter__() and g.__exit__())
     t1.start()
     held.wait(5)
@@ -325,8 +338,9 @@ def test_dream_and_uncanny_jobs(client, tmp_path):
     bad = client.post("/api/dream", data={"from_noise": "true", "net": "resnet"})
     assert bad.status_code == 422
     src = client.post("/api/generate", json={"seed": 2}).headers["x-item-id"]
-    r = client.post("/api/dream", data={"item_id": src, "net": "discriminator", "octaves": "1", "steps": "2",
-                                        "size": "32"})
+    r = client.post(
+        "/api/dream", data={"item_id": src, "net": "discriminator", "octaves": "1", "steps": "2", "size": "32"}
+    )
     assert r.status_code == 202, r.text
     j = wait_job(client, r.json()["id"])
     assert j["status"] == "done", j
@@ -422,13 +436,15 @@ def test_fuzz_openapi_no_server_errors(network, tiny_detector, tmp_path):
     for result in schema.get_all_operations():
         op = result.ok()
 
-        @settings(max_examples=6, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=6, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+        )
         @given(case=op.as_strategy())
         def check(case):
             r = case.call()
             seen[f"{op.method.upper()} {op.path}"] = seen.get(f"{op.method.upper()} {op.path}", 0) + 1
             ok = r.status_code < 500 or (r.status_code == 503 and "not available" in r.text)
             assert ok, f"{case.method} {case.formatted_path}: {r.status_code} {r.text[:300]}"
+
         check()
     assert len(seen) >= 15 and "POST /api/detect" in seen and "POST /api/mix" in seen

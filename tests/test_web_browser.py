@@ -1,5 +1,6 @@
 """The lab page in a real browser: headless Debian Chromium (Playwright, sync API) against `gaze serve` running
 as a real uvicorn server on a free loopback port. Screenshots go to tests/artifacts/ (git-ignored)."""
+
 from __future__ import annotations
 
 import os
@@ -13,22 +14,33 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = Path(os.environ.get("GAZE_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [pytest.mark.timeout(300)]  # generous: CI machines may be busy
 
 if not CHROMIUM.is_file():
-    pytest.skip(f"no Chromium at {CHROMIUM}: `make setup` installs Debian's chromium (apt-get install chromium)",
-                allow_module_level=True)
+    pytest.skip(
+        f"no Chromium at {CHROMIUM}: `make setup` installs Debian's chromium (apt-get install chromium)",
+        allow_module_level=True,
+    )
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
 httpx = pytest.importorskip("httpx")
 
 
 def bundled_detector_available() -> bool:
     from machinegaze import GazeError, zoo
+
     try:
         zoo.resolve_detector("default")
         return True
@@ -52,10 +64,28 @@ class Server:
         self.log = open(log, "wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         # One torch thread: with two, every op waits for both threads, which is very slow on a busy machine.
-        self.proc = subprocess.Popen([sys.executable, "-m", "machinegaze.cli", "serve", "--host", "127.0.0.1",
-                                      "--port", str(self.port), "--data-dir", str(data_dir), "--threads", "1", *args],
-                                     cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "machinegaze.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(data_dir),
+                "--threads",
+                "1",
+                *args,
+            ],
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         t0 = time.monotonic()
         while time.monotonic() - t0 < 60:
             if self.proc.poll() is not None:
@@ -134,14 +164,17 @@ def open_tab(page, url: str, tab: str) -> None:
 
 def shown_pixels(page, selector: str) -> bytes:
     """The RGBA pixels an <img> shows, read back through a canvas (what a person sees)."""
-    data = page.evaluate("""(sel) => {
+    data = page.evaluate(
+        """(sel) => {
         const img = document.querySelector(sel);
         const c = document.createElement('canvas');
         c.width = img.naturalWidth; c.height = img.naturalHeight;
         const ctx = c.getContext('2d');
         ctx.drawImage(img, 0, 0);
         return Array.from(ctx.getImageData(0, 0, c.width, c.height).data);
-    }""", selector)
+    }""",
+        selector,
+    )
     return bytes(data)
 
 
@@ -177,7 +210,9 @@ def test_detect_upload_gives_verdict(page, server, face, artifacts):
 
 def test_detect_tab_unavailable_without_a_detector(browser, network, tmp_path, artifacts):
     # `--detector none` is what a build without the bundled detector looks like to the page
-    s = Server(["--network", str(network), "--detector", "none"], tmp_path / "data", artifacts / "server-nodetector.log")
+    s = Server(
+        ["--network", str(network), "--detector", "none"], tmp_path / "data", artifacts / "server-nodetector.log"
+    )
     try:
         ctx = browser.new_context()
         pg = ctx.new_page()
@@ -193,8 +228,10 @@ def test_detect_tab_unavailable_without_a_detector(browser, network, tmp_path, a
         s.stop()
 
 
-@pytest.mark.skipif(not bundled_detector_available(),
-                    reason="waits for the bundled detector (zoo 'default'): runs by itself once it is in the build")
+@pytest.mark.skipif(
+    not bundled_detector_available(),
+    reason="waits for the bundled detector (zoo 'default'): runs by itself once it is in the build",
+)
 def test_detect_verdict_with_bundled_detector(browser, network, shared, tmp_path, artifacts):
     """The real bundled detector through the page: a held-out real photo is called real, a face made by the
     bundled generator is called fake (both verdicts are measured facts of the detector, see docs/detect.md)."""
@@ -202,6 +239,7 @@ def test_detect_verdict_with_bundled_detector(browser, network, shared, tmp_path
     from machinegaze.data import save_image
     from machinegaze.detect.sources import parse_source, select
     from machinegaze.generate import GenerateConfig, generate_images
+
     real = Path(select(parse_source("utkface", shared / "data" / "faces").items(), "test", 1)[0].path)
     G = checkpoints.load_networks(zoo.resolve_network("faces64")).generator
     fake = tmp_path / "faces64_seed5000.png"
@@ -215,8 +253,9 @@ def test_detect_verdict_with_bundled_detector(browser, network, shared, tmp_path
             pg.evaluate("() => { document.getElementById('detect-verdict').textContent = ''; }")
             pg.set_input_files("#detect-file", str(path))
             pg.click("#detect-run")
-            pg.wait_for_function("() => document.getElementById('detect-verdict').textContent.length > 0",
-                                 timeout=60_000)
+            pg.wait_for_function(
+                "() => document.getElementById('detect-verdict').textContent.length > 0", timeout=60_000
+            )
             assert pg.inner_text("#detect-verdict") == want, (path, pg.inner_text("#detect-result"))
             pg.screenshot(path=str(artifacts / f"detect-bundled-{want}.png"), full_page=True)
         ctx.close()

@@ -14,6 +14,7 @@ come from MTCNN landmarks on 25 images per source (mean eye-centre / eye-to-mout
 Held out: ~8% by identity (FFHQ id, LFW person, UTKFace file), by a hash of the id. The images stay outside
 the repository (licences: non-commercial research, see ../shared/data/faces/README.md).
 """
+
 import csv
 import hashlib
 import io

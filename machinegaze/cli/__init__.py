@@ -5,6 +5,7 @@ uncanny.py; detect.py; train.py: align/dataset/train/metrics; serve.py; tour.py)
 the order `gaze --help` lists them. User errors (GazeError, bad flags) print one line and exit non-zero, never
 a traceback.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,6 +39,7 @@ __all__ = ["app", "main"]
 
 def main(argv: Optional[list[str]] = None) -> None:
     from machinegaze.perf import tune_allocator
+
     tune_allocator()  # keep freed activation memory in-process: up to ~3x faster CPU inference (benchmarks/generator.py)
     try:
         rc = app(args=argv, standalone_mode=False)  # click returns a command's typer.Exit code in this mode
@@ -54,6 +56,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit(130)
     except Exception as e:  # click usage errors and anything unexpected: one line, non-zero
         import click
+
         if isinstance(e, click.exceptions.ClickException):
             print_error(e.format_message())
             sys.exit(e.exit_code or 2)

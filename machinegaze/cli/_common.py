@@ -1,5 +1,6 @@
 """What every command module shares: the Typer app, the stderr console, flag parsing, the progress bar,
 thread settings and the one-line error printer."""
+
 from __future__ import annotations
 
 import sys
@@ -10,8 +11,12 @@ from rich.console import Console
 
 from machinegaze import GazeError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="machinegaze: see what face GANs and face classifiers see.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="machinegaze: see what face GANs and face classifiers see.",
+)
 console = Console(stderr=True)
 
 
@@ -25,7 +30,11 @@ def parse_range_list(s: str, what: str = "seeds") -> list[int]:
         part = part.strip()
         try:
             if "-" in part[1:]:
-                a, b = part.split("-", 1) if not part.startswith("-") else ("-" + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1])
+                a, b = (
+                    part.split("-", 1)
+                    if not part.startswith("-")
+                    else ("-" + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1])
+                )
                 lo, hi = int(a), int(b)
                 if hi < lo:
                     raise GazeError(f"--{what}: range '{part}' goes backwards (did you mean {hi}-{lo}?)")
@@ -35,7 +44,7 @@ def parse_range_list(s: str, what: str = "seeds") -> list[int]:
         except ValueError:
             raise GazeError(f"--{what}: '{part}' is not an integer or a range like 0-7") from None
     if what == "seeds":
-        bad = [v for v in out if not 0 <= v < 2 ** 32]
+        bad = [v for v in out if not 0 <= v < 2**32]
         if bad:
             raise GazeError(f"--seeds: {bad[0]} is out of range (seeds are 0 .. 2^32-1, as in NVlabs' scripts)")
     return out
@@ -66,15 +75,24 @@ def progress_bar(description: str):
 
     @contextmanager
     def cm():
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                      console=console, transient=False) as bar:
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            transient=False,
+        ) as bar:
             task = bar.add_task(description, total=None, info="")
 
             def cb(p):
                 info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.info.items())
                 bar.update(task, completed=p.step, total=p.total, info=info)
+
             yield cb
+
     return cm()
 
 
@@ -83,8 +101,8 @@ def set_threads(threads: Optional[int]) -> None:
         if threads < 1:
             raise GazeError(f"--threads must be >= 1, got {threads}")
         import torch
-        torch.set_num_threads(threads)
 
+        torch.set_num_threads(threads)
 
 
 def print_list(title: str, items: list[str], limit: int = 20) -> None:
@@ -102,4 +120,3 @@ def print_error(msg: str) -> None:
     msg = " ".join(str(msg).split())
     sys.stderr.write(f"error: {msg}\n")
     sys.stderr.flush()
-

@@ -1,8 +1,9 @@
 """The `--device` and `--precision` options every computing command shares, and the one call that resolves them.
 
-    def cmd(..., device: Optional[str] = DeviceOpt, precision: str = PrecisionOpt):
-        dev, prec = resolve(device, precision)
+def cmd(..., device: Optional[str] = DeviceOpt, precision: str = PrecisionOpt):
+    dev, prec = resolve(device, precision)
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -12,10 +13,12 @@ import typer
 
 from machinegaze.device import DEVICE_CHOICES, resolve_device, resolve_precision
 
-DeviceOpt = typer.Option(None, "--device",
-                         help=f"{DEVICE_CHOICES} (default: $GAZE_DEVICE, else auto: CUDA, then MPS, then CPU)")
-PrecisionOpt = typer.Option("auto", "--precision",
-                            help="auto | fp32 | fp16 | bf16 (auto: mixed on CUDA, fp32 elsewhere)")
+DeviceOpt = typer.Option(
+    None, "--device", help=f"{DEVICE_CHOICES} (default: $GAZE_DEVICE, else auto: CUDA, then MPS, then CPU)"
+)
+PrecisionOpt = typer.Option(
+    "auto", "--precision", help="auto | fp32 | fp16 | bf16 (auto: mixed on CUDA, fp32 elsewhere)"
+)
 
 
 def resolve(device: Optional[str], precision: Optional[str] = "auto") -> tuple[torch.device, str]:

@@ -1,4 +1,5 @@
 """gaze detect train / eval / predict / experiment / report: the fake-face detector."""
+
 from __future__ import annotations
 
 import sys
@@ -10,18 +11,22 @@ from rich.console import Console
 
 from machinegaze import GazeError
 from machinegaze.cli._common import parse_float, progress_bar, set_threads
+from machinegaze.cli._options import DeviceOpt, PrecisionOpt, resolve
 
 detect_app = typer.Typer(no_args_is_help=True, help="Is this face real? Train, evaluate and run fake-face detectors.")
-_DETECT_SOURCES_HELP = ("comma-separated sources: utkface, lfw, ffhq256, ffhq1024, orl, stylegan1, stylegan3, "
-                        "real:FOLDER, fake:FOLDER, stylegan2:NETWORK")
-
+_DETECT_SOURCES_HELP = (
+    "comma-separated sources: utkface, lfw, ffhq256, ffhq1024, orl, stylegan1, stylegan3, "
+    "real:FOLDER, fake:FOLDER, stylegan2:NETWORK"
+)
 
 
 @detect_app.command("train")
 def detect_train_cmd(
     out: Path = typer.Option(..., "--out", help="detector file to write (.safetensors)"),
     train: str = typer.Option("utkface,lfw,ffhq256,stylegan1,stylegan3", "--train", help=_DETECT_SOURCES_HELP),
-    arch: str = typer.Option("effnet_lite0", "--arch", help="effnet_lite0 (ImageNet transfer) | smallcnn (from scratch)"),
+    arch: str = typer.Option(
+        "effnet_lite0", "--arch", help="effnet_lite0 (ImageNet transfer) | smallcnn (from scratch)"
+    ),
     size: int = typer.Option(128, "--size", help="input size in pixels"),
     jpeg_quality: int = typer.Option(75, "--jpeg-quality", help="JPEG quality of the preprocessing policy"),
     policy: bool = typer.Option(True, "--policy/--no-policy", help="same size + same JPEG quality for every image"),
@@ -29,45 +34,78 @@ def detect_train_cmd(
     epochs: int = typer.Option(3, "--epochs", help="epochs after unfreezing (discriminative LRs, one-cycle)"),
     batch_size: int = typer.Option(32, "--batch-size"),
     lr: str = typer.Option("2e-3", "--lr", help="head learning rate"),
-    lr_mult: float = typer.Option(100.0, "--lr-mult", help="discriminative LRs: the layers nearest the input get "
-                                  "lr/lr-mult (fastai's slice(lr/mult, lr)); lower it to adapt early layers more"),
-    balance_sources: bool = typer.Option(False, "--balance-sources/--no-balance-sources",
-                                         help="weight every source equally within its class"),
+    lr_mult: float = typer.Option(
+        100.0,
+        "--lr-mult",
+        help="discriminative LRs: the layers nearest the input get "
+        "lr/lr-mult (fastai's slice(lr/mult, lr)); lower it to adapt early layers more",
+    ),
+    balance_sources: bool = typer.Option(
+        False, "--balance-sources/--no-balance-sources", help="weight every source equally within its class"
+    ),
     max_per_source: int = typer.Option(400, "--max-per-source", help="training images per source"),
-    crop: Optional[int] = typer.Option(None, "--crop", help="train on random crops of this size (native pixels); "
-                                       "predict sees the whole --size image"),
+    crop: Optional[int] = typer.Option(
+        None, "--crop", help="train on random crops of this size (native pixels); predict sees the whole --size image"
+    ),
     seed: int = typer.Option(0, "--seed"),
-    data: Optional[Path] = typer.Option(None, "--data", help="face data folder (default: $GAZE_FACES or ../shared/data/faces)"),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="face data folder (default: $GAZE_FACES or ../shared/data/faces)"
+    ),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads"),
     full: bool = typer.Option(True, "--fp16/--fp32", help="store weights as fp16"),
 ):
     """Fine-tune a detector on the train split of the sources; calibrate it on their validation split."""
     from machinegaze import checkpoints
     from machinegaze.detect.train import TrainConfig, train_detector
+
     if out.suffix != ".safetensors":
         raise GazeError(f"--out must end in .safetensors, got {out.name}")
     set_threads(threads)
-    cfg = TrainConfig(arch=arch, size=size, jpeg_quality=jpeg_quality, policy=policy, freeze_epochs=freeze_epochs,
-                      epochs=epochs, batch_size=batch_size, lr=parse_float(lr, "lr"), max_per_source=max_per_source,
-                      crop=crop, lr_mult=lr_mult, balance_sources=balance_sources, seed=seed)
+    cfg = TrainConfig(
+        arch=arch,
+        size=size,
+        jpeg_quality=jpeg_quality,
+        policy=policy,
+        freeze_epochs=freeze_epochs,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=parse_float(lr, "lr"),
+        max_per_source=max_per_source,
+        crop=crop,
+        lr_mult=lr_mult,
+        balance_sources=balance_sources,
+        seed=seed,
+    )
     with progress_bar("train") as cb:
         res = train_detector(train, cfg, data, progress=cb)
     import dataclasses
-    checkpoints.save_detector(out, res.model, meta={"train": train.split(","), "config": dataclasses.asdict(cfg),
-                                                    "history": res.history}, half=full)
+
+    checkpoints.save_detector(
+        out,
+        res.model,
+        meta={"train": train.split(","), "config": dataclasses.asdict(cfg), "history": res.history},
+        half=full,
+    )
     for h in res.history:
         extra = f"  val loss {h['val_loss']:.3f}  val acc {100 * h['val_accuracy']:.1f}%" if "val_loss" in h else ""
         print(f"epoch {h['epoch']} ({h['phase']}): train loss {h['train_loss']:.3f}{extra}")
-    print(f"trained on {len(res.train_items)} images in {res.seconds:.0f} s; temperature "
-          f"{float(res.model.temperature):.3f}, threshold {float(res.model.threshold):.3f}; wrote {out}")
+    print(
+        f"trained on {len(res.train_items)} images in {res.seconds:.0f} s; temperature "
+        f"{float(res.model.temperature):.3f}, threshold {float(res.model.threshold):.3f}; wrote {out}"
+    )
 
 
 @detect_app.command("eval")
 def detect_eval_cmd(
     model: str = typer.Option("default", "--model", help="detector file or name (default: the bundled one)"),
-    test: str = typer.Option("utkface,lfw,ffhq256,stylegan1,stylegan3", "--test",
-                             help=_DETECT_SOURCES_HELP + " (built-in sources: their held-out test split)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="folder for metrics.json, predictions.csv, figures, report.html"),
+    test: str = typer.Option(
+        "utkface,lfw,ffhq256,stylegan1,stylegan3",
+        "--test",
+        help=_DETECT_SOURCES_HELP + " (built-in sources: their held-out test split)",
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="folder for metrics.json, predictions.csv, figures, report.html"
+    ),
     max_per_source: int = typer.Option(400, "--max-per-source"),
     n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap resamples for the 95% intervals"),
     data: Optional[Path] = typer.Option(None, "--data"),
@@ -77,6 +115,7 @@ def detect_eval_cmd(
     from machinegaze import zoo
     from machinegaze.detect import evaluate as ev
     from machinegaze.detect.sources import ImageCache, held_out, parse_sources
+
     set_threads(threads)
     det = zoo.load_detector(model)
     sources = parse_sources(test, data)
@@ -94,9 +133,12 @@ def detect_eval_cmd(
     print(f"  confusion          real->real {tn}  real->fake {fp}  fake->real {fn}  fake->fake {tp}")
     print(f"  ECE                {100 * s['ece']:.1f}% (uncalibrated {100 * s['ece_uncalibrated']:.1f}%)")
     for r in res.per_source:
-        print(f"  {r['group']:18s} {100 * r['accuracy']:5.1f}%  [{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}]  n={r['n']}")
+        print(
+            f"  {r['group']:18s} {100 * r['accuracy']:5.1f}%  [{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}]  n={r['n']}"
+        )
     if out is not None:
         from machinegaze.detect.report import write_eval_report
+
         res.write(out)
         html = write_eval_report(res, out, model=det, sources=sources, cache=cache)
         print(f"wrote {out}/metrics.json, predictions.csv and {html}")
@@ -109,17 +151,41 @@ def detect_predict_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="write a CSV with columns path,prob_fake,verdict"),
     batch_size: int = typer.Option(32, "--batch-size"),
     threads: Optional[int] = typer.Option(None, "--threads"),
+    device: Optional[str] = DeviceOpt,
+    precision: str = PrecisionOpt,
 ):
-    """P(fake) and a verdict (by the detector's calibrated threshold) for every image."""
+    """P(fake) and a verdict (by the detector's calibrated threshold) for every image. Under torchrun every
+    process predicts its share of the files and rank 0 writes the table and the CSV."""
+    from contextlib import nullcontext
+
     from rich.table import Table
 
-    from machinegaze import zoo
-    from machinegaze.detect.predict import predict_paths, write_predictions_csv
+    from machinegaze import distributed, zoo
+    from machinegaze.detect.predict import expand_paths, predict_paths, write_predictions_csv
+    from machinegaze.device import autocast
+
     set_threads(threads)
-    det = zoo.load_detector(model)
+    dev, prec = resolve(device, precision)
+    world = distributed.init(dev)
+    det = zoo.load_detector(model, device=dev)
+    files = expand_paths(paths)
+    mine = distributed.my_share(files, world, batch_size)
+    preds: list = []
     skipped: list[tuple[str, str]] = []
-    with progress_bar("predict") as cb:
-        preds = predict_paths(det, paths, batch_size=batch_size, progress=cb, skipped=skipped)
+    failed = None
+    with progress_bar("predict") if world.main else nullcontext() as cb, autocast(dev, prec):
+        try:
+            preds = predict_paths(det, mine, batch_size=batch_size, progress=cb, skipped=skipped) if mine else []
+        except GazeError as e:  # none of this share was readable: counted below, so no rank waits forever
+            failed = str(e)
+    parts = distributed.gather_to_main((preds, skipped, failed), world)
+    distributed.finish()
+    if not world.main:
+        return
+    preds = [p for part in parts for p in part[0]]
+    skipped = [s for part in parts for s in part[1]]
+    if not preds:
+        raise GazeError(next((part[2] for part in parts if part[2]), f"none of the {len(files)} files could be read"))
     table = Table("path", "P(fake)", "verdict", title=f"threshold {float(det.threshold):.3f}")
     for p in preds:
         table.add_row(p.path, f"{p.prob_fake:.3f}", p.verdict)
@@ -132,15 +198,19 @@ def detect_predict_cmd(
     if skipped:  # the readable images were still predicted; the exit status says not all of them were
         for _, reason in skipped:
             print(f"skipped: {reason}", file=sys.stderr)
-        print(f"error: {len(skipped)} of {len(skipped) + len(preds)} files could not be read (listed above)",
-              file=sys.stderr)
+        print(
+            f"error: {len(skipped)} of {len(skipped) + len(preds)} files could not be read (listed above)",
+            file=sys.stderr,
+        )
         raise typer.Exit(1)
 
 
 @detect_app.command("experiment")
 def detect_experiment_cmd(
     file: Path = typer.Argument(..., help="experiment TOML, e.g. experiments/detect_seeds.toml"),
-    out: Path = typer.Option(Path("runs/detect"), "--out", help="folder for results.{json,md,csv}, per-run files, models"),
+    out: Path = typer.Option(
+        Path("runs/detect"), "--out", help="folder for results.{json,md,csv}, per-run files, models"
+    ),
     only: Optional[str] = typer.Option(None, "--only", help="comma-separated experiment names to run"),
     data: Optional[Path] = typer.Option(None, "--data"),
     threads: Optional[int] = typer.Option(None, "--threads"),
@@ -148,12 +218,14 @@ def detect_experiment_cmd(
 ):
     """Run train/test compositions from a TOML file and print one comparison table."""
     from machinegaze.detect.experiment import markdown_tables, run_file
+
     set_threads(threads)
     with progress_bar("experiments") as cb:
         rows = run_file(file, out, data, [s.strip() for s in only.split(",")] if only else None, cb)
     print(markdown_tables(rows))
     if report:
         from machinegaze.detect.report import write_experiment_report
+
         print(f"wrote {write_experiment_report(out)}")
 
 
@@ -164,5 +236,6 @@ def detect_report_cmd(
 ):
     """(Re)build report.html with matplotlib figures from saved experiment or evaluation results."""
     from machinegaze.detect.report import write_report
+
     set_threads(threads)
     print(f"wrote {write_report(run_dir)}")

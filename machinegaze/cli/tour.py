@@ -1,4 +1,5 @@
 """gaze tour: every capability on the bundled models, one HTML page."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,17 +10,21 @@ import typer
 from machinegaze.cli._common import console
 
 
-def tour(outdir: Path = typer.Option(Path("tour"), "--outdir"),
-         network: Optional[str] = typer.Option(None, "--network", help="Default: the bundled face GAN"),
-         faces: Optional[Path] = typer.Option(None, "--faces", help="A folder of your own faces for the detector stop"),
-         quick: bool = typer.Option(False, "--quick", help="Fewer frames and steps")):
+def tour(
+    outdir: Path = typer.Option(Path("tour"), "--outdir"),
+    network: Optional[str] = typer.Option(None, "--network", help="Default: the bundled face GAN"),
+    faces: Optional[Path] = typer.Option(None, "--faces", help="A folder of your own faces for the detector stop"),
+    quick: bool = typer.Option(False, "--quick", help="Fewer frames and steps"),
+):
     """Run every capability on the bundled models and write OUTDIR/index.html."""
     from machinegaze.perf import tune_allocator
     from machinegaze.tour import TourConfig, run_tour
+
     tune_allocator()
 
     def on_stop(s):
         status = f"skipped ({s.skipped})" if s.skipped else f"{len(s.files)} files"
         console.print(f"  {s.title}: {status} [{s.seconds:.1f} s]", highlight=False, markup=False)
+
     index, stops = run_tour(TourConfig(outdir=outdir, network=network, faces=faces, quick=quick), on_stop=on_stop)
     print(f"wrote {index}")

@@ -1,4 +1,5 @@
 """gaze align / dataset / train / metrics: faces in, datasets out, StyleGAN2 training and its scores."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,10 @@ def align_cmd(
     with progress_bar("aligning") as cb:
         rep = align_folder(in_dir, out_dir, cfg, progress=cb)
     s = rep.summary()
-    typer.echo(f"{s['aligned_images']} of {s['total']} images aligned ({s['faces_written']} faces written to {out_dir}); "
-               f"{s['no_face']} without a face, {s['corrupt']} corrupt (skipped)")
+    typer.echo(
+        f"{s['aligned_images']} of {s['total']} images aligned ({s['faces_written']} faces written to {out_dir}); "
+        f"{s['no_face']} without a face, {s['corrupt']} corrupt (skipped)"
+    )
     print_list("no face found (skipped)", rep.no_face)
     print_list("corrupt (skipped)", [f"{f}: {r}" for f, r in rep.corrupt])
     typer.echo(f"report: {out_dir / 'align_report.json'}")
@@ -44,7 +47,9 @@ def dataset_build_cmd(
     size: int = typer.Option(64, help="output size in pixels"),
     align: bool = typer.Option(False, "--align/--no-align", help="FFHQ-align faces (else centre-crop)"),
     select: str = typer.Option("auto", help="with --align: which face (auto, largest, best)"),
-    max_outside: float = typer.Option(1.0, help="with --align: reject faces whose crop is more than this fraction off the photo"),
+    max_outside: float = typer.Option(
+        1.0, help="with --align: reject faces whose crop is more than this fraction off the photo"
+    ),
     license: Optional[str] = typer.Option(None, help="licence line for all sources (default: known per source)"),
 ) -> None:
     """Write an aligned/resized dataset zip with a manifest.json (per image: source, original file, licence)."""
@@ -110,12 +115,28 @@ def train_cmd(
     """Train a StyleGAN2 (NVlabs recipe + DiffAugment). Runs under `torchrun --nproc_per_node N -m machinegaze.cli train`
     (one GPU per process, NCCL; gloo on CPUs)."""
     from machinegaze.train import TrainConfig, train
+
     dev = resolve(device)[0]
-    conf = TrainConfig(data=data, outdir=str(outdir), kimg=kimg, batch=batch, batch_gpu=batch_gpu, res=res, cfg=cfg,
-                       split=split, gamma=parse_float(gamma, "gamma") if gamma is not None else None,
-                       pl_weight=parse_float(pl_weight, "pl-weight"), augment=augment, mirror=mirror,
-                       lr=parse_float(lr, "lr"), seed=seed, tick_kimg=tick_kimg, snap_kimg=snap_kimg, threads=threads,
-                       resume=resume)
+    conf = TrainConfig(
+        data=data,
+        outdir=str(outdir),
+        kimg=kimg,
+        batch=batch,
+        batch_gpu=batch_gpu,
+        res=res,
+        cfg=cfg,
+        split=split,
+        gamma=parse_float(gamma, "gamma") if gamma is not None else None,
+        pl_weight=parse_float(pl_weight, "pl-weight"),
+        augment=augment,
+        mirror=mirror,
+        lr=parse_float(lr, "lr"),
+        seed=seed,
+        tick_kimg=tick_kimg,
+        snap_kimg=snap_kimg,
+        threads=threads,
+        resume=resume,
+    )
     if int(os.environ.get("RANK", "0")) != 0:
         train(conf, device=dev)
         return
@@ -125,7 +146,9 @@ def train_cmd(
 
 
 def metrics_cmd(
-    network: Optional[str] = typer.Option(None, "--network", help="network .pkl/.safetensors or model name (default: bundled)"),
+    network: Optional[str] = typer.Option(
+        None, "--network", help="network .pkl/.safetensors or model name (default: bundled)"
+    ),
     data: str = typer.Option(..., "--data", help="folder or .zip of real images to compare with"),
     num_gen: int = typer.Option(2000, "--num-gen", help="generated images"),
     max_real: int = typer.Option(0, "--max-real", help="use at most this many real images (0 = all)"),
@@ -143,24 +166,27 @@ def metrics_cmd(
     from contextlib import nullcontext
 
     from machinegaze import distributed
-
     from machinegaze.data import atomic_write_bytes
     from machinegaze.metrics import MetricsConfig, evaluate_generator
+
     set_threads(threads)
     dev, prec = resolve(device, precision)
     world = distributed.init(dev)
     path = zoo.resolve_network(network)
     G = zoo.load_generator(path, dev)
-    conf = MetricsConfig(num_gen=num_gen, max_real=max_real, truncation_psi=parse_float(trunc, "trunc"), seed=seed,
-                         split=split)
-    with (progress_bar("metrics") if world.main else nullcontext()) as cb:
+    conf = MetricsConfig(
+        num_gen=num_gen, max_real=max_real, truncation_psi=parse_float(trunc, "trunc"), seed=seed, split=split
+    )
+    with progress_bar("metrics") if world.main else nullcontext() as cb:
         res = evaluate_generator(G, data, conf, progress=cb, precision=prec, world=world)
     distributed.finish()
     if not world.main:
         return
     res["network"] = str(path)
     res["data"] = data
-    print(f"FID-EffNetLite0 {res['FID-EffNetLite0']:.2f}  KID-EffNetLite0 {res['KID-EffNetLite0'] * 1000:.2f}e-3  "
-          f"({res['num_gen']} generated vs {res['num_real']} real at {res['resolution']} px, psi {res['truncation_psi']:g})")
+    print(
+        f"FID-EffNetLite0 {res['FID-EffNetLite0']:.2f}  KID-EffNetLite0 {res['KID-EffNetLite0'] * 1000:.2f}e-3  "
+        f"({res['num_gen']} generated vs {res['num_real']} real at {res['resolution']} px, psi {res['truncation_psi']:g})"
+    )
     if out is not None:
         atomic_write_bytes(out, (json.dumps(res, indent=1) + "\n").encode())

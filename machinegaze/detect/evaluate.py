@@ -4,10 +4,11 @@ Label convention: 1 = fake (the positive class), 0 = real. Scores are probabilit
 Everything below works on plain numpy arrays, except `predict_logits`, `top_losses` and `grad_cam`, which
 run a model.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     if n1 == 0 or n0 == 0:
         return float("nan")
     from scipy.stats import rankdata
+
     ranks = rankdata(score)  # average ranks handle ties
     return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
@@ -82,8 +84,14 @@ def average_precision(y: np.ndarray, score: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------- bootstrap
-def bootstrap_ci(metric: Callable[..., float], *arrays: np.ndarray, n_boot: int = 1000, level: float = 0.95,
-                 seed: int = 0, strata: np.ndarray | None = None) -> tuple[float, float, float]:
+def bootstrap_ci(
+    metric: Callable[..., float],
+    *arrays: np.ndarray,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    strata: np.ndarray | None = None,
+) -> tuple[float, float, float]:
     """(value, low, high): the metric on the data and a percentile bootstrap interval (resampling rows).
 
     `strata` (e.g. the labels) resamples within each stratum, keeping the real/fake mix of the test set.
@@ -115,6 +123,7 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """Temperature T > 0 minimising the NLL of sigmoid(logit / T) (Guo et al. 2017), by bounded search on log T."""
     from scipy.optimize import minimize_scalar
+
     z, y = np.asarray(logits, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(z) == 0 or len(np.unique(y)) < 2:
         return 1.0
@@ -122,6 +131,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     def nll(log_t: float) -> float:
         s = z / np.exp(log_t)
         return float(np.mean(np.logaddexp(0.0, s) - y * s))  # -[y log p + (1-y) log(1-p)]
+
     res = minimize_scalar(nll, bounds=(np.log(0.02), np.log(50.0)), method="bounded", options={"xatol": 1e-5})
     return float(np.exp(res.x))
 
@@ -172,8 +182,14 @@ def best_threshold(y: np.ndarray, prob: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------- bundled summaries
-def summarize(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,
-              score: np.ndarray | None = None) -> dict:
+def summarize(
+    y: np.ndarray,
+    prob: np.ndarray,
+    threshold: float = 0.5,
+    n_boot: int = 1000,
+    seed: int = 0,
+    score: np.ndarray | None = None,
+) -> dict:
     """Every headline number for one labelled set, with 95 % bootstrap intervals (stratified by label).
 
     The ranking metrics (ROC AUC, AP) use `score` if given: pass the logits, because a very confident detector's
@@ -182,27 +198,44 @@ def summarize(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5, n_boot: i
     y, prob = np.asarray(y).astype(int), np.asarray(prob, dtype=np.float64)
     rank = prob if score is None else np.asarray(score, dtype=np.float64)
     pred = (prob >= threshold).astype(int)
-    out: dict = {"n": int(len(y)), "n_real": int((y == 0).sum()), "n_fake": int((y == 1).sum()),
-                 "threshold": float(threshold), "confusion": confusion_matrix(y, pred).tolist()}
+    out: dict = {
+        "n": int(len(y)),
+        "n_real": int((y == 0).sum()),
+        "n_fake": int((y == 1).sum()),
+        "threshold": float(threshold),
+        "confusion": confusion_matrix(y, pred).tolist(),
+    }
     strata = y
     acc = lambda a, b: accuracy(a, (b >= threshold).astype(int))  # noqa: E731
     bacc = lambda a, b: balanced_accuracy(a, (b >= threshold).astype(int))  # noqa: E731
-    for name, fn in (("accuracy", acc), ("balanced_accuracy", bacc), ("roc_auc", roc_auc),
-                     ("average_precision", average_precision)):
+    for name, fn in (
+        ("accuracy", acc),
+        ("balanced_accuracy", bacc),
+        ("roc_auc", roc_auc),
+        ("average_precision", average_precision),
+    ):
         s = rank if name in ("roc_auc", "average_precision") else prob
         v, lo, hi = bootstrap_ci(fn, y, s, n_boot=n_boot, seed=seed, strata=strata)
         out[name], out[name + "_ci"] = v, [lo, hi]
     for c, name in ((0, "real"), (1, "fake")):
         m = y == c
-        v, lo, hi = bootstrap_ci(lambda a, b: accuracy(a, (b >= threshold).astype(int)), y[m], prob[m],
-                                 n_boot=n_boot, seed=seed)
+        v, lo, hi = bootstrap_ci(
+            lambda a, b: accuracy(a, (b >= threshold).astype(int)), y[m], prob[m], n_boot=n_boot, seed=seed
+        )
         out[f"accuracy_{name}"], out[f"accuracy_{name}_ci"] = v, [lo, hi]
     out["ece"] = expected_calibration_error(y, prob)
     return out
 
 
-def accuracy_by(keys: Sequence[str | None], y: np.ndarray, prob: np.ndarray, threshold: float,
-                n_boot: int = 1000, seed: int = 0, min_n: int = 1) -> list[dict]:
+def accuracy_by(
+    keys: Sequence[str | None],
+    y: np.ndarray,
+    prob: np.ndarray,
+    threshold: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+    min_n: int = 1,
+) -> list[dict]:
     """Accuracy with a 95 % bootstrap CI for each distinct key (a source, or 'race=Black'), sorted by key."""
     y, prob = np.asarray(y).astype(int), np.asarray(prob, dtype=np.float64)
     keys = np.asarray([k if k is not None else "" for k in keys], dtype=object)
@@ -211,28 +244,31 @@ def accuracy_by(keys: Sequence[str | None], y: np.ndarray, prob: np.ndarray, thr
         m = keys == k
         if m.sum() < min_n:
             continue
-        v, lo, hi = bootstrap_ci(lambda a, b: accuracy(a, (b >= threshold).astype(int)), y[m], prob[m],
-                                 n_boot=n_boot, seed=seed)
+        v, lo, hi = bootstrap_ci(
+            lambda a, b: accuracy(a, (b >= threshold).astype(int)), y[m], prob[m], n_boot=n_boot, seed=seed
+        )
         rows.append({"group": str(k), "n": int(m.sum()), "n_fake": int(y[m].sum()), "accuracy": v, "ci": [lo, hi]})
     return rows
 
 
 # ---------------------------------------------------------------- model runs
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, images: torch.Tensor | np.ndarray, batch_size: int = 8,
-                   progress: ProgressFn = None) -> np.ndarray:
+def predict_logits(
+    model: torch.nn.Module, images: torch.Tensor | np.ndarray, batch_size: int = 8, progress: ProgressFn = None
+) -> np.ndarray:
     """Raw (uncalibrated) logits for images: a float tensor in [-1, 1] or a uint8 [N, H, W, 3] array.
 
     Small batches in channels-last layout: on CPU, EfficientNet's depthwise convolutions are memory-bound, and
     this runs 4x faster than batches of 64 in the default layout (benchmarks/detect.py, 256 px)."""
     from machinegaze.detect.sources import to_tensor
+
     was = model.training
     model.eval()
     out = []
     n = len(images)
     try:
         for i in range(0, n, batch_size):
-            chunk = images[i:i + batch_size]
+            chunk = images[i : i + batch_size]
             x = to_tensor(chunk) if isinstance(chunk, np.ndarray) else chunk
             out.append(model(x.contiguous(memory_format=torch.channels_last)).float().reshape(-1).cpu())
             report(progress, min(i + batch_size, n), n, stage="predict")
@@ -317,6 +353,7 @@ def subgroup_keys(item) -> list[str]:
 @dataclass
 class EvalResult:
     """Per-image predictions on a labelled set and every summary computed from them."""
+
     items: list
     logits: np.ndarray
     temperature: float
@@ -335,8 +372,14 @@ class EvalResult:
         return sigmoid(self.logits / self.temperature)
 
     def to_dict(self) -> dict:
-        return {"temperature": self.temperature, "threshold": self.threshold, "preprocess": self.preprocess,
-                "summary": self.summary, "per_source": self.per_source, "per_subgroup": self.per_subgroup}
+        return {
+            "temperature": self.temperature,
+            "threshold": self.threshold,
+            "preprocess": self.preprocess,
+            "summary": self.summary,
+            "per_source": self.per_source,
+            "per_subgroup": self.per_subgroup,
+        }
 
     def write(self, out_dir) -> None:
         """metrics.json and predictions.csv (path, source, label, logit, prob_fake, verdict) into out_dir."""
@@ -346,19 +389,36 @@ class EvalResult:
         from pathlib import Path
 
         from machinegaze.data import atomic_write_bytes
+
         out = Path(out_dir)
         atomic_write_bytes(out / "metrics.json", json.dumps(self.to_dict(), indent=2).encode())
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["path", "source", "label", "logit", "prob_fake", "verdict", "attrs"])
         for it, z, p in zip(self.items, self.logits, self.prob):
-            w.writerow([it.path, it.source, "fake" if it.label else "real", f"{z:.5f}", f"{p:.5f}",
-                        "fake" if p >= self.threshold else "real", ";".join(f"{k}={v}" for k, v in it.attrs)])
+            w.writerow(
+                [
+                    it.path,
+                    it.source,
+                    "fake" if it.label else "real",
+                    f"{z:.5f}",
+                    f"{p:.5f}",
+                    "fake" if p >= self.threshold else "real",
+                    ";".join(f"{k}={v}" for k, v in it.attrs),
+                ]
+            )
         atomic_write_bytes(out / "predictions.csv", buf.getvalue().encode())
 
 
-def score_items(items: list, logits: np.ndarray, temperature: float, threshold: float, n_boot: int = 1000,
-                seed: int = 0, min_subgroup: int = 10) -> EvalResult:
+def score_items(
+    items: list,
+    logits: np.ndarray,
+    temperature: float,
+    threshold: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+    min_subgroup: int = 10,
+) -> EvalResult:
     """Summaries for logits already computed on labelled items."""
     y = np.array([it.label for it in items], dtype=int)
     prob = sigmoid(np.asarray(logits, dtype=np.float64) / temperature)
@@ -373,14 +433,29 @@ def score_items(items: list, logits: np.ndarray, temperature: float, threshold: 
             ys.append(yy)
             ps.append(pp)
     per_sub = accuracy_by(keys, np.array(ys, dtype=int), np.array(ps), threshold, n_boot, seed, min_n=min_subgroup)
-    return EvalResult(list(items), np.asarray(logits, dtype=np.float64), float(temperature), float(threshold),
-                      summary, per_source, per_sub)
+    return EvalResult(
+        list(items),
+        np.asarray(logits, dtype=np.float64),
+        float(temperature),
+        float(threshold),
+        summary,
+        per_source,
+        per_sub,
+    )
 
 
-def evaluate_detector(model: torch.nn.Module, items: list, sources: Sequence | None = None, cache=None,
-                      n_boot: int = 1000, seed: int = 0, progress: ProgressFn = None) -> EvalResult:
+def evaluate_detector(
+    model: torch.nn.Module,
+    items: list,
+    sources: Sequence | None = None,
+    cache=None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    progress: ProgressFn = None,
+) -> EvalResult:
     """Run the detector (with its own preprocessing and calibration) on labelled items and score it."""
     from machinegaze.detect.sources import ImageCache, preprocess_of
+
     if not items:
         raise GazeError("no test images to evaluate on")
     pre = preprocess_of(model)

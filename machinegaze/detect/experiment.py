@@ -16,6 +16,7 @@ Experiments with the same training composition and settings share one trained de
 detector on FFHQ). Test images are always the held-out test split of each test source, so a source that is
 both trained and tested on contributes different identities to each side.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -107,9 +108,17 @@ def plan_from_dict(doc: dict, where: str = "experiments") -> ExperimentPlan:
         if not isinstance(pol, list) or not pol or not all(isinstance(b, bool) for b in pol):
             raise GazeError(f"{w}: 'policies' must be a list of true/false")
         ov = tuple(sorted((k, v) for k, v in e.items() if k in _TRAIN_FIELDS and k != "policy"))
-        exps.append(ExperimentSpec(str(e["name"]), _str_list(e.get("train"), f"{w} train"),
-                                   _str_list(e.get("test"), f"{w} test"), str(e.get("title", "")),
-                                   str(e.get("table", "main")), tuple(pol), ov))
+        exps.append(
+            ExperimentSpec(
+                str(e["name"]),
+                _str_list(e.get("train"), f"{w} train"),
+                _str_list(e.get("test"), f"{w} test"),
+                str(e.get("title", "")),
+                str(e.get("table", "main")),
+                tuple(pol),
+                ov,
+            )
+        )
     names = [x.name for x in exps]
     if len(set(names)) != len(names):
         raise GazeError(f"{where}: experiment names must be unique")
@@ -148,10 +157,17 @@ def per_source_auc(result: ev.EvalResult) -> dict[str, float]:
     return out
 
 
-def run_plan(plan: ExperimentPlan, out_dir: str | os.PathLike, data_root: str | os.PathLike | None = None,
-             only: list[str] | None = None, progress: ProgressFn = None, save_models: bool = True) -> list[dict]:
+def run_plan(
+    plan: ExperimentPlan,
+    out_dir: str | os.PathLike,
+    data_root: str | os.PathLike | None = None,
+    only: list[str] | None = None,
+    progress: ProgressFn = None,
+    save_models: bool = True,
+) -> list[dict]:
     """Run every (experiment, policy) of the plan; write results.json / results.md / results.csv into out_dir."""
     from machinegaze import checkpoints
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     exps = [e for e in plan.experiments if not only or e.name in only]
@@ -174,9 +190,11 @@ def run_plan(plan: ExperimentPlan, out_dir: str | os.PathLike, data_root: str | 
             tr_sources = parse_sources(list(e.train), data_root)
             trained[key] = train_detector(tr_sources, cfg, data_root, cache, progress)
             if save_models:
-                checkpoints.save_detector(out / "models" / f"{key}.safetensors", trained[key].model,
-                                          meta={"train": list(e.train), "config": dataclasses.asdict(cfg),
-                                                "history": trained[key].history})
+                checkpoints.save_detector(
+                    out / "models" / f"{key}.safetensors",
+                    trained[key].model,
+                    meta={"train": list(e.train), "config": dataclasses.asdict(cfg), "history": trained[key].history},
+                )
         res = trained[key]
         te_sources = parse_sources(list(e.test), data_root)
         items = held_out(te_sources, cfg.split_cap("test"), cfg.seed)
@@ -184,20 +202,50 @@ def run_plan(plan: ExperimentPlan, out_dir: str | os.PathLike, data_root: str | 
         run_name = f"{e.name}-{'policy' if pol else 'nopolicy'}"
         result.write(out / run_name)
         s = result.summary
-        rows.append({
-            "experiment": e.name, "title": e.title, "table": e.table, "policy": pol, "arch": cfg.arch,
-            "train": list(e.train), "test": list(e.test), "model": key, "run": run_name,
-            "n_train": len(res.train_items), "n_val": len(res.val_items), "n_test": s["n"],
-            "n_test_real": s["n_real"], "n_test_fake": s["n_fake"],
-            "train_seconds": res.seconds, "train_images_per_s": res.images_per_s,
-            "temperature": result.temperature, "threshold": result.threshold,
-            **{m: s[m] for m in ("accuracy", "accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci", "roc_auc",
-                                 "roc_auc_ci", "average_precision", "average_precision_ci", "accuracy_real",
-                                 "accuracy_real_ci", "accuracy_fake", "accuracy_fake_ci", "ece",
-                                 "ece_uncalibrated")},
-            "per_source": result.per_source, "per_source_auc": per_source_auc(result),
-            "history": res.history,
-        })
+        rows.append(
+            {
+                "experiment": e.name,
+                "title": e.title,
+                "table": e.table,
+                "policy": pol,
+                "arch": cfg.arch,
+                "train": list(e.train),
+                "test": list(e.test),
+                "model": key,
+                "run": run_name,
+                "n_train": len(res.train_items),
+                "n_val": len(res.val_items),
+                "n_test": s["n"],
+                "n_test_real": s["n_real"],
+                "n_test_fake": s["n_fake"],
+                "train_seconds": res.seconds,
+                "train_images_per_s": res.images_per_s,
+                "temperature": result.temperature,
+                "threshold": result.threshold,
+                **{
+                    m: s[m]
+                    for m in (
+                        "accuracy",
+                        "accuracy_ci",
+                        "balanced_accuracy",
+                        "balanced_accuracy_ci",
+                        "roc_auc",
+                        "roc_auc_ci",
+                        "average_precision",
+                        "average_precision_ci",
+                        "accuracy_real",
+                        "accuracy_real_ci",
+                        "accuracy_fake",
+                        "accuracy_fake_ci",
+                        "ece",
+                        "ece_uncalibrated",
+                    )
+                },
+                "per_source": result.per_source,
+                "per_source_auc": per_source_auc(result),
+                "history": res.history,
+            }
+        )
         _write_results(out, plan, rows)
     report(progress, len(runs), len(runs), stage="experiment")
     return rows
@@ -221,10 +269,14 @@ def markdown_tables(rows: list[dict]) -> str:
         rs = [r for r in rows if r["table"] == table]
         if table == "cross-generator":
             fakes = sorted({s["group"] for r in rs for s in r["per_source"] if s["n_fake"] == s["n"] and s["n"]})
-            lines += [f"### {table}", "",
-                      "| run | policy | trained on fakes | " + " | ".join(f"{f}: acc on fakes | {f}: AUC vs reals"
-                                                                          for f in fakes) + " | acc on reals |",
-                      "|" + "---|" * (3 + 2 * len(fakes) + 1)]
+            lines += [
+                f"### {table}",
+                "",
+                "| run | policy | trained on fakes | "
+                + " | ".join(f"{f}: acc on fakes | {f}: AUC vs reals" for f in fakes)
+                + " | acc on reals |",
+                "|" + "---|" * (3 + 2 * len(fakes) + 1),
+            ]
             for r in rs:
                 accs = {s["group"]: s for s in r["per_source"]}
                 train_fakes = ", ".join(s for s in r["train"] if s in fakes or s.startswith(("fake:", "stylegan")))
@@ -234,27 +286,46 @@ def markdown_tables(rows: list[dict]) -> str:
                     mark = "" if f in r["train"] else " †"
                     cells.append(_ci(a["accuracy"], a["ci"]) + mark if a else "–")
                     cells.append(f"{r['per_source_auc'].get(f, float('nan')):.3f}" if f in r["per_source_auc"] else "–")
-                lines.append(f"| {r['experiment']} | {'on' if r['policy'] else 'off'} | {train_fakes} | "
-                             + " | ".join(cells) + f" | {_ci(r['accuracy_real'], r['accuracy_real_ci'])} |")
-            lines += ["", "† generator never seen in training. Accuracies in %, 95 % bootstrap CI; AUC: that "
-                      "generator's test fakes vs all real test faces.", ""]
+                lines.append(
+                    f"| {r['experiment']} | {'on' if r['policy'] else 'off'} | {train_fakes} | "
+                    + " | ".join(cells)
+                    + f" | {_ci(r['accuracy_real'], r['accuracy_real_ci'])} |"
+                )
+            lines += [
+                "",
+                "† generator never seen in training. Accuracies in %, 95 % bootstrap CI; AUC: that "
+                "generator's test fakes vs all real test faces.",
+                "",
+            ]
         else:
-            lines += [f"### {table}", "",
-                      "| run | policy | arch | train | test | n test (real/fake) | accuracy | balanced acc. | ROC AUC | "
-                      "AP | acc. real | acc. fake | ECE |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            lines += [
+                f"### {table}",
+                "",
+                "| run | policy | arch | train | test | n test (real/fake) | accuracy | balanced acc. | ROC AUC | "
+                "AP | acc. real | acc. fake | ECE |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            ]
             for r in rs:
-                auc = "–" if not np.isfinite(r["roc_auc"]) else \
-                    f"{r['roc_auc']:.3f} [{r['roc_auc_ci'][0]:.3f}, {r['roc_auc_ci'][1]:.3f}]"
+                auc = (
+                    "–"
+                    if not np.isfinite(r["roc_auc"])
+                    else f"{r['roc_auc']:.3f} [{r['roc_auc_ci'][0]:.3f}, {r['roc_auc_ci'][1]:.3f}]"
+                )
                 ap = "–" if not np.isfinite(r["average_precision"]) else f"{r['average_precision']:.3f}"
                 lines.append(
                     f"| {r['experiment']} | {'on' if r['policy'] else 'off'} | {r['arch']} | {', '.join(r['train'])} | "
                     f"{', '.join(r['test'])} | {r['n_test_real']}/{r['n_test_fake']} | "
                     f"{_ci(r['accuracy'], r['accuracy_ci'])} | {_ci(r['balanced_accuracy'], r['balanced_accuracy_ci'])} | "
                     f"{auc} | {ap} | {_ci(r['accuracy_real'], r['accuracy_real_ci'])} | "
-                    f"{_ci(r['accuracy_fake'], r['accuracy_fake_ci'])} | {_pct(r['ece'])} |")
-            lines += ["", "Per-source accuracy (%, 95 % CI):", "",
-                      "| run | policy | " + " | ".join(["per source"]) + " |", "|---|---|---|"]
+                    f"{_ci(r['accuracy_fake'], r['accuracy_fake_ci'])} | {_pct(r['ece'])} |"
+                )
+            lines += [
+                "",
+                "Per-source accuracy (%, 95 % CI):",
+                "",
+                "| run | policy | " + " | ".join(["per source"]) + " |",
+                "|---|---|---|",
+            ]
             for r in rs:
                 per = "; ".join(f"{s['group']} {_ci(s['accuracy'], s['ci'])} (n={s['n']})" for s in r["per_source"])
                 lines.append(f"| {r['experiment']} | {'on' if r['policy'] else 'off'} | {per} |")
@@ -265,28 +336,78 @@ def markdown_tables(rows: list[dict]) -> str:
 def _write_results(out: Path, plan: ExperimentPlan, rows: list[dict]) -> None:
     import csv
     import io
+
     meta = {"defaults": dataclasses.asdict(plan.defaults), "n_boot": plan.n_boot}
     atomic_write_bytes(out / "results.json", json.dumps({"plan": meta, "rows": rows}, indent=2).encode())
     atomic_write_bytes(out / "results.md", markdown_tables(rows).encode())
     buf = io.StringIO()
-    cols = ["experiment", "policy", "arch", "train", "test", "n_train", "n_test", "accuracy", "accuracy_lo",
-            "accuracy_hi", "balanced_accuracy", "roc_auc", "roc_auc_lo", "roc_auc_hi", "average_precision",
-            "accuracy_real", "accuracy_fake", "ece"]
+    cols = [
+        "experiment",
+        "policy",
+        "arch",
+        "train",
+        "test",
+        "n_train",
+        "n_test",
+        "accuracy",
+        "accuracy_lo",
+        "accuracy_hi",
+        "balanced_accuracy",
+        "roc_auc",
+        "roc_auc_lo",
+        "roc_auc_hi",
+        "average_precision",
+        "accuracy_real",
+        "accuracy_fake",
+        "ece",
+    ]
     w = csv.writer(buf)
     w.writerow(cols)
     for r in rows:
-        w.writerow([r["experiment"], r["policy"], r["arch"], "+".join(r["train"]), "+".join(r["test"]), r["n_train"],
-                    r["n_test"], f"{r['accuracy']:.4f}", f"{r['accuracy_ci'][0]:.4f}", f"{r['accuracy_ci'][1]:.4f}",
-                    f"{r['balanced_accuracy']:.4f}", f"{r['roc_auc']:.4f}", f"{r['roc_auc_ci'][0]:.4f}",
-                    f"{r['roc_auc_ci'][1]:.4f}", f"{r['average_precision']:.4f}", f"{r['accuracy_real']:.4f}",
-                    f"{r['accuracy_fake']:.4f}", f"{r['ece']:.4f}"])
+        w.writerow(
+            [
+                r["experiment"],
+                r["policy"],
+                r["arch"],
+                "+".join(r["train"]),
+                "+".join(r["test"]),
+                r["n_train"],
+                r["n_test"],
+                f"{r['accuracy']:.4f}",
+                f"{r['accuracy_ci'][0]:.4f}",
+                f"{r['accuracy_ci'][1]:.4f}",
+                f"{r['balanced_accuracy']:.4f}",
+                f"{r['roc_auc']:.4f}",
+                f"{r['roc_auc_ci'][0]:.4f}",
+                f"{r['roc_auc_ci'][1]:.4f}",
+                f"{r['average_precision']:.4f}",
+                f"{r['accuracy_real']:.4f}",
+                f"{r['accuracy_fake']:.4f}",
+                f"{r['ece']:.4f}",
+            ]
+        )
     atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
 
 
-def run_file(path: str | os.PathLike, out_dir: str | os.PathLike, data_root: str | os.PathLike | None = None,
-             only: list[str] | None = None, progress: ProgressFn = None) -> list[dict]:
+def run_file(
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    data_root: str | os.PathLike | None = None,
+    only: list[str] | None = None,
+    progress: ProgressFn = None,
+) -> list[dict]:
     return run_plan(load_plan(path), out_dir, data_root, only, progress)
 
 
-__all__ = ["ExperimentPlan", "ExperimentSpec", "load_plan", "plan_from_dict", "run_plan", "run_file",
-           "markdown_tables", "per_source_auc", "REAL", "FAKE"]
+__all__ = [
+    "ExperimentPlan",
+    "ExperimentSpec",
+    "load_plan",
+    "plan_from_dict",
+    "run_plan",
+    "run_file",
+    "markdown_tables",
+    "per_source_auc",
+    "REAL",
+    "FAKE",
+]

@@ -8,6 +8,7 @@ The detector also carries everything `predict` needs to reproduce its training c
 JPEG quality of the preprocessing policy (None = off), and the calibration (temperature, threshold) fitted on
 validation data. These go into the safetensors metadata when saved (see checkpoints.save_detector).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ ARCHS = ("effnet_lite0", "smallcnn")
 @dataclass(frozen=True)
 class DetectorSpec:
     """What is needed to rebuild a detector and feed it like it was trained."""
+
     arch: str = "effnet_lite0"
     size: int = 128
     jpeg_quality: int | None = 75  # None: trained without the preprocessing policy
@@ -39,7 +41,7 @@ class DetectorSpec:
         return asdict(self)
 
     @classmethod
-    def from_meta(cls, d: dict) -> "DetectorSpec":
+    def from_meta(cls, d: dict) -> DetectorSpec:
         keys = cls.__dataclass_fields__
         return cls(**{k: v for k, v in d.items() if k in keys})
 
@@ -52,9 +54,14 @@ class SmallCNN(nn.Module):
         chans = [3, width, 2 * width, 4 * width, 8 * width]
         layers: list[nn.Module] = []
         for c_in, c_out in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-                       nn.Conv2d(c_out, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c_out, c_out, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
         self.layers = nn.Sequential(*layers)
         self.out_channels = chans[-1]
 
@@ -87,7 +94,10 @@ class _EffNetBody(nn.Module):
         early = [*n._conv_stem.parameters(), *n._bn0.parameters()]
         for b in n._blocks[:half]:
             early += list(b.parameters())
-        late = [p for b in n._blocks[half:] for p in b.parameters()] + [*n._conv_head.parameters(), *n._bn1.parameters()]
+        late = [p for b in n._blocks[half:] for p in b.parameters()] + [
+            *n._conv_head.parameters(),
+            *n._bn1.parameters(),
+        ]
         return [early, late]
 
 
@@ -133,8 +143,10 @@ class Detector(nn.Module):
         else:
             layers = list(self.body.layers)
             half = len(layers) // 2
-            groups = [[p for m in layers[:half] for p in m.parameters()],
-                      [p for m in layers[half:] for p in m.parameters()]]
+            groups = [
+                [p for m in layers[:half] for p in m.parameters()],
+                [p for m in layers[half:] for p in m.parameters()],
+            ]
         return groups + [list(self.head.parameters())]
 
     def set_calibration(self, temperature: float, threshold: float) -> None:
@@ -156,8 +168,10 @@ def detector_from_state(meta: dict, state: dict[str, torch.Tensor]) -> Detector:
     state = {k: v.float() for k, v in state.items()}
     missing, unexpected = det.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise GazeError(f"detector weights do not match a {det.spec.arch} detector: "
-                        f"missing {list(missing)[:4]}, unexpected {list(unexpected)[:4]}")
+        raise GazeError(
+            f"detector weights do not match a {det.spec.arch} detector: "
+            f"missing {list(missing)[:4]}, unexpected {list(unexpected)[:4]}"
+        )
     return det.eval()
 
 

@@ -1,12 +1,13 @@
 """Is this face real? Run a detector on files and folders; verdicts use the detector's calibrated threshold."""
+
 from __future__ import annotations
 
 import csv
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -43,14 +44,20 @@ def expand_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 @torch.no_grad()
-def predict_paths(model: torch.nn.Module, paths: Sequence[str | os.PathLike], batch_size: int = 32,
-                  progress: ProgressFn = None, skipped: list[tuple[str, str]] | None = None) -> list[Prediction]:
+def predict_paths(
+    model: torch.nn.Module,
+    paths: Sequence[str | os.PathLike],
+    batch_size: int = 32,
+    progress: ProgressFn = None,
+    skipped: list[tuple[str, str]] | None = None,
+) -> list[Prediction]:
     """Calibrated P(fake) and a verdict for every image, preprocessed exactly as the detector was trained.
 
     Files that do not decode as images are left out. With a `skipped` list they are appended to it as
     (path, reason) and the others are still predicted; without one, the first such file is an error. Either
     way, if no image at all can be read, that is an error."""
     from machinegaze.detect.evaluate import predict_logits
+
     files = expand_paths(paths)
     pre = preprocess_of(model)
     t, thr = float(model.temperature), float(model.threshold)
@@ -59,7 +66,7 @@ def predict_paths(model: torch.nn.Module, paths: Sequence[str | os.PathLike], ba
     bad: list[tuple[str, str]] = []
     for i in range(0, len(files), batch_size):
         chunk, arrays = [], []
-        for f in files[i:i + batch_size]:
+        for f in files[i : i + batch_size]:
             try:
                 arrays.append(pre(open_image(f)))
                 chunk.append(f)
@@ -74,8 +81,10 @@ def predict_paths(model: torch.nn.Module, paths: Sequence[str | os.PathLike], ba
     if skipped is not None:
         skipped.extend(bad)
     if not out:
-        raise GazeError(f"none of the {len(files)} input file(s) could be read as an image"
-                        + (f" (first: {bad[0][1]})" if bad else ""))
+        raise GazeError(
+            f"none of the {len(files)} input file(s) could be read as an image"
+            + (f" (first: {bad[0][1]})" if bad else "")
+        )
     return out
 
 

@@ -5,6 +5,7 @@ Works from what evaluation and experiments save on disk (metrics.json + predicti
 results.json per experiment, models/*.safetensors), so a report can be rebuilt without rerunning anything.
 Figures that need pixels (top losses, Grad-CAM) are drawn when the images and the model are at hand.
 """
+
 from __future__ import annotations
 
 import base64
@@ -13,8 +14,8 @@ import html
 import io
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -26,8 +27,10 @@ from machinegaze.detect.sources import Item, Preprocess, preprocess_of, to_tenso
 
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -56,8 +59,16 @@ def load_eval(run_dir: str | os.PathLike) -> ev.EvalResult:
             attrs = tuple(tuple(kv.split("=", 1)) for kv in row.get("attrs", "").split(";") if "=" in kv)
             items.append(Item(row["path"], 1 if row["label"] == "fake" else 0, row["source"], row["path"], attrs))
             logits.append(float(row["logit"]))
-    return ev.EvalResult(items, np.array(logits), float(m["temperature"]), float(m["threshold"]), m["summary"],
-                         m["per_source"], m["per_subgroup"], m.get("preprocess") or {})
+    return ev.EvalResult(
+        items,
+        np.array(logits),
+        float(m["temperature"]),
+        float(m["threshold"]),
+        m["summary"],
+        m["per_source"],
+        m["per_subgroup"],
+        m.get("preprocess") or {},
+    )
 
 
 # ---------------------------------------------------------------- figures from predictions
@@ -87,8 +98,15 @@ def fig_confusion(res: ev.EvalResult):
     ax.imshow(cm, cmap="Blues")
     for i in range(2):
         for j in range(2):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
-                    color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=13)
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                color="white" if cm[i, j] > cm.max() / 2 else "black",
+                fontsize=13,
+            )
     ax.set_xticks([0, 1], ["real", "fake"])
     ax.set_yticks([0, 1], ["real", "fake"])
     ax.set(xlabel="predicted", ylabel="actual", title=f"confusion (threshold {res.threshold:.2f})")
@@ -147,6 +165,7 @@ def fig_history(history: Sequence[dict]):
 # ---------------------------------------------------------------- figures that need pixels
 def _images(items: Sequence[Item], pre: Preprocess, sources=None, cache=None) -> np.ndarray | None:
     from machinegaze.detect.sources import ImageCache
+
     if any(it.seed is not None for it in items) and not sources:
         return None
     try:
@@ -169,8 +188,9 @@ def fig_top_losses(res: ev.EvalResult, images: np.ndarray, idx: np.ndarray):
     for ax, i in zip(axes.ravel(), idx):
         ax.imshow(images[i])
         pred = "fake" if p[i] >= res.threshold else "real"
-        ax.set_title(f"{'fake' if y[i] else 'real'}/{pred} p={p[i]:.2f}\nloss {loss[i]:.2f} {res.items[i].source}",
-                     fontsize=7)
+        ax.set_title(
+            f"{'fake' if y[i] else 'real'}/{pred} p={p[i]:.2f}\nloss {loss[i]:.2f} {res.items[i].source}", fontsize=7
+        )
     fig.suptitle("top losses (actual/predicted, P(fake), loss, source)", fontsize=9)
     return fig
 
@@ -192,8 +212,9 @@ def fig_grad_cam(model, images: np.ndarray, titles: Sequence[str]):
     return fig
 
 
-def pixel_figures(res: ev.EvalResult, model=None, sources=None, cache=None, k_losses: int = 12,
-                  k_cam: int = 8) -> dict[str, bytes]:
+def pixel_figures(
+    res: ev.EvalResult, model=None, sources=None, cache=None, k_losses: int = 12, k_cam: int = 8
+) -> dict[str, bytes]:
     """Top-losses grid (needs the images) and Grad-CAM panel (needs the model too), as PNG bytes."""
     out: dict[str, bytes] = {}
     if not res.items:
@@ -232,8 +253,10 @@ th{background:#f3f3f3}img{max-width:100%;margin:4px}h2{border-bottom:1px solid #
 
 
 def _page(title: str, body: str) -> bytes:
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>").encode()
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
+    ).encode()
 
 
 def _fmt_ci(v: float, ci: Sequence[float], pct: bool = True) -> str:
@@ -244,37 +267,55 @@ def _fmt_ci(v: float, ci: Sequence[float], pct: bool = True) -> str:
 
 
 def _summary_table(s: dict) -> str:
-    rows = [("images (real / fake)", f"{s['n']} ({s['n_real']} / {s['n_fake']})"),
-            ("accuracy %", _fmt_ci(s["accuracy"], s["accuracy_ci"])),
-            ("balanced accuracy %", _fmt_ci(s["balanced_accuracy"], s["balanced_accuracy_ci"])),
-            ("accuracy on real %", _fmt_ci(s["accuracy_real"], s["accuracy_real_ci"])),
-            ("accuracy on fakes %", _fmt_ci(s["accuracy_fake"], s["accuracy_fake_ci"])),
-            ("ROC AUC", _fmt_ci(s["roc_auc"], s["roc_auc_ci"], False)),
-            ("average precision", _fmt_ci(s["average_precision"], s["average_precision_ci"], False)),
-            ("ECE % (calibrated / raw)", f"{100 * s['ece']:.1f} / {100 * s.get('ece_uncalibrated', float('nan')):.1f}")]
-    return "<table>" + "".join(f"<tr><th>{html.escape(a)}</th><td>{html.escape(b)}</td></tr>" for a, b in rows) + "</table>"
+    rows = [
+        ("images (real / fake)", f"{s['n']} ({s['n_real']} / {s['n_fake']})"),
+        ("accuracy %", _fmt_ci(s["accuracy"], s["accuracy_ci"])),
+        ("balanced accuracy %", _fmt_ci(s["balanced_accuracy"], s["balanced_accuracy_ci"])),
+        ("accuracy on real %", _fmt_ci(s["accuracy_real"], s["accuracy_real_ci"])),
+        ("accuracy on fakes %", _fmt_ci(s["accuracy_fake"], s["accuracy_fake_ci"])),
+        ("ROC AUC", _fmt_ci(s["roc_auc"], s["roc_auc_ci"], False)),
+        ("average precision", _fmt_ci(s["average_precision"], s["average_precision_ci"], False)),
+        ("ECE % (calibrated / raw)", f"{100 * s['ece']:.1f} / {100 * s.get('ece_uncalibrated', float('nan')):.1f}"),
+    ]
+    return (
+        "<table>"
+        + "".join(f"<tr><th>{html.escape(a)}</th><td>{html.escape(b)}</td></tr>" for a, b in rows)
+        + "</table>"
+    )
 
 
-def eval_section(res: ev.EvalResult, pixels: dict[str, bytes] | None = None, history: Sequence[dict] | None = None) -> str:
-    parts = [_summary_table(res.summary),
-             f"<p class='note'>threshold {res.threshold:.3f} on calibrated P(fake) (temperature {res.temperature:.3f}), "
-             "both fitted on the validation split; intervals are 95% bootstrap (1000 resamples, stratified by label).</p>",
-             _img_tag(_png(fig_roc_pr(res)), "ROC and PR"), _img_tag(_png(fig_confusion(res)), "confusion"),
-             _img_tag(_png(fig_reliability(res)), "reliability")]
+def eval_section(
+    res: ev.EvalResult, pixels: dict[str, bytes] | None = None, history: Sequence[dict] | None = None
+) -> str:
+    parts = [
+        _summary_table(res.summary),
+        f"<p class='note'>threshold {res.threshold:.3f} on calibrated P(fake) (temperature {res.temperature:.3f}), "
+        "both fitted on the validation split; intervals are 95% bootstrap (1000 resamples, stratified by label).</p>",
+        _img_tag(_png(fig_roc_pr(res)), "ROC and PR"),
+        _img_tag(_png(fig_confusion(res)), "confusion"),
+        _img_tag(_png(fig_reliability(res)), "reliability"),
+    ]
     if history:
         parts.append(_img_tag(_png(fig_history(history)), "training"))
     parts.append(_img_tag(_png(fig_group_accuracy(res.per_source, "accuracy per source")), "per source"))
     if res.per_subgroup:
-        parts.append(_img_tag(_png(fig_group_accuracy(res.per_subgroup, "accuracy per subgroup (n >= 10)")),
-                              "per subgroup"))
+        parts.append(
+            _img_tag(_png(fig_group_accuracy(res.per_subgroup, "accuracy per subgroup (n >= 10)")), "per subgroup")
+        )
     for name in ("top_losses.png", "grad_cam.png"):
         if pixels and name in pixels:
             parts.append(_img_tag(pixels[name], name))
     return "\n".join(parts)
 
 
-def write_eval_report(res: ev.EvalResult, out_dir: str | os.PathLike, model=None, sources=None, cache=None,
-                      title: str = "machinegaze detector evaluation") -> Path:
+def write_eval_report(
+    res: ev.EvalResult,
+    out_dir: str | os.PathLike,
+    model=None,
+    sources=None,
+    cache=None,
+    title: str = "machinegaze detector evaluation",
+) -> Path:
     """report.html (+ top_losses.png / grad_cam.png when pixels are available) into out_dir."""
     out = Path(out_dir)
     pixels = pixel_figures(res, model, sources, cache)
@@ -288,12 +329,16 @@ def write_eval_report(res: ev.EvalResult, out_dir: str | os.PathLike, model=None
 def write_experiment_report(run_dir: str | os.PathLike, pixels: bool = True) -> Path:
     """report.html for an experiment folder: the comparison tables, then one section per run."""
     from machinegaze.detect.experiment import markdown_tables
+
     d = Path(run_dir)
     rpath = d / "results.json"
     if not rpath.is_file():
         raise GazeError(f"{d}: no results.json (run `gaze detect experiment` first)")
     rows = json.loads(rpath.read_text())["rows"]
-    body = [f"<pre>{html.escape(markdown_tables(rows))}</pre>", _img_tag(_png(fig_experiment_overview(rows)), "overview")]
+    body = [
+        f"<pre>{html.escape(markdown_tables(rows))}</pre>",
+        _img_tag(_png(fig_experiment_overview(rows)), "overview"),
+    ]
     models: dict[str, object] = {}
     for r in rows:
         res = load_eval(d / r["run"])
@@ -301,11 +346,14 @@ def write_experiment_report(run_dir: str | os.PathLike, pixels: bool = True) -> 
         mfile = d / "models" / f"{r['model']}.safetensors"
         if pixels and mfile.is_file():
             from machinegaze import checkpoints
+
             model = models.setdefault(r["model"], checkpoints.load_detector(mfile))
         pix = pixel_figures(res, model) if pixels else {}
-        body.append(f"<h2>{html.escape(r['run'])}: {html.escape(r.get('title', ''))}</h2>"
-                    f"<p class='note'>train: {html.escape(', '.join(r['train']))} ({r['n_train']} images); "
-                    f"test: {html.escape(', '.join(r['test']))}; arch {r['arch']}; policy {'on' if r['policy'] else 'off'}</p>")
+        body.append(
+            f"<h2>{html.escape(r['run'])}: {html.escape(r.get('title', ''))}</h2>"
+            f"<p class='note'>train: {html.escape(', '.join(r['train']))} ({r['n_train']} images); "
+            f"test: {html.escape(', '.join(r['test']))}; arch {r['arch']}; policy {'on' if r['policy'] else 'off'}</p>"
+        )
         body.append(eval_section(res, pix, r.get("history")))
     path = d / "report.html"
     atomic_write_bytes(path, _page("machinegaze detector experiments", "\n".join(body)))
@@ -317,8 +365,9 @@ def fig_experiment_overview(rows: Sequence[dict]):
     plt = _plt()
     names = [f"{r['experiment']} ({'policy' if r['policy'] else 'no policy'})" for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 0.35 * len(rows) + 1.5), sharey=True)
-    for ax, (key, label) in zip(axes, (("accuracy_real", "accuracy on real"), ("accuracy_fake", "accuracy on fakes"),
-                                       ("roc_auc", "ROC AUC"))):
+    for ax, (key, label) in zip(
+        axes, (("accuracy_real", "accuracy on real"), ("accuracy_fake", "accuracy on fakes"), ("roc_auc", "ROC AUC"))
+    ):
         v = np.array([r[key] for r in rows], dtype=float)
         lo = np.array([r[key + "_ci"][0] for r in rows], dtype=float)
         hi = np.array([r[key + "_ci"][1] for r in rows], dtype=float)

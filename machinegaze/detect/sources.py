@@ -14,15 +14,16 @@ Three ideas live here:
   and test alike. With it off, images are only resized (batches need one size) and keep their own
   compression history.
 """
+
 from __future__ import annotations
 
 import csv
 import hashlib
 import io
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -53,6 +54,7 @@ _STYLEGAN1_NEAR_DUPLICATES = {"1A8SFV254Q": "0B925CPFSK", "0R4POY5DTW": "0GTFMAQ
 @dataclass(frozen=True)
 class Item:
     """One image: where it is, its label, its source, its identity group and subgroup attributes."""
+
     path: str
     label: int
     source: str
@@ -68,7 +70,7 @@ def split_of(group: str, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     """'train' | 'val' | 'test' for an identity group: a stable hash, the same in every run and experiment."""
     if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
         raise GazeError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
-    h = int.from_bytes(hashlib.sha1(f"{salt}:{group}".encode()).digest()[:8], "big") / 2 ** 64
+    h = int.from_bytes(hashlib.sha1(f"{salt}:{group}".encode()).digest()[:8], "big") / 2**64
     if h < fractions[0]:
         return "train"
     return "val" if h < fractions[0] + fractions[1] else "test"
@@ -78,8 +80,13 @@ def _rank(item: Item, seed: int) -> int:
     return int.from_bytes(hashlib.sha1(f"{seed}:{item.path}:{item.seed}".encode()).digest()[:8], "big")
 
 
-def select(items: Sequence[Item], split: str | None, max_n: int | None = None, seed: int = 0,
-           fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> list[Item]:
+def select(
+    items: Sequence[Item],
+    split: str | None,
+    max_n: int | None = None,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+) -> list[Item]:
     """Items of one split (None: all), at most max_n of them, picked by a seeded hash (deterministic)."""
     if split is not None and split not in SPLITS:
         raise GazeError(f"unknown split '{split}' (use one of {', '.join(SPLITS)})")
@@ -101,8 +108,11 @@ def faces_root(root: str | os.PathLike | None = None) -> Path:
     if env:
         return faces_root(env)
     here = Path(__file__).resolve().parents[2]
-    for cand in (Path.cwd().parent / "shared/data/faces", Path.cwd() / "shared/data/faces",
-                 here.parent / "shared/data/faces"):
+    for cand in (
+        Path.cwd().parent / "shared/data/faces",
+        Path.cwd() / "shared/data/faces",
+        here.parent / "shared/data/faces",
+    ):
         if cand.is_dir():
             return cand
     raise GazeError("face data not found: pass --data PATH or set GAZE_FACES to the folder holding real/ and fake/")
@@ -129,6 +139,7 @@ def _attrs(**kv: str | None) -> tuple[tuple[str, str], ...]:
 @dataclass(frozen=True)
 class FolderSource:
     """Images in a folder, all with one label. Built-in folders know their identities and attributes."""
+
     name: str
     root: Path
     label: int
@@ -174,9 +185,19 @@ class FolderSource:
                 f = self.root / row["filename"]
                 if not f.is_file():
                     continue
-                out.append(Item(str(f), self.label, self.name, "utk:" + row["filename"],
-                                _attrs(age=_age_bin(row.get("age", "")), gender=row.get("gender") or None,
-                                       race=row.get("race") or None)))
+                out.append(
+                    Item(
+                        str(f),
+                        self.label,
+                        self.name,
+                        "utk:" + row["filename"],
+                        _attrs(
+                            age=_age_bin(row.get("age", "")),
+                            gender=row.get("gender") or None,
+                            race=row.get("race") or None,
+                        ),
+                    )
+                )
         if not out:
             raise GazeError(f"source '{self.name}': no images listed in {labels}")
         return out
@@ -198,8 +219,11 @@ class FolderSource:
             glasses = row.get("glasses") or None
             if glasses == "SwimmingGoggles":
                 glasses = "Sunglasses"
-            attrs = _attrs(gender=row.get("gender") or None, age=_age_bin(row.get("age", "")),
-                           glasses=glasses) if row.get("n_faces_detected", "1") != "0" else ()
+            attrs = (
+                _attrs(gender=row.get("gender") or None, age=_age_bin(row.get("age", "")), glasses=glasses)
+                if row.get("n_faces_detected", "1") != "0"
+                else ()
+            )
             out.append(Item(str(f), self.label, self.name, "ffhq:" + fid, attrs))
         if not out:
             raise GazeError(f"source '{self.name}': no images under {self.root}")
@@ -216,6 +240,7 @@ class GeneratorSource:
 
     Seeds `seed0 .. seed0+n-1`; each seed is its own identity group, so seeds split like people do.
     """
+
     name: str
     network: str
     n: int = 600
@@ -224,21 +249,31 @@ class GeneratorSource:
     label: int = FAKE
 
     def items(self) -> list[Item]:
-        return [Item(f"{self.name}#seed={s}", self.label, self.name, f"{self.name}:seed{s}",
-                     _attrs(psi=f"{self.truncation_psi:g}"), seed=s) for s in range(self.seed0, self.seed0 + self.n)]
+        return [
+            Item(
+                f"{self.name}#seed={s}",
+                self.label,
+                self.name,
+                f"{self.name}:seed{s}",
+                _attrs(psi=f"{self.truncation_psi:g}"),
+                seed=s,
+            )
+            for s in range(self.seed0, self.seed0 + self.n)
+        ]
 
     def render(self, items: Sequence[Item], batch: int = 8) -> Iterable[Image.Image]:
         """Generate the items' seeds (NVlabs seed semantics, constant noise) as PIL images."""
         from machinegaze import generate as gen
         from machinegaze import zoo
         from machinegaze.data import tensor_to_pil
+
         G = zoo.load_generator(self.network)
         cfg = gen.GenerateConfig(trunc=self.truncation_psi, batch_size=batch)
         seeds = [int(it.seed) for it in items]  # type: ignore[arg-type]
         for i in range(0, len(seeds), batch):
-            imgs, _ = gen.generate_images(G, seeds[i:i + batch], cfg)
+            imgs, _ = gen.generate_images(G, seeds[i : i + batch], cfg)
             for k in range(imgs.shape[0]):
-                yield tensor_to_pil(imgs[k:k + 1])
+                yield tensor_to_pil(imgs[k : k + 1])
 
 
 Source = FolderSource | GeneratorSource
@@ -277,8 +312,9 @@ def parse_sources(specs: str | Sequence[str], data_root: str | os.PathLike | Non
     return out
 
 
-def gather(sources: Sequence[Source], split: str | None, max_per_source: int | None = None,
-           seed: int = 0) -> list[Item]:
+def gather(
+    sources: Sequence[Source], split: str | None, max_per_source: int | None = None, seed: int = 0
+) -> list[Item]:
     """The items of `split` from every source, capped per source."""
     out: list[Item] = []
     for src in sources:
@@ -303,6 +339,7 @@ class Preprocess:
 
     `jpeg_quality=None` is the policy switched off: resize only, each image keeps its own compression.
     """
+
     size: int = 128
     jpeg_quality: int | None = 75
 
@@ -345,10 +382,16 @@ def preprocess_for(policy: bool, size: int = 128, jpeg_quality: int = 75) -> Pre
 @dataclass
 class ImageCache:
     """Preprocessed uint8 images kept in memory, keyed by (item, policy): experiments reuse them."""
+
     store: dict = field(default_factory=dict)
 
-    def arrays(self, items: Sequence[Item], pre: Preprocess, sources: Sequence[Source] | None = None,
-               progress: ProgressFn = None) -> np.ndarray:
+    def arrays(
+        self,
+        items: Sequence[Item],
+        pre: Preprocess,
+        sources: Sequence[Source] | None = None,
+        progress: ProgressFn = None,
+    ) -> np.ndarray:
         """uint8 [N, H, W, 3] for `items` (loading and preprocessing the ones not seen yet)."""
         by_name = {s.name: s for s in sources or ()}
         missing: dict[str, list[Item]] = {}
@@ -378,6 +421,7 @@ class ImageCache:
 def to_tensor(arr: np.ndarray):
     """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1] (the project convention)."""
     import torch
+
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 

@@ -12,6 +12,7 @@
 AdamW (betas 0.9/0.99, as fastai), binary cross-entropy with fakes weighted by n_real/n_fake so the classes
 count equally, random horizontal flips. Images arrive already preprocessed (uint8, see sources.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,7 @@ import torch
 from machinegaze import GazeError, zoo
 from machinegaze.detect import evaluate as ev
 from machinegaze.detect.model import Detector, DetectorSpec, bce_loss, freeze_body
-from machinegaze.detect.sources import (ImageCache, Item, Source, gather, parse_sources, preprocess_for,
-                                        to_tensor)
+from machinegaze.detect.sources import ImageCache, Item, Source, gather, parse_sources, preprocess_for, to_tensor
 from machinegaze.progress import ProgressFn, report
 
 
@@ -71,8 +71,11 @@ class TrainConfig:
     def split_cap(self, split: str) -> int | None:
         if self.max_per_source is None:
             return None
-        return {"train": self.max_per_source, "val": max(1, math.ceil(self.max_per_source / 4)),
-                "test": self.max_per_source}[split]
+        return {
+            "train": self.max_per_source,
+            "val": max(1, math.ceil(self.max_per_source / 4)),
+            "test": self.max_per_source,
+        }[split]
 
 
 @dataclass
@@ -86,9 +89,18 @@ class TrainResult:
 
 
 def _one_cycle(opt: torch.optim.Optimizer, max_lrs: list[float], total: int, pct_start: float, div: float):
-    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lrs, total_steps=max(total, 1), pct_start=pct_start,
-                                               div_factor=div, final_div_factor=1e5, anneal_strategy="cos",
-                                               cycle_momentum=True, base_momentum=0.85, max_momentum=0.95)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt,
+        max_lr=max_lrs,
+        total_steps=max(total, 1),
+        pct_start=pct_start,
+        div_factor=div,
+        final_div_factor=1e5,
+        anneal_strategy="cos",
+        cycle_momentum=True,
+        base_momentum=0.85,
+        max_momentum=0.95,
+    )
 
 
 def _discriminative(lr: float, mult: float, n: int) -> list[float]:
@@ -100,7 +112,7 @@ def _discriminative(lr: float, mult: float, n: int) -> list[float]:
 
 def _batches(n: int, bs: int, g: torch.Generator) -> list[torch.Tensor]:
     perm = torch.randperm(n, generator=g)
-    out = [perm[i:i + bs] for i in range(0, n, bs)]
+    out = [perm[i : i + bs] for i in range(0, n, bs)]
     if len(out) > 1 and len(out[-1]) < 2:  # BatchNorm cannot train on one image
         out[-2] = torch.cat([out[-2], out.pop()])
     return out
@@ -134,14 +146,24 @@ def sample_weights(y: np.ndarray, sources: list[str] | None, balance: bool, bala
     return (w / w.mean()).astype(np.float32)
 
 
-def fit(model: Detector, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, x_val: np.ndarray | None = None,
-        y_val: np.ndarray | None = None, progress: ProgressFn = None, sources: list[str] | None = None) -> list[dict]:
+def fit(
+    model: Detector,
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: TrainConfig,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    progress: ProgressFn = None,
+    sources: list[str] | None = None,
+) -> list[dict]:
     """Train `model` in place on uint8 images [N, H, W, 3] with labels y (1 = fake); return the history.
 
     `sources` (the source name of each image) is used by `cfg.balance_sources`."""
     y = np.asarray(y).astype(np.float32)
     if len(x) < 2 or len(np.unique(y)) < 2:
-        raise GazeError(f"training needs real and fake images (got {int((y == 0).sum())} real, {int((y == 1).sum())} fake)")
+        raise GazeError(
+            f"training needs real and fake images (got {int((y == 0).sum())} real, {int((y == 1).sum())} fake)"
+        )
     g = torch.Generator().manual_seed(cfg.seed)
     weights = torch.from_numpy(sample_weights(y, sources, cfg.balance, cfg.balance_sources))
     groups = model.layer_groups()
@@ -194,8 +216,12 @@ def fit(model: Detector, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, x_val: 
                 seen += len(idx)
                 loss_sum += loss.item() * len(idx)
                 report(progress, step, total_steps, stage=phase, epoch=len(history) + 1, loss=loss.item())
-            rec = {"epoch": len(history) + 1, "phase": phase, "train_loss": loss_sum / seen,
-                   "images_per_s": seen / (time.perf_counter() - t0)}
+            rec = {
+                "epoch": len(history) + 1,
+                "phase": phase,
+                "train_loss": loss_sum / seen,
+                "images_per_s": seen / (time.perf_counter() - t0),
+            }
             if x_val is not None and y_val is not None and len(x_val):
                 logits = ev.predict_logits(model, x_val)
                 p = ev.sigmoid(logits)
@@ -208,12 +234,19 @@ def fit(model: Detector, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, x_val: 
     return history
 
 
-def train_detector(train_sources: str | list[str] | list[Source], cfg: TrainConfig = TrainConfig(),
-                   data_root: str | os.PathLike | None = None, cache: ImageCache | None = None,
-                   progress: ProgressFn = None) -> TrainResult:
+def train_detector(
+    train_sources: str | list[str] | list[Source],
+    cfg: TrainConfig = TrainConfig(),
+    data_root: str | os.PathLike | None = None,
+    cache: ImageCache | None = None,
+    progress: ProgressFn = None,
+) -> TrainResult:
     """Train on the train split of the sources, calibrate on their val split; return the ready detector."""
-    sources = train_sources if train_sources and not isinstance(train_sources, str) and \
-        not isinstance(train_sources[0], str) else parse_sources(train_sources, data_root)  # type: ignore[arg-type]
+    sources = (
+        train_sources
+        if train_sources and not isinstance(train_sources, str) and not isinstance(train_sources[0], str)
+        else parse_sources(train_sources, data_root)
+    )  # type: ignore[arg-type]
     cache = cache or ImageCache()
     pre = cfg.preprocess
     tr = gather(sources, "train", cfg.split_cap("train"), cfg.seed)

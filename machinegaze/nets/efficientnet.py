@@ -7,6 +7,7 @@ eps is 1e-3, and the network expects pixels normalised as (p - 127) / 128 with p
 
 Input: float32 NCHW RGB in [-1, 1], any size >= 32 px a side. Output: logits over `num_classes`.
 """
+
 from __future__ import annotations
 
 import math
@@ -109,7 +110,9 @@ class EfficientNetLite0(nn.Module):
         if x.ndim != 4 or x.shape[1] != 3:
             raise GazeError(f"EfficientNet-Lite0 expects [N, 3, H, W] images, got shape {tuple(x.shape)}")
         if min(x.shape[-2:]) < MIN_SIZE:
-            raise GazeError(f"EfficientNet-Lite0 needs images at least {MIN_SIZE} px a side, got {x.shape[-1]}x{x.shape[-2]}")
+            raise GazeError(
+                f"EfficientNet-Lite0 needs images at least {MIN_SIZE} px a side, got {x.shape[-1]}x{x.shape[-2]}"
+            )
         h = self._relu_stem(self._bn0(self._conv_stem(self.preprocess(x))))
         for block in self._blocks:
             h = block(h)
@@ -130,9 +133,13 @@ class EfficientNetLite0(nn.Module):
         try:
             missing, unexpected = self.load_state_dict(sd, strict=False)
         except RuntimeError as e:  # shape mismatches
-            raise GazeError(f"EfficientNet-Lite0 weights do not match the model: {str(e).splitlines()[-1].strip()[:200]}") from None
+            raise GazeError(
+                f"EfficientNet-Lite0 weights do not match the model: {str(e).splitlines()[-1].strip()[:200]}"
+            ) from None
         allowed = {"_fc.weight", "_fc.bias"} if self.num_classes != 1000 else set()
         bad_missing = [k for k in missing if k not in allowed]
         if bad_missing or unexpected:
-            raise GazeError("EfficientNet-Lite0 weights do not match the model: "
-                            f"missing {bad_missing[:5]}, unexpected {list(unexpected)[:5]}")
+            raise GazeError(
+                "EfficientNet-Lite0 weights do not match the model: "
+                f"missing {bad_missing[:5]}, unexpected {list(unexpected)[:5]}"
+            )

@@ -7,10 +7,12 @@ Hooks live only for the duration of one call (nothing is left attached to the ne
 pass stops as soon as every requested layer has fired, so dreaming at a middle layer does not pay for the rest
 of the network. Layer names are those of `net.named_modules()`; `list_layers` shows them with output shapes.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -24,7 +26,7 @@ OUTPUT = "output"  # pseudo-layer: whatever the forward function returns (logits
 class LayerInfo:
     name: str
     shape: tuple[int, ...]  # output shape for the probe input, batch dimension included
-    kind: str               # module class name
+    kind: str  # module class name
 
     @property
     def channels(self) -> int:
@@ -60,8 +62,13 @@ def _suggest(names: Sequence[str], limit: int = 40) -> str:
 class FeatureExtractor:
     """Capture the outputs of named submodules of `net` during `forward(x)` (default: `net(x)`)."""
 
-    def __init__(self, net: nn.Module, layers: Sequence[str], forward: Callable[[torch.Tensor], Any] | None = None,
-                 stop_early: bool = True):
+    def __init__(
+        self,
+        net: nn.Module,
+        layers: Sequence[str],
+        forward: Callable[[torch.Tensor], Any] | None = None,
+        stop_early: bool = True,
+    ):
         self.net = net
         self.forward = forward if forward is not None else net
         self.layers = list(dict.fromkeys(layers))
@@ -85,6 +92,7 @@ class FeatureExtractor:
                     acts[name] = t
                 if self.stop_early and wanted and len(acts) == wanted:
                     raise _Stop
+
             return hook
 
         handles = [m.register_forward_hook(hook_for(n)) for n, m in self.modules.items()]
@@ -102,13 +110,16 @@ class FeatureExtractor:
                 h.remove()
         missing = [n for n in self.layers if n not in acts]
         if missing:
-            raise GazeError(f"layer {missing[0]!r} produced no tensor output in the forward pass "
-                            "(a container that is never called? pick one of --list-layers)")
+            raise GazeError(
+                f"layer {missing[0]!r} produced no tensor output in the forward pass "
+                "(a container that is never called? pick one of --list-layers)"
+            )
         return {n: acts[n] for n in self.layers}
 
 
-def list_layers(net: nn.Module, input_size: int | tuple[int, int] = 224,
-                forward: Callable[[torch.Tensor], Any] | None = None) -> list[LayerInfo]:
+def list_layers(
+    net: nn.Module, input_size: int | tuple[int, int] = 224, forward: Callable[[torch.Tensor], Any] | None = None
+) -> list[LayerInfo]:
     """Every submodule that produces a tensor on a [1, 3, H, W] probe, in execution order, with its output shape;
     the forward result comes last as OUTPUT."""
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
@@ -123,6 +134,7 @@ def list_layers(net: nn.Module, input_size: int | tuple[int, int] = 224,
             t = _first_tensor(out)
             if t is not None and name not in seen:
                 seen[name] = LayerInfo(name, tuple(t.shape), type(m).__name__)
+
         handles.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():

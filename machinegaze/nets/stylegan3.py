@@ -17,6 +17,7 @@ Parameter and buffer names follow NVIDIA's pickles (`synthesis.input.freqs`, `sy
 sinc, or jinc for radial filters), and replaced by the file's stored buffers when one is loaded.
 Everything runs in float32; fp16 flags of the original are metadata only.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,13 +51,14 @@ def lowpass_taps(numtaps: int, cutoff: float, width: float, fs: float, radial: b
         return None
     nyq = fs / 2
     window = np.kaiser(numtaps, kaiser_beta_for(numtaps, width / nyq))
-    t = np.arange(numtaps) - (numtaps - 1) / 2                      # tap positions in samples
+    t = np.arange(numtaps) - (numtaps - 1) / 2  # tap positions in samples
     if not radial:
         h = np.sinc(2 * cutoff / fs * t) * window
         return h / h.sum()
     from scipy.special import j1  # Bessel J1 for the jinc; scipy is a dependency of the face aligner anyway
+
     r = np.hypot(*np.meshgrid(t / fs, t / fs))
-    h = j1(2 * math.pi * cutoff * r) / (math.pi * r)               # jinc: ideal circular low-pass (r > 0 here)
+    h = j1(2 * math.pi * cutoff * r) / (math.pi * r)  # jinc: ideal circular low-pass (r > 0 here)
     h = h * np.outer(window, window)
     return h / h.sum()
 
@@ -71,7 +73,7 @@ def _upsample_axis(x: torch.Tensor, f: torch.Tensor, up: int, pad: tuple[int, in
     full = F.conv_transpose2d(x, f.reshape(1, 1, *shape[2:]).expand(shape), stride=stride, groups=c)
     n_in, n_full = x.shape[dim], full.shape[dim]
     n_out = n_in * up + pad[0] + pad[1] - k + 1
-    lo = pad[0] - (k - 1)                       # the valid window starts k-1-pad_lo samples into the full result
+    lo = pad[0] - (k - 1)  # the valid window starts k-1-pad_lo samples into the full result
     hi = n_out - n_full - lo
     return F.pad(full, [0, 0, lo, hi] if dim == 2 else [lo, hi])
 
@@ -79,7 +81,7 @@ def _upsample_axis(x: torch.Tensor, f: torch.Tensor, up: int, pad: tuple[int, in
 def _filter_down(x: torch.Tensor, f: torch.Tensor, down: int) -> torch.Tensor:
     """Convolve with f (1-D: separable along W then H; 2-D: radial) and keep every down-th sample (valid part)."""
     c = x.shape[1]
-    f = f.flip(list(range(f.ndim)))             # true convolution (the designed filters are symmetric anyway)
+    f = f.flip(list(range(f.ndim)))  # true convolution (the designed filters are symmetric anyway)
     if f.ndim == 2:
         return F.conv2d(x, f[None, None].expand(c, 1, *f.shape), stride=down, groups=c)
     k = f.numel()
@@ -87,9 +89,18 @@ def _filter_down(x: torch.Tensor, f: torch.Tensor, down: int) -> torch.Tensor:
     return F.conv2d(x, f.reshape(1, 1, k, 1).expand(c, 1, k, 1), stride=(down, 1), groups=c)
 
 
-def filtered_lrelu(x: torch.Tensor, up_filter: Optional[torch.Tensor], down_filter: Optional[torch.Tensor],
-                   bias: Optional[torch.Tensor], up: int = 1, down: int = 1, padding=(0, 0, 0, 0),
-                   gain: float = math.sqrt(2), slope: float = 0.2, clamp: Optional[float] = None) -> torch.Tensor:
+def filtered_lrelu(
+    x: torch.Tensor,
+    up_filter: Optional[torch.Tensor],
+    down_filter: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    up: int = 1,
+    down: int = 1,
+    padding=(0, 0, 0, 0),
+    gain: float = math.sqrt(2),
+    slope: float = 0.2,
+    clamp: Optional[float] = None,
+) -> torch.Tensor:
     """Alias-free nonlinearity: + bias, upsample by `up` with up_filter (gain up^2), leaky ReLU * gain, clamp,
     low-pass with down_filter and decimate by `down`. padding = (x_lo, x_hi, y_lo, y_hi) of the upsampled signal.
     Filters are 1-D (applied separably) or 2-D; None means no filtering (a 1-tap identity)."""
@@ -99,7 +110,7 @@ def filtered_lrelu(x: torch.Tensor, up_filter: Optional[torch.Tensor], down_filt
     fu = up_filter.to(x.dtype) if up_filter is not None else torch.ones(1, dtype=x.dtype, device=x.device)
     if fu.ndim == 2:
         raise ValueError("2-D up filters are not used by StyleGAN3")
-    fu = fu * up                                 # per axis; total gain up^2 keeps the DC level after zero-insertion
+    fu = fu * up  # per axis; total gain up^2 keeps the DC level after zero-insertion
     x = _upsample_axis(x, fu.flip(0), up, (px0, px1), dim=3)
     x = _upsample_axis(x, fu.flip(0), up, (py0, py1), dim=2)
     x = F.leaky_relu(x, slope) if slope != 1 else x
@@ -128,7 +139,7 @@ class SynthesisInput(nn.Module):
         f = f / (radius * radius.square().exp().pow(0.25)) * bandwidth
         self.weight = nn.Parameter(torch.randn([channels, channels]))
         self.affine = EqualLinear(w_dim, 4)
-        with torch.no_grad():                   # start as the identity rotation without translation
+        with torch.no_grad():  # start as the identity rotation without translation
             self.affine.weight.zero_()
             self.affine.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
         self.register_buffer("transform", torch.eye(3))
@@ -137,22 +148,25 @@ class SynthesisInput(nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         b = w.shape[0]
-        t = self.affine(w)                                        # (cos-like, sin-like, tx, ty)
+        t = self.affine(w)  # (cos-like, sin-like, tx, ty)
         t = t / t[:, :2].norm(dim=1, keepdim=True)
         rot = torch.zeros(b, 3, 3, device=w.device)
         rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1], rot[:, 2, 2] = t[:, 0], -t[:, 1], t[:, 1], t[:, 0], 1
         shift = torch.eye(3, device=w.device).repeat(b, 1, 1)
         shift[:, 0, 2], shift[:, 1, 2] = -t[:, 2], -t[:, 3]
-        m = rot @ shift @ self.transform.unsqueeze(0)             # [B, 3, 3] maps image coords to feature coords
-        phases = self.phases.unsqueeze(0) + (self.freqs.unsqueeze(0) @ m[:, :2, 2:]).squeeze(2)   # [B, C]
-        freqs = self.freqs.unsqueeze(0) @ m[:, :2, :2]                                          # [B, C, 2]
+        m = rot @ shift @ self.transform.unsqueeze(0)  # [B, 3, 3] maps image coords to feature coords
+        phases = self.phases.unsqueeze(0) + (self.freqs.unsqueeze(0) @ m[:, :2, 2:]).squeeze(2)  # [B, C]
+        freqs = self.freqs.unsqueeze(0) @ m[:, :2, :2]  # [B, C, 2]
         # Damp frequencies that the transform pushed past the band (only scaling transforms can do that).
         amp = (1 - (freqs.norm(dim=2) - self.bandwidth) / (self.sampling_rate / 2 - self.bandwidth)).clamp(0, 1)
         # Pixel centres in units of 1/sampling_rate, centred on the image: (j + 1/2 - W/2) / fs.
         gx = (torch.arange(self.size[0], device=w.device) + 0.5 - self.size[0] / 2) / self.sampling_rate
         gy = (torch.arange(self.size[1], device=w.device) + 0.5 - self.size[1] / 2) / self.sampling_rate
-        arg = (gx.view(1, 1, -1, 1) * freqs[:, None, None, :, 0] + gy.view(1, -1, 1, 1) * freqs[:, None, None, :, 1]
-               + phases[:, None, None, :])                        # [B, H, W, C]
+        arg = (
+            gx.view(1, 1, -1, 1) * freqs[:, None, None, :, 0]
+            + gy.view(1, -1, 1, 1) * freqs[:, None, None, :, 1]
+            + phases[:, None, None, :]
+        )  # [B, H, W, C]
         x = torch.sin(2 * math.pi * arg) * amp[:, None, None, :]
         x = x @ (self.weight / math.sqrt(self.channels)).t()
         return x.permute(0, 3, 1, 2).contiguous()
@@ -161,11 +175,28 @@ class SynthesisInput(nn.Module):
 class SynthesisLayer(nn.Module):
     """Modulated conv (input gain from magnitude_ema) + filtered leaky ReLU between two sampling grids."""
 
-    def __init__(self, w_dim: int, is_torgb: bool, is_critically_sampled: bool, in_channels: int, out_channels: int,
-                 in_size: int, out_size: int, in_sampling_rate: float, out_sampling_rate: float, in_cutoff: float,
-                 out_cutoff: float, in_half_width: float, out_half_width: float, conv_kernel: int = 3,
-                 filter_size: int = 6, lrelu_upsampling: int = 2, use_radial_filters: bool = False,
-                 conv_clamp: Optional[float] = 256, magnitude_ema_beta: float = 0.999):
+    def __init__(
+        self,
+        w_dim: int,
+        is_torgb: bool,
+        is_critically_sampled: bool,
+        in_channels: int,
+        out_channels: int,
+        in_size: int,
+        out_size: int,
+        in_sampling_rate: float,
+        out_sampling_rate: float,
+        in_cutoff: float,
+        out_cutoff: float,
+        in_half_width: float,
+        out_half_width: float,
+        conv_kernel: int = 3,
+        filter_size: int = 6,
+        lrelu_upsampling: int = 2,
+        use_radial_filters: bool = False,
+        conv_clamp: Optional[float] = 256,
+        magnitude_ema_beta: float = 0.999,
+    ):
         super().__init__()
         self.is_torgb, self.is_critically_sampled = is_torgb, is_critically_sampled
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -186,26 +217,34 @@ class SynthesisLayer(nn.Module):
         up_taps = filter_size * self.up_factor if self.up_factor > 1 and not is_torgb else 1
         down_taps = filter_size * self.down_factor if self.down_factor > 1 and not is_torgb else 1
         self.down_radial = use_radial_filters and not is_critically_sampled
-        for name, taps, cutoff, half_width, radial in (("up_filter", up_taps, in_cutoff, in_half_width, False),
-                                                       ("down_filter", down_taps, out_cutoff, out_half_width,
-                                                        self.down_radial)):
+        for name, taps, cutoff, half_width, radial in (
+            ("up_filter", up_taps, in_cutoff, in_half_width, False),
+            ("down_filter", down_taps, out_cutoff, out_half_width, self.down_radial),
+        ):
             h = lowpass_taps(taps, cutoff, half_width * 2, tmp_rate, radial)
             self.register_buffer(name, None if h is None else torch.as_tensor(h, dtype=torch.float32))
         # Padding of the upsampled signal so that the output is exactly out_size after filtering and decimation.
-        total = ((self.out_size - 1) * self.down_factor + 1 - (self.in_size + self.conv_kernel - 1) * self.up_factor
-                 + up_taps + down_taps - 2)
+        total = (
+            (self.out_size - 1) * self.down_factor
+            + 1
+            - (self.in_size + self.conv_kernel - 1) * self.up_factor
+            + up_taps
+            + down_taps
+            - 2
+        )
         lo = (total + self.up_factor) // 2
         self.padding = [lo, total - lo, lo, total - lo]
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, update_emas: bool = False) -> torch.Tensor:
         if update_emas:
             with torch.no_grad():
-                self.magnitude_ema.copy_(x.detach().float().square().mean().lerp(self.magnitude_ema,
-                                                                                 self.magnitude_ema_beta))
+                self.magnitude_ema.copy_(
+                    x.detach().float().square().mean().lerp(self.magnitude_ema, self.magnitude_ema_beta)
+                )
         styles = self.affine(w)
         weight = self.weight
         if self.is_torgb:
-            styles = styles / math.sqrt(self.in_channels * self.conv_kernel ** 2)
+            styles = styles / math.sqrt(self.in_channels * self.conv_kernel**2)
         else:
             # Pre-normalise (as NVIDIA does, for fp16 headroom): each filter and the whole style batch to unit RMS.
             weight = weight * weight.square().mean(dim=[1, 2, 3], keepdim=True).rsqrt()
@@ -215,15 +254,34 @@ class SynthesisLayer(nn.Module):
         x = x * (styles * self.magnitude_ema.rsqrt()).unsqueeze(2).unsqueeze(3)
         x = F.conv2d(x, weight, padding=self.conv_kernel - 1)
         if not self.is_torgb:
-            d = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()    # [B, O]
+            d = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()  # [B, O]
             x = x * d.unsqueeze(2).unsqueeze(3)
-        return filtered_lrelu(x, self.up_filter, self.down_filter, self.bias, self.up_factor, self.down_factor,
-                              self.padding, gain=self.gain, slope=self.slope, clamp=self.conv_clamp)
+        return filtered_lrelu(
+            x,
+            self.up_filter,
+            self.down_filter,
+            self.bias,
+            self.up_factor,
+            self.down_factor,
+            self.padding,
+            gain=self.gain,
+            slope=self.slope,
+            clamp=self.conv_clamp,
+        )
 
 
-def layer_design(img_resolution: int, channel_base: int, channel_max: int, num_layers: int = 14,
-                 num_critical: int = 2, first_cutoff: float = 2, first_stopband: float = 2 ** 2.1,
-                 last_stopband_rel: float = 2 ** 0.3, margin_size: int = 10, img_channels: int = 3) -> dict:
+def layer_design(
+    img_resolution: int,
+    channel_base: int,
+    channel_max: int,
+    num_layers: int = 14,
+    num_critical: int = 2,
+    first_cutoff: float = 2,
+    first_stopband: float = 2**2.1,
+    last_stopband_rel: float = 2**0.3,
+    margin_size: int = 10,
+    img_channels: int = 3,
+) -> dict:
     """Per-layer cutoffs, stopbands, sampling rates, half-widths, sizes and channels (StyleGAN3 paper, App. F):
     cutoffs and stopbands grow geometrically from the first layer to the last non-critical one, then stay."""
     i = np.arange(num_layers + 1)
@@ -237,36 +295,69 @@ def layer_design(img_resolution: int, channel_base: int, channel_max: int, num_l
     sizes[-2:] = img_resolution
     channels = np.rint(np.minimum((channel_base / 2) / cutoffs, channel_max))
     channels[-1] = img_channels
-    return dict(cutoffs=cutoffs, rates=rates, half_widths=half_widths, sizes=sizes.astype(int),
-                channels=channels.astype(int))
+    return dict(
+        cutoffs=cutoffs, rates=rates, half_widths=half_widths, sizes=sizes.astype(int), channels=channels.astype(int)
+    )
 
 
 # ================================================================ networks
 class SynthesisNetwork(nn.Module):
-    def __init__(self, w_dim: int, img_resolution: int, img_channels: int, channel_base: int = 32768,
-                 channel_max: int = 512, num_layers: int = 14, num_critical: int = 2, first_cutoff: float = 2,
-                 first_stopband: float = 2 ** 2.1, last_stopband_rel: float = 2 ** 0.3, margin_size: int = 10,
-                 output_scale: float = 0.25, num_fp16_res: int = 4, **layer_kwargs):
+    def __init__(
+        self,
+        w_dim: int,
+        img_resolution: int,
+        img_channels: int,
+        channel_base: int = 32768,
+        channel_max: int = 512,
+        num_layers: int = 14,
+        num_critical: int = 2,
+        first_cutoff: float = 2,
+        first_stopband: float = 2**2.1,
+        last_stopband_rel: float = 2**0.3,
+        margin_size: int = 10,
+        output_scale: float = 0.25,
+        num_fp16_res: int = 4,
+        **layer_kwargs,
+    ):
         super().__init__()
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
         self.num_layers, self.output_scale = num_layers, output_scale
-        self.num_ws = num_layers + 2                              # input + layers + ToRGB
-        d = layer_design(img_resolution, channel_base, channel_max, num_layers, num_critical, first_cutoff,
-                         first_stopband, last_stopband_rel, margin_size, img_channels)
+        self.num_ws = num_layers + 2  # input + layers + ToRGB
+        d = layer_design(
+            img_resolution,
+            channel_base,
+            channel_max,
+            num_layers,
+            num_critical,
+            first_cutoff,
+            first_stopband,
+            last_stopband_rel,
+            margin_size,
+            img_channels,
+        )
         self.design = d
-        self.input = SynthesisInput(w_dim, int(d["channels"][0]), int(d["sizes"][0]), float(d["rates"][0]),
-                                    float(d["cutoffs"][0]))
+        self.input = SynthesisInput(
+            w_dim, int(d["channels"][0]), int(d["sizes"][0]), float(d["rates"][0]), float(d["cutoffs"][0])
+        )
         self.layer_names = []
         for idx in range(num_layers + 1):
             prev = max(idx - 1, 0)
             layer = SynthesisLayer(
-                w_dim, is_torgb=idx == num_layers, is_critically_sampled=idx >= num_layers - num_critical,
-                in_channels=int(d["channels"][prev]), out_channels=int(d["channels"][idx]),
-                in_size=int(d["sizes"][prev]), out_size=int(d["sizes"][idx]),
-                in_sampling_rate=float(d["rates"][prev]), out_sampling_rate=float(d["rates"][idx]),
-                in_cutoff=float(d["cutoffs"][prev]), out_cutoff=float(d["cutoffs"][idx]),
-                in_half_width=float(d["half_widths"][prev]), out_half_width=float(d["half_widths"][idx]),
-                **layer_kwargs)
+                w_dim,
+                is_torgb=idx == num_layers,
+                is_critically_sampled=idx >= num_layers - num_critical,
+                in_channels=int(d["channels"][prev]),
+                out_channels=int(d["channels"][idx]),
+                in_size=int(d["sizes"][prev]),
+                out_size=int(d["sizes"][idx]),
+                in_sampling_rate=float(d["rates"][prev]),
+                out_sampling_rate=float(d["rates"][idx]),
+                in_cutoff=float(d["cutoffs"][prev]),
+                out_cutoff=float(d["cutoffs"][idx]),
+                in_half_width=float(d["half_widths"][prev]),
+                out_half_width=float(d["half_widths"][idx]),
+                **layer_kwargs,
+            )
             name = f"L{idx}_{layer.out_size}_{layer.out_channels}"
             setattr(self, name, layer)
             self.layer_names.append(name)
@@ -292,31 +383,55 @@ class SynthesisNetwork(nn.Module):
 
     def max_activation_elements(self) -> int:
         """Largest per-image activation (channels x pixels) at any layer's upsampled (nonlinearity) rate."""
-        return max(layer.out_channels * ((layer.in_size + layer.conv_kernel) * layer.up_factor
-                                         + sum(layer.padding[:2])) ** 2 for layer in self.layers())
+        return max(
+            layer.out_channels * ((layer.in_size + layer.conv_kernel) * layer.up_factor + sum(layer.padding[:2])) ** 2
+            for layer in self.layers()
+        )
 
 
 class StyleGAN3Generator(nn.Module):
     """z (+ one-hot class c) -> image. Same interface as our StyleGAN2 Generator: .mapping, .synthesis, .num_ws,
     .w_dim, .z_dim, .c_dim, .img_resolution, forward(z, c, truncation_psi, truncation_cutoff, noise_mode)."""
 
-    def __init__(self, z_dim: int, c_dim: int, w_dim: int, img_resolution: int, img_channels: int,
-                 mapping_kwargs: Optional[dict] = None, **synthesis_kwargs):
+    def __init__(
+        self,
+        z_dim: int,
+        c_dim: int,
+        w_dim: int,
+        img_resolution: int,
+        img_channels: int,
+        mapping_kwargs: Optional[dict] = None,
+        **synthesis_kwargs,
+    ):
         super().__init__()
         mapping_kwargs = dict(mapping_kwargs or {})
-        self.init_kwargs = dict(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution,
-                                img_channels=img_channels, mapping_kwargs=mapping_kwargs, **synthesis_kwargs)
+        self.init_kwargs = dict(
+            z_dim=z_dim,
+            c_dim=c_dim,
+            w_dim=w_dim,
+            img_resolution=img_resolution,
+            img_channels=img_channels,
+            mapping_kwargs=mapping_kwargs,
+            **synthesis_kwargs,
+        )
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.img_resolution, self.img_channels = img_resolution, img_channels
-        self.synthesis = SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
-                                          **synthesis_kwargs)
+        self.synthesis = SynthesisNetwork(
+            w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels, **synthesis_kwargs
+        )
         self.num_ws = self.synthesis.num_ws
-        mk = dict(num_layers=2, lr_multiplier=0.01, w_avg_beta=0.998)   # StyleGAN3's mapping defaults
+        mk = dict(num_layers=2, lr_multiplier=0.01, w_avg_beta=0.998)  # StyleGAN3's mapping defaults
         mk.update(mapping_kwargs)
         self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **mk)
 
-    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None, truncation_psi: float = 1.0,
-                truncation_cutoff: Optional[int] = None, noise_mode: str = "const") -> torch.Tensor:
+    def forward(
+        self,
+        z: torch.Tensor,
+        c: Optional[torch.Tensor] = None,
+        truncation_psi: float = 1.0,
+        truncation_cutoff: Optional[int] = None,
+        noise_mode: str = "const",
+    ) -> torch.Tensor:
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
         return self.synthesis(ws, noise_mode=noise_mode)
 
@@ -327,7 +442,11 @@ def image_transform(translate: tuple[float, float] = (0.0, 0.0), rotate_deg: flo
     NVIDIA's gen_images.py --translate/--rotate. The buffer maps image to feature coordinates, so it holds the
     inverse of that motion."""
     a = math.radians(float(rotate_deg))
-    m = np.array([[math.cos(a), math.sin(a), float(translate[0])],
-                  [-math.sin(a), math.cos(a), float(translate[1])],
-                  [0.0, 0.0, 1.0]])
+    m = np.array(
+        [
+            [math.cos(a), math.sin(a), float(translate[0])],
+            [-math.sin(a), math.cos(a), float(translate[1])],
+            [0.0, 0.0, 1.0],
+        ]
+    )
     return torch.from_numpy(np.linalg.inv(m)).float()

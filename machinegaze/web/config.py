@@ -1,4 +1,5 @@
 """The web app's configuration (defaults match `gaze serve`)."""
+
 from __future__ import annotations
 
 import os
@@ -21,14 +22,14 @@ def default_data_dir() -> Path:
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
-    network: Optional[str] = None           # StyleGAN2 file or model name; None: the bundled face GAN
-    detector: Optional[str] = None          # detector file or name; None: the bundled one
-    data_dir: Optional[Path] = None         # None: default_data_dir()
+    network: Optional[str] = None  # StyleGAN2 file or model name; None: the bundled face GAN
+    detector: Optional[str] = None  # detector file or name; None: the bundled one
+    data_dir: Optional[Path] = None  # None: default_data_dir()
     max_upload_mb: float = 20.0
     workers: int = 1
     queue: int = 8
-    uncanny_dirs: tuple[Path, ...] = ()     # existing `gaze uncanny` run folders to browse
-    max_pixels: int = 40_000_000            # uploads with more pixels are refused before decoding
+    uncanny_dirs: tuple[Path, ...] = ()  # existing `gaze uncanny` run folders to browse
+    max_pixels: int = 40_000_000  # uploads with more pixels are refused before decoding
 
     def __post_init__(self):
         if not 0 <= self.port < 65536:

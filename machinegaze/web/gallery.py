@@ -11,6 +11,7 @@ were looked up in the database. The schema is versioned (PRAGMA user_version) an
 application_id). A file that is not an SQLite database, is damaged, belongs to another program, or was written by
 a newer machinegaze is refused with a GazeError *before anything is written to it*.
 """
+
 from __future__ import annotations
 
 import json
@@ -99,10 +100,19 @@ class Item:
 
     def to_dict(self) -> dict:
         base = f"/api/items/{self.id}"
-        return {"id": self.id, "kind": self.kind, "created": self.created, "title": self.title,
-                "params": self.params, "width": self.width, "height": self.height, "parents": self.parents,
-                "image_url": f"{base}/image.png" if self.has_image else None,
-                "latent_url": f"{base}/latent.npz" if self.has_latent else None, "url": base}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "created": self.created,
+            "title": self.title,
+            "params": self.params,
+            "width": self.width,
+            "height": self.height,
+            "parents": self.parents,
+            "image_url": f"{base}/image.png" if self.has_image else None,
+            "latent_url": f"{base}/latent.npz" if self.has_latent else None,
+            "url": base,
+        }
 
 
 @dataclass
@@ -127,8 +137,10 @@ def _check_existing(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(len(SQLITE_MAGIC))
     if head != SQLITE_MAGIC:
-        raise GazeError(f"{path}: not a machinegaze gallery (not an SQLite database); it was left untouched. "
-                        f"Move it away or choose another --data-dir")
+        raise GazeError(
+            f"{path}: not a machinegaze gallery (not an SQLite database); it was left untouched. "
+            f"Move it away or choose another --data-dir"
+        )
     try:
         con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
@@ -139,18 +151,24 @@ def _check_existing(path: Path) -> None:
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
-        raise GazeError(f"{path}: the gallery database is damaged ({e}); it was left untouched. "
-                        f"Move it away or choose another --data-dir") from None
+        raise GazeError(
+            f"{path}: the gallery database is damaged ({e}); it was left untouched. "
+            f"Move it away or choose another --data-dir"
+        ) from None
     if check != "ok":
         raise GazeError(f"{path}: the gallery database is damaged (integrity check: {check}); it was left untouched")
     if app_id != APPLICATION_ID:
         if app_id == 0 and version == 0 and not tables:
             return  # a blank SQLite file
-        raise GazeError(f"{path}: an SQLite database of another program (application_id {app_id:#x}, tables: "
-                        f"{', '.join(tables[:5]) or 'none'}), not a machinegaze gallery; it was left untouched")
+        raise GazeError(
+            f"{path}: an SQLite database of another program (application_id {app_id:#x}, tables: "
+            f"{', '.join(tables[:5]) or 'none'}), not a machinegaze gallery; it was left untouched"
+        )
     if version > SCHEMA_VERSION:
-        raise GazeError(f"{path}: gallery schema version {version} is newer than this machinegaze understands "
-                        f"({SCHEMA_VERSION}); upgrade machinegaze (the file was left untouched)")
+        raise GazeError(
+            f"{path}: gallery schema version {version} is newer than this machinegaze understands "
+            f"({SCHEMA_VERSION}); upgrade machinegaze (the file was left untouched)"
+        )
 
 
 def migrate(con: sqlite3.Connection, upto: int = SCHEMA_VERSION) -> int:
@@ -216,14 +234,26 @@ class Gallery:
 
     # ---- items
     def _item(self, row: sqlite3.Row, with_parents: bool = True) -> Item:
-        it = Item(id=row["id"], kind=row["kind"], created=row["created"], title=row["title"],
-                  params=json.loads(row["params"] or "{}"), has_image=bool(row["image"]),
-                  has_latent=bool(row["latent"]), width=row["width"], height=row["height"])
+        it = Item(
+            id=row["id"],
+            kind=row["kind"],
+            created=row["created"],
+            title=row["title"],
+            params=json.loads(row["params"] or "{}"),
+            has_image=bool(row["image"]),
+            has_latent=bool(row["latent"]),
+            width=row["width"],
+            height=row["height"],
+        )
         if with_parents:
-            it.parents = [{"id": r["parent"], "role": r["role"], "kind": r["kind"], "title": r["title"]}
-                          for r in self._con.execute(
-                              "SELECT p.parent, p.role, i.kind, i.title FROM parents p JOIN items i ON i.id = p.parent "
-                              "WHERE p.child = ? ORDER BY p.position", (row["id"],))]
+            it.parents = [
+                {"id": r["parent"], "role": r["role"], "kind": r["kind"], "title": r["title"]}
+                for r in self._con.execute(
+                    "SELECT p.parent, p.role, i.kind, i.title FROM parents p JOIN items i ON i.id = p.parent "
+                    "WHERE p.child = ? ORDER BY p.position",
+                    (row["id"],),
+                )
+            ]
         return it
 
     def get(self, item_id: str) -> Item:
@@ -241,10 +271,18 @@ class Gallery:
             row = self._con.execute("SELECT * FROM items WHERE dedupe = ?", (dedupe,)).fetchone()
             return self._item(row) if row is not None else None
 
-    def add(self, kind: str, *, write_image: Optional[Callable[[Path], Any]] = None,
-            write_latent: Optional[Callable[[Path], Any]] = None, size: Optional[tuple[int, int]] = None,
-            params: Optional[dict] = None, parents: Sequence[str | tuple[str, str]] = (), title: str = "",
-            dedupe: Optional[str] = None) -> Item:
+    def add(
+        self,
+        kind: str,
+        *,
+        write_image: Optional[Callable[[Path], Any]] = None,
+        write_latent: Optional[Callable[[Path], Any]] = None,
+        size: Optional[tuple[int, int]] = None,
+        params: Optional[dict] = None,
+        parents: Sequence[str | tuple[str, str]] = (),
+        title: str = "",
+        dedupe: Optional[str] = None,
+    ) -> Item:
         """Store a new item. `write_image(path)` / `write_latent(path)` write its files (atomically); the row is
         inserted after the files exist. With `dedupe`, an existing item with the same key is returned instead."""
         if dedupe is not None:
@@ -275,12 +313,24 @@ class Gallery:
                     self._con.execute(
                         "INSERT INTO items(id, kind, created, title, params, image, latent, width, height, dedupe) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (item_id, kind, time.time(), title, json.dumps(params or {}, sort_keys=True),
-                         img.name if write_image else None, lat.name if write_latent else None,
-                         size[0] if size else None, size[1] if size else None, dedupe))
+                        (
+                            item_id,
+                            kind,
+                            time.time(),
+                            title,
+                            json.dumps(params or {}, sort_keys=True),
+                            img.name if write_image else None,
+                            lat.name if write_latent else None,
+                            size[0] if size else None,
+                            size[1] if size else None,
+                            dedupe,
+                        ),
+                    )
                     for pos, (pid, role) in enumerate(pairs):
-                        self._con.execute("INSERT INTO parents(child, position, parent, role) VALUES (?, ?, ?, ?)",
-                                          (item_id, pos, pid, role))
+                        self._con.execute(
+                            "INSERT INTO parents(child, position, parent, role) VALUES (?, ?, ?, ?)",
+                            (item_id, pos, pid, role),
+                        )
                     self._con.execute("COMMIT")
                 except BaseException:
                     self._con.execute("ROLLBACK")
@@ -296,16 +346,22 @@ class Gallery:
         where, args = ("WHERE kind = ?", [kind]) if kind else ("", [])
         with self._lock:
             total = self._con.execute(f"SELECT COUNT(*) FROM items {where}", args).fetchone()[0]
-            rows = self._con.execute(f"SELECT * FROM items {where} ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?",
-                                     args + [int(limit), int(offset)]).fetchall()
+            rows = self._con.execute(
+                f"SELECT * FROM items {where} ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?",
+                args + [int(limit), int(offset)],
+            ).fetchall()
             return [self._item(r) for r in rows], total
 
     def children(self, item_id: str) -> list[dict]:
         with self._lock:
-            return [{"id": r["id"], "kind": r["kind"], "title": r["title"], "role": r["role"]}
-                    for r in self._con.execute(
-                        "SELECT i.id, i.kind, i.title, p.role FROM parents p JOIN items i ON i.id = p.child "
-                        "WHERE p.parent = ? ORDER BY i.created", (item_id,))]
+            return [
+                {"id": r["id"], "kind": r["kind"], "title": r["title"], "role": r["role"]}
+                for r in self._con.execute(
+                    "SELECT i.id, i.kind, i.title, p.role FROM parents p JOIN items i ON i.id = p.child "
+                    "WHERE p.parent = ? ORDER BY i.created",
+                    (item_id,),
+                )
+            ]
 
     # ---- runs
     def add_run(self, kind: str, folder: str | os.PathLike, title: str = "", params: Optional[dict] = None) -> Run:
@@ -314,14 +370,22 @@ class Gallery:
             row = self._con.execute("SELECT * FROM runs WHERE dir = ?", (folder,)).fetchone()
             if row is None:
                 run_id = new_id()
-                self._con.execute("INSERT INTO runs(id, kind, created, dir, title, params) VALUES (?, ?, ?, ?, ?, ?)",
-                                  (run_id, kind, time.time(), folder, title, json.dumps(params or {}, sort_keys=True)))
+                self._con.execute(
+                    "INSERT INTO runs(id, kind, created, dir, title, params) VALUES (?, ?, ?, ?, ?, ?)",
+                    (run_id, kind, time.time(), folder, title, json.dumps(params or {}, sort_keys=True)),
+                )
                 row = self._con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
             return self._run(row)
 
     def _run(self, row: sqlite3.Row) -> Run:
-        return Run(id=row["id"], kind=row["kind"], created=row["created"], dir=Path(row["dir"]), title=row["title"],
-                   params=json.loads(row["params"] or "{}"))
+        return Run(
+            id=row["id"],
+            kind=row["kind"],
+            created=row["created"],
+            dir=Path(row["dir"]),
+            title=row["title"],
+            params=json.loads(row["params"] or "{}"),
+        )
 
     def get_run(self, run_id: str) -> Run:
         if not valid_id(run_id):

@@ -4,6 +4,7 @@ A job is a function `fn(progress) -> dict` where `progress` is a machinegaze.pro
 long loops report through it, and it raises JobCancelled once the job was cancelled, which unwinds the loop.
 A job that raises anything else is marked failed with its message; the worker thread and the server go on.
 """
+
 from __future__ import annotations
 
 import collections
@@ -52,12 +53,25 @@ class Job:
 
     def to_dict(self) -> dict:
         info = {k: v for k, v in self.info.items() if isinstance(v, (int, float, str, bool)) or v is None}
-        return {"id": self.id, "kind": self.kind, "status": self.status, "params": self.params,
-                "created": self.created, "started": self.started, "finished": self.finished,
-                "progress": {"step": self.step, "total": self.total, "info": info,
-                             "fraction": (self.step / self.total) if self.total else None},
-                "message": self.message, "result": self.result, "version": self.version,
-                "url": f"/api/jobs/{self.id}"}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "params": self.params,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "progress": {
+                "step": self.step,
+                "total": self.total,
+                "info": info,
+                "fraction": (self.step / self.total) if self.total else None,
+            },
+            "message": self.message,
+            "result": self.result,
+            "version": self.version,
+            "url": f"/api/jobs/{self.id}",
+        }
 
 
 class JobQueue:
@@ -138,8 +152,12 @@ class JobQueue:
     def counts(self) -> dict:
         with self._cond:
             running = sum(j.status == RUNNING for j in self._jobs.values())
-            return {"waiting": len(self._waiting), "running": running, "workers": self.workers,
-                    "max_queued": self.max_queued}
+            return {
+                "waiting": len(self._waiting),
+                "running": running,
+                "workers": self.workers,
+                "max_queued": self.max_queued,
+            }
 
     # ---- internals
     def _finish(self, job: Job, status: str, message: str = "", result: Optional[dict] = None) -> None:

@@ -2,6 +2,7 @@
 
 Routes get it with `lab: Lab = Depends(get_lab)`; `create_app` puts it on `app.state.lab`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,7 +27,7 @@ from machinegaze.web.jobs import Gate, JobQueue
 
 log = logging.getLogger("machinegaze.web")
 
-MAX_SEED = 2 ** 32 - 1
+MAX_SEED = 2**32 - 1
 
 
 def get_lab(request: Request) -> Lab:
@@ -47,12 +48,19 @@ class Lab:
         self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
         # An explicitly named network/detector must exist (a user error at startup); the bundled defaults may not.
-        self.network_path, self.network_reason = self._resolve(zoo.resolve_network, cfg.network,
-                                                               "no bundled face GAN in this build yet; start with "
-                                                               "`gaze serve --network PATH` (a .pkl, .pt or .safetensors)", "network")
-        self.detector_path, self.detector_reason = self._resolve(zoo.resolve_detector, cfg.detector,
-                                                                 "no bundled fake-face detector in this build yet; "
-                                                                 "start with `gaze serve --detector PATH`", "fake-face detector")
+        self.network_path, self.network_reason = self._resolve(
+            zoo.resolve_network,
+            cfg.network,
+            "no bundled face GAN in this build yet; start with "
+            "`gaze serve --network PATH` (a .pkl, .pt or .safetensors)",
+            "network",
+        )
+        self.detector_path, self.detector_reason = self._resolve(
+            zoo.resolve_detector,
+            cfg.detector,
+            "no bundled fake-face detector in this build yet; start with `gaze serve --detector PATH`",
+            "fake-face detector",
+        )
         for d in cfg.uncanny_dirs:
             d = Path(d).expanduser()
             if not (d / "metrics.jsonl").is_file():
@@ -137,14 +145,20 @@ class Lab:
 
     def tabs(self) -> dict[str, dict]:
         net = self.network_availability()
-        det = Availability(False, self.detector_reason) if self.detector_path is None else (
-            Availability(False, self._failed["detector"]) if "detector" in self._failed else Availability(True))
+        det = (
+            Availability(False, self.detector_reason)
+            if self.detector_path is None
+            else (Availability(False, self._failed["detector"]) if "detector" in self._failed else Availability(True))
+        )
         proj = adapters.project_availability()
         proj = net if not net.available else proj
         try:
             nets = adapters.dream_nets(net.available)
-            dream = Availability(True) if any(n["available"] for n in nets) else Availability(
-                False, "; ".join(f"{n['name']}: {n['reason']}" for n in nets))
+            dream = (
+                Availability(True)
+                if any(n["available"] for n in nets)
+                else Availability(False, "; ".join(f"{n['name']}: {n['reason']}" for n in nets))
+            )
         except Unavailable as e:
             dream = Availability(False, str(e))
         unc = net
@@ -153,13 +167,21 @@ class Lab:
                 adapters.uncanny_module()
                 unc = adapters.lpips_availability("alex")
                 if unc.available and "network" in self._cache and not self._cache["network"][0].D:
-                    unc = Availability(False, "the network has no discriminator to fine-tune against "
-                                              "(an NVlabs snapshot or a file saved with D is needed)")
+                    unc = Availability(
+                        False,
+                        "the network has no discriminator to fine-tune against "
+                        "(an NVlabs snapshot or a file saved with D is needed)",
+                    )
             except Unavailable as e:
                 unc = Availability(False, str(e))
-        return {"detect": det.to_dict(), "generate": net.to_dict(), "project": proj.to_dict(),
-                "dream": dream.to_dict(), "uncanny": unc.to_dict(),
-                "gallery": Availability(True).to_dict()}
+        return {
+            "detect": det.to_dict(),
+            "generate": net.to_dict(),
+            "project": proj.to_dict(),
+            "dream": dream.to_dict(),
+            "uncanny": unc.to_dict(),
+            "gallery": Availability(True).to_dict(),
+        }
 
     def require(self, tab: str) -> None:
         """Unavailable (503) unless the tab works in this build."""
@@ -185,9 +207,14 @@ class Lab:
     def store_upload(self, data: bytes, pil, filename: str) -> Item:
         sha = hashlib.sha256(data).hexdigest()
         name = "".join(ch for ch in (filename or "upload")[-80:] if ch.isprintable())
-        return self.gallery.add("upload", write_image=adapters.image_writer(pil), size=adapters.image_size(pil),
-                                params={"filename": name, "sha256": sha}, title=name or "upload",
-                                dedupe=f"upload:{sha}")
+        return self.gallery.add(
+            "upload",
+            write_image=adapters.image_writer(pil),
+            size=adapters.image_size(pil),
+            params={"filename": name, "sha256": sha},
+            title=name or "upload",
+            dedupe=f"upload:{sha}",
+        )
 
     def image_source(self, file: Optional[UploadFile], item_id: Optional[str], what: str) -> Item:
         """The gallery item of an upload (stored once) or a named item with a picture."""
@@ -210,9 +237,15 @@ class Lab:
             raise HTTPException(404, f"no such item: {item_id}") from None
 
     def png_response(self, item: Item) -> Response:
-        return Response(self.gallery.image_path(item).read_bytes(), media_type="image/png",
-                        headers={"X-Item-Id": item.id, "Location": f"/api/items/{item.id}",
-                                 "Access-Control-Expose-Headers": "X-Item-Id"})
+        return Response(
+            self.gallery.image_path(item).read_bytes(),
+            media_type="image/png",
+            headers={
+                "X-Item-Id": item.id,
+                "Location": f"/api/items/{item.id}",
+                "Access-Control-Expose-Headers": "X-Item-Id",
+            },
+        )
 
     def seed_item(self, seed: int, psi: float, noise_mode: str = "const") -> tuple[Item, torch.Tensor]:
         """The gallery item (made once) for a seed at psi, and its latent."""
@@ -223,10 +256,21 @@ class Lab:
             return found, adapters.load_latent(self.gallery.latent_path(found), G)
         ws = adapters.seed_ws(G, seed, psi)
         img = adapters.render(G, ws, noise_mode)
-        item = self.gallery.add("generate", write_image=adapters.image_writer(img), write_latent=adapters.latent_writer(ws),
-                                size=adapters.image_size(img), title=f"seed {seed}, psi {psi:g}",
-                                params={"seed": seed, "psi": psi, "noise_mode": noise_mode,
-                                        "network": self.network_path.name, "network_sha256": sha}, dedupe=key)
+        item = self.gallery.add(
+            "generate",
+            write_image=adapters.image_writer(img),
+            write_latent=adapters.latent_writer(ws),
+            size=adapters.image_size(img),
+            title=f"seed {seed}, psi {psi:g}",
+            params={
+                "seed": seed,
+                "psi": psi,
+                "noise_mode": noise_mode,
+                "network": self.network_path.name,
+                "network_sha256": sha,
+            },
+            dedupe=key,
+        )
         return item, ws
 
     def item_latent(self, item_id: str) -> tuple[Item, torch.Tensor]:

@@ -1,4 +1,5 @@
 """ASGI middleware of the lab: the upload size limit (413) and the security headers on every response."""
+
 from __future__ import annotations
 
 from fastapi import HTTPException
@@ -41,10 +42,12 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
     def _message(self) -> str:
-        return f"upload too large: the limit is {self.limit / 2 ** 20:g} MB (gaze serve --max-upload-mb)"
+        return f"upload too large: the limit is {self.limit / 2**20:g} MB (gaze serve --max-upload-mb)"
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await JSONResponse({"detail": self._message()}, status_code=413, headers={"Connection": "close"})(scope, receive, send)
+        await JSONResponse({"detail": self._message()}, status_code=413, headers={"Connection": "close"})(
+            scope, receive, send
+        )
 
 
 class SecurityHeaders:
@@ -61,8 +64,11 @@ class SecurityHeaders:
         async def send_with_headers(msg: dict) -> None:
             if msg["type"] == "http.response.start":
                 have = {k.lower() for k, _ in msg.get("headers", [])}
-                extra = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()
-                         if k.lower().encode() not in have]
+                extra = [
+                    (k.lower().encode(), v.encode())
+                    for k, v in SECURITY_HEADERS.items()
+                    if k.lower().encode() not in have
+                ]
                 msg = {**msg, "headers": list(msg.get("headers", [])) + extra}
             await send(msg)
 
@@ -74,5 +80,7 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
-PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-            "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)

@@ -1,4 +1,5 @@
 """Run the app with uvicorn (what `gaze serve` calls)."""
+
 from __future__ import annotations
 
 import logging
@@ -16,13 +17,22 @@ def serve(cfg: ServeConfig, say: Callable[[str], None] = print) -> None:
     app = create_app(cfg)
     lab = app.state.lab
     say(f"gallery: {lab.gallery.db_path} (schema v{lab.gallery.version})")
-    for what, path, reason in (("network", lab.network_path, lab.network_reason),
-                               ("detector", lab.detector_path, lab.detector_reason)):
+    for what, path, reason in (
+        ("network", lab.network_path, lab.network_reason),
+        ("detector", lab.detector_path, lab.detector_reason),
+    ):
         say(f"{what}: {path}" if path is not None else f"{what}: unavailable - {reason}")
     if not cfg.is_loopback:
         say(f"warning: listening on {cfg.host}: anyone who can reach this machine can use the lab and read its gallery")
     shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     say(f"open http://{shown}:{cfg.port}/  (API docs at /docs; Ctrl-C stops)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=3,
-                limit_concurrency=256, access_log=False)
+    uvicorn.run(
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        log_level="warning",
+        timeout_graceful_shutdown=3,
+        limit_concurrency=256,
+        access_log=False,
+    )

@@ -1,4 +1,5 @@
 """POST /api/detect: is this face real? P(fake), the verdict and a Grad-CAM overlay (a gallery item)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -22,12 +23,20 @@ class DetectOut(BaseModel):
     item: dict
 
 
-@router.post("/api/detect", response_model=DetectOut,
-             responses={413: {"description": "upload too large"}, 415: {"description": "not an image"},
-                        503: {"description": "no detector in this build"}})
-def detect(file: Optional[UploadFile] = File(None, description="a face photo"),
-           item_id: Optional[str] = Form(None, pattern=ID_PATTERN, description="or a gallery item"),
-           lab: Lab = Depends(get_lab)):
+@router.post(
+    "/api/detect",
+    response_model=DetectOut,
+    responses={
+        413: {"description": "upload too large"},
+        415: {"description": "not an image"},
+        503: {"description": "no detector in this build"},
+    },
+)
+def detect(
+    file: Optional[UploadFile] = File(None, description="a face photo"),
+    item_id: Optional[str] = Form(None, pattern=ID_PATTERN, description="or a gallery item"),
+    lab: Lab = Depends(get_lab),
+):
     """Is this face real? Calibrated P(fake), the verdict by the detector's calibrated threshold, and a
     Grad-CAM overlay (stored in the gallery as a child of the upload)."""
     if file is not None and not item_id:  # refuse what is not an image before anything else
@@ -41,10 +50,27 @@ def detect(file: Optional[UploadFile] = File(None, description="a face photo"),
         pil = adapters.open_stored_image(lab.gallery.image_path(src))
     with lab.gate, lab.lock("detector"):
         d = adapters.detect(det, pil)
-    params = {"prob_fake": d.prob_fake, "verdict": d.verdict, "threshold": d.threshold,
-              "detector": lab.detector_path.name, "detector_sha256": det_sha}
-    cam = lab.gallery.add("gradcam", write_image=adapters.image_writer(d.overlay), size=adapters.image_size(d.overlay),
-                          params=params, parents=[(src.id, "input")],
-                          title=f"{d.verdict} (P(fake) {d.prob_fake:.2f})", dedupe=f"gradcam:{det_sha[:20]}:{src.id}")
-    return {"prob_fake": d.prob_fake, "verdict": d.verdict, "threshold": d.threshold,
-            "detector": lab.detector_path.name, "upload": src.to_dict(), "item": cam.to_dict()}
+    params = {
+        "prob_fake": d.prob_fake,
+        "verdict": d.verdict,
+        "threshold": d.threshold,
+        "detector": lab.detector_path.name,
+        "detector_sha256": det_sha,
+    }
+    cam = lab.gallery.add(
+        "gradcam",
+        write_image=adapters.image_writer(d.overlay),
+        size=adapters.image_size(d.overlay),
+        params=params,
+        parents=[(src.id, "input")],
+        title=f"{d.verdict} (P(fake) {d.prob_fake:.2f})",
+        dedupe=f"gradcam:{det_sha[:20]}:{src.id}",
+    )
+    return {
+        "prob_fake": d.prob_fake,
+        "verdict": d.verdict,
+        "threshold": d.threshold,
+        "detector": lab.detector_path.name,
+        "upload": src.to_dict(),
+        "item": cam.to_dict(),
+    }

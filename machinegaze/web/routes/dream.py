@@ -1,4 +1,5 @@
 """The Dream tab: the networks to dream through, their layers, and DeepDream jobs."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -41,31 +42,51 @@ def dream_net(net: str, lab: Lab = Depends(get_lab)):
 
 
 @router.post("/api/dream", status_code=202)
-def dream(file: Optional[UploadFile] = File(None, description="a photo to dream on"),
-          item_id: Optional[str] = Form(None, pattern=ID_PATTERN, description="or a gallery item"),
-          from_noise: bool = Form(False, description="visualise from noise instead of a photo"),
-          net: str = Form("efficientnet", max_length=40), layer: Optional[str] = Form(None, max_length=200),
-          class_name: Optional[str] = Form(None, max_length=200), octaves: int = Form(3, ge=1, le=8),
-          steps: int = Form(10, ge=1, le=100), size: int = Form(256, ge=32, le=1024),
-          noise_steps: int = Form(64, ge=1, le=1024), seed: int = Form(0, ge=0, le=MAX_SEED),
-          lab: Lab = Depends(get_lab)):
+def dream(
+    file: Optional[UploadFile] = File(None, description="a photo to dream on"),
+    item_id: Optional[str] = Form(None, pattern=ID_PATTERN, description="or a gallery item"),
+    from_noise: bool = Form(False, description="visualise from noise instead of a photo"),
+    net: str = Form("efficientnet", max_length=40),
+    layer: Optional[str] = Form(None, max_length=200),
+    class_name: Optional[str] = Form(None, max_length=200),
+    octaves: int = Form(3, ge=1, le=8),
+    steps: int = Form(10, ge=1, le=100),
+    size: int = Form(256, ge=32, le=1024),
+    noise_steps: int = Form(64, ge=1, le=1024),
+    seed: int = Form(0, ge=0, le=MAX_SEED),
+    lab: Lab = Depends(get_lab),
+):
     """Start a DeepDream job (or a feature visualisation from noise)."""
     _net_entry(lab, net, 422)
     src = None if from_noise else lab.image_source(file, item_id, "dream")
     dnet = lab.dream_net(net)
     layer, class_name = (layer or "").strip() or None, (class_name or "").strip() or None
-    params = {"net": net, "layer": layer, "class": class_name, "octaves": octaves, "steps": steps, "size": size,
-              "from_noise": from_noise, "noise_steps": noise_steps, "seed": seed}
+    params = {
+        "net": net,
+        "layer": layer,
+        "class": class_name,
+        "octaves": octaves,
+        "steps": steps,
+        "size": size,
+        "from_noise": from_noise,
+        "noise_steps": noise_steps,
+        "seed": seed,
+    }
 
     def run(progress):
         path = lab.gallery.image_path(src) if src is not None else None
         with lab.lock(f"dream:{net}"):  # hooks on a shared module: one dream per network at a time
-            img, objective = adapters.dream(dnet, path, layer, class_name, octaves, steps, size, seed,
-                                            from_noise, noise_steps, progress)
-        item = lab.gallery.add("dream", write_image=adapters.image_writer(img.clamp(-1, 1)),
-                               size=adapters.image_size(img), parents=[(src.id, "photo")] if src else [],
-                               params={**params, "objective": objective},
-                               title=f"dream: {objective}"[:120])
+            img, objective = adapters.dream(
+                dnet, path, layer, class_name, octaves, steps, size, seed, from_noise, noise_steps, progress
+            )
+        item = lab.gallery.add(
+            "dream",
+            write_image=adapters.image_writer(img.clamp(-1, 1)),
+            size=adapters.image_size(img),
+            parents=[(src.id, "photo")] if src else [],
+            params={**params, "objective": objective},
+            title=f"dream: {objective}"[:120],
+        )
         return {"item": item.to_dict(), "objective": objective}
 
     return lab.jobs.submit("dream", run, {**params, "source": src.id if src else None}).to_dict()

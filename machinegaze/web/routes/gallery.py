@@ -1,4 +1,5 @@
 """The gallery: list, upload, an item with its family, and its picture / latent downloads."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -12,8 +13,12 @@ router = APIRouter(tags=["gallery"])
 
 
 @router.get("/api/items")
-def items(kind: Optional[str] = Query(None, max_length=32), limit: int = Query(60, ge=1, le=500),
-          offset: int = Query(0, ge=0, le=10 ** 9), lab: Lab = Depends(get_lab)):
+def items(
+    kind: Optional[str] = Query(None, max_length=32),
+    limit: int = Query(60, ge=1, le=500),
+    offset: int = Query(0, ge=0, le=10**9),
+    lab: Lab = Depends(get_lab),
+):
     """Gallery items, newest first."""
     found, total = lab.gallery.list(kind, limit, offset)
     return {"items": [i.to_dict() for i in found], "total": total, "limit": limit, "offset": offset}
@@ -37,21 +42,29 @@ def attachment(name: str, download: bool) -> dict:
     return {"Content-Disposition": f'attachment; filename="{name}"'} if download else {}
 
 
-@router.get("/api/items/{item_id}/image.png", response_class=Response,
-            responses={200: {"content": {"image/png": {}}}})
+@router.get("/api/items/{item_id}/image.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
 def item_image(item_id: str, download: bool = False, lab: Lab = Depends(get_lab)):
     it = lab.item(item_id)
     if not it.has_image:
         raise HTTPException(404, f"item {item_id} has no picture")
-    return Response(lab.gallery.image_path(it).read_bytes(), media_type="image/png",
-                    headers=attachment(f"{it.kind}-{it.id}.png", download))
+    return Response(
+        lab.gallery.image_path(it).read_bytes(),
+        media_type="image/png",
+        headers=attachment(f"{it.kind}-{it.id}.png", download),
+    )
 
 
-@router.get("/api/items/{item_id}/latent.npz", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}}}})
+@router.get(
+    "/api/items/{item_id}/latent.npz",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
 def item_latent(item_id: str, download: bool = True, lab: Lab = Depends(get_lab)):
     it = lab.item(item_id)
     if not it.has_latent:
         raise HTTPException(404, f"item {item_id} has no latent")
-    return Response(lab.gallery.latent_path(it).read_bytes(), media_type="application/octet-stream",
-                    headers=attachment(f"{it.kind}-{it.id}.npz", download))
+    return Response(
+        lab.gallery.latent_path(it).read_bytes(),
+        media_type="application/octet-stream",
+        headers=attachment(f"{it.kind}-{it.id}.npz", download),
+    )

@@ -1,4 +1,5 @@
 """POST /api/generate (a face from a seed) and POST /api/mix (breed two latents by layer group)."""
+
 from __future__ import annotations
 
 import json
@@ -24,6 +25,7 @@ class GenerateIn(BaseModel):
 
 class Source(BaseModel):
     """A latent: a seed (rendered at the request's psi) or a gallery item that has a latent."""
+
     seed: Optional[int] = Field(None, ge=0, le=MAX_SEED)
     item: Optional[str] = Field(None, pattern=ID_PATTERN)
 
@@ -62,17 +64,31 @@ def mix(req: MixIn, lab: Lab = Depends(get_lab)):
     genes = {"coarse": round(req.coarse, 3), "middle": round(req.middle, 3), "fine": round(req.fine, 3)}
     G, sha = lab.generator(), lab.network_sha()
     with lab.gate:
-        (ia, wa), (ib, wb) = [lab.seed_item(s.seed, psi, req.noise_mode) if s.seed is not None
-                              else lab.item_latent(s.item) for s in (req.a, req.b)]
+        (ia, wa), (ib, wb) = [
+            lab.seed_item(s.seed, psi, req.noise_mode) if s.seed is not None else lab.item_latent(s.item)
+            for s in (req.a, req.b)
+        ]
         key = f"mix:{sha[:20]}:{ia.id}:{ib.id}:{json.dumps(genes, sort_keys=True)}:{req.noise_mode}"
         found = lab.gallery.find(key)
         if found is not None:
             return lab.png_response(found)
         ws = adapters.breed(G, wa, wb, genes)
         img = adapters.render(G, ws, req.noise_mode)
-        item = lab.gallery.add("mix", write_image=adapters.image_writer(img), write_latent=adapters.latent_writer(ws),
-                               size=adapters.image_size(img), parents=[(ia.id, "a"), (ib.id, "b")],
-                               params={**genes, "psi": psi, "noise_mode": req.noise_mode, "method": "mix.breed",
-                                       "network": lab.network_path.name, "network_sha256": sha},
-                               title=f"{ia.title} x {ib.title}", dedupe=key)
+        item = lab.gallery.add(
+            "mix",
+            write_image=adapters.image_writer(img),
+            write_latent=adapters.latent_writer(ws),
+            size=adapters.image_size(img),
+            parents=[(ia.id, "a"), (ib.id, "b")],
+            params={
+                **genes,
+                "psi": psi,
+                "noise_mode": req.noise_mode,
+                "method": "mix.breed",
+                "network": lab.network_path.name,
+                "network_sha256": sha,
+            },
+            title=f"{ia.title} x {ib.title}",
+            dedupe=key,
+        )
     return lab.png_response(item)

@@ -1,4 +1,5 @@
 """Jobs: status, cancel, and a server-sent event stream of a job's progress."""
+
 from __future__ import annotations
 
 import asyncio
@@ -56,10 +57,16 @@ async def _events(job, request: Request):
         await asyncio.sleep(0.2)
 
 
-@router.get("/api/jobs/{job_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
+@router.get(
+    "/api/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
 async def job_events(job_id: str, request: Request, lab: Lab = Depends(get_lab)):
     """Server-sent events: one `data:` JSON line (the job status) per change, until the job ends."""
     job = job_or_404(lab, job_id)
-    return StreamingResponse(_events(job, request), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        _events(job, request),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

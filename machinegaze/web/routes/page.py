@@ -1,4 +1,5 @@
 """The page itself (index.html, its script and style) and the offline Swagger UI at /docs."""
+
 from __future__ import annotations
 
 from functools import cache
@@ -11,8 +12,11 @@ from fastapi.responses import HTMLResponse, Response
 
 from machinegaze.web.middleware import PAGE_CSP
 
-STATIC_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
-                "style.css": "text/css; charset=utf-8"}
+STATIC_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
 
 router = APIRouter()
 
@@ -24,8 +28,11 @@ def static_files() -> dict[str, bytes]:
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 def index():
-    return Response(static_files()["index.html"], media_type=STATIC_FILES["index.html"],
-                    headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
+    return Response(
+        static_files()["index.html"],
+        media_type=STATIC_FILES["index.html"],
+        headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"},
+    )
 
 
 @router.get("/static/{name}", include_in_schema=False)
@@ -45,8 +52,11 @@ def swagger_assets() -> dict[str, tuple[Path, str]]:
     except ImportError:
         return {}
     root = Path(str(swagger_ui_bundle.swagger_ui_path))
-    files = {"swagger-ui-bundle.js": "text/javascript; charset=utf-8", "swagger-ui.css": "text/css; charset=utf-8",
-             "favicon-32x32.png": "image/png"}
+    files = {
+        "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+        "swagger-ui.css": "text/css; charset=utf-8",
+        "favicon-32x32.png": "image/png",
+    }
     out = {name: (root / name, media) for name, media in files.items()}
     return out if all(p.is_file() for p, _ in out.values()) else {}
 
@@ -56,10 +66,13 @@ docs_router = APIRouter()  # included only when swagger_assets() found the files
 
 @docs_router.get("/docs", include_in_schema=False)
 def docs():
-    return get_swagger_ui_html(openapi_url="/openapi.json", title="machinegaze API",
-                               swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-                               swagger_css_url="/docs-assets/swagger-ui.css",
-                               swagger_favicon_url="/docs-assets/favicon-32x32.png")
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="machinegaze API",
+        swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+        swagger_css_url="/docs-assets/swagger-ui.css",
+        swagger_favicon_url="/docs-assets/favicon-32x32.png",
+    )
 
 
 @docs_router.get("/docs-assets/{name}", include_in_schema=False)

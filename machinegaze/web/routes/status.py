@@ -1,4 +1,5 @@
 """GET /api/status: which tabs work in this build, and why the others don't."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
@@ -31,7 +32,16 @@ def status(lab: Lab = Depends(get_lab)):
     detinfo: dict = {"path": lab.detector_path.name if lab.detector_path else None, "loaded": det is not None}
     if det is not None:
         detinfo.update(adapters.detector_facts(det[0]))
-    return {"version": __version__, "network": netinfo, "detector": detinfo, "tabs": lab.tabs(),
-            "limits": {"max_upload_mb": cfg.max_upload_mb, "workers": cfg.workers, "queue": cfg.queue,
-                       "max_pixels": cfg.max_pixels},
-            "queue": lab.jobs.counts()}
+    return {
+        "version": __version__,
+        "network": netinfo,
+        "detector": detinfo,
+        "tabs": lab.tabs(),
+        "limits": {
+            "max_upload_mb": cfg.max_upload_mb,
+            "workers": cfg.workers,
+            "queue": cfg.queue,
+            "max_pixels": cfg.max_pixels,
+        },
+        "queue": lab.jobs.counts(),
+    }

@@ -1,4 +1,5 @@
 """The Uncanny tab: start a short fine-tuning run, browse runs, their metrics and face grids."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException
@@ -26,8 +27,12 @@ def _metrics(run) -> list[dict]:
 
 def run_summary(run) -> dict:
     metrics = _metrics(run)
-    return {**run.to_dict(), "snapshots": len(metrics), "last": metrics[-1] if metrics else None,
-            "url": f"/api/uncanny/runs/{run.id}"}
+    return {
+        **run.to_dict(),
+        "snapshots": len(metrics),
+        "last": metrics[-1] if metrics else None,
+        "url": f"/api/uncanny/runs/{run.id}",
+    }
 
 
 def get_run(lab: Lab, run_id: str):
@@ -52,13 +57,20 @@ def uncanny_run(run_id: str, lab: Lab = Depends(get_lab)):
     """A run's metrics per snapshot and the URLs of its face grids."""
     run = get_run(lab, run_id)
     metrics = _metrics(run)
-    return {**run_summary(run), "metrics": metrics,
-            "grids": [{"step": m["step"], "url": f"/api/uncanny/runs/{run.id}/grids/{int(m['step'])}.png"}
-                      for m in metrics]}
+    return {
+        **run_summary(run),
+        "metrics": metrics,
+        "grids": [
+            {"step": m["step"], "url": f"/api/uncanny/runs/{run.id}/grids/{int(m['step'])}.png"} for m in metrics
+        ],
+    }
 
 
-@router.get("/api/uncanny/runs/{run_id}/grids/{step}.png", response_class=Response,
-            responses={200: {"content": {"image/png": {}}}})
+@router.get(
+    "/api/uncanny/runs/{run_id}/grids/{step}.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
 def uncanny_grid(run_id: str, step: int, lab: Lab = Depends(get_lab)):
     run = get_run(lab, run_id)
     if step not in {int(m["step"]) for m in _metrics(run)}:
@@ -80,15 +92,28 @@ def uncanny_start(req: UncannyIn, lab: Lab = Depends(get_lab)):
     params = req.model_dump()
 
     def run(progress):
-        r = lab.gallery.add_run("uncanny", outdir, title=f"{req.steps} steps from {lab.network_path.name}",
-                                params=params)
-        res = adapters.uncanny_run(lab.network_path, outdir, req.steps, req.snapshot_every, req.batch, req.seed,
-                                   lpips=lab.lpips("alex"), progress=progress)
+        r = lab.gallery.add_run(
+            "uncanny", outdir, title=f"{req.steps} steps from {lab.network_path.name}", params=params
+        )
+        res = adapters.uncanny_run(
+            lab.network_path,
+            outdir,
+            req.steps,
+            req.snapshot_every,
+            req.batch,
+            req.seed,
+            lpips=lab.lpips("alex"),
+            progress=progress,
+        )
         last = res.metrics[-1]
         pil = adapters.open_stored_image(adapters.uncanny_grid_path(outdir, last["step"]))
-        item = lab.gallery.add("uncanny", write_image=adapters.image_writer(pil), size=adapters.image_size(pil),
-                               params={**params, "run": r.id, "metrics": last},
-                               title=f"uncanny step {last['step']}: P(fake) {last['critic_fake']:.2f}")
+        item = lab.gallery.add(
+            "uncanny",
+            write_image=adapters.image_writer(pil),
+            size=adapters.image_size(pil),
+            params={**params, "run": r.id, "metrics": last},
+            title=f"uncanny step {last['step']}: P(fake) {last['critic_fake']:.2f}",
+        )
         return {"run": run_summary(r), "item": item.to_dict()}
 
     return lab.jobs.submit("uncanny", run, params).to_dict()

@@ -87,23 +87,38 @@ def fid_from_features(fa: np.ndarray, fb: np.ndarray) -> float:
     return max(fid, 0.0)
 
 
+def _polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Gram matrix of the cubic kernel k(x, y) = (x.y / d + 1)^3, d = feature width."""
+    return np.power(np.matmul(x, y.T) / x.shape[1] + 1.0, 3)
+
+
+def _unbiased_mmd2(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 of two equally sized samples: within-set kernel means over distinct pairs (i != j),
+    minus twice the mean over all cross pairs."""
+    size = len(x)
+    within = 0.0
+    for s in (x, y):
+        gram = _polynomial_kernel(s, s)
+        within += (gram.sum() - np.trace(gram)) / (size * (size - 1))
+    cross = _polynomial_kernel(x, y).mean()
+    return float(within - 2.0 * cross)
+
+
 def kid_from_features(
     fa: np.ndarray, fb: np.ndarray, num_subsets: int = 100, max_subset_size: int = 1000, seed: int = 0
 ) -> float:
-    """Unbiased MMD^2 with the cubic polynomial kernel, averaged over random subsets (as NVlabs' metric)."""
-    n = fa.shape[1]
-    m = min(len(fa), len(fb), max_subset_size)
-    if m < 2:
+    """KID: the unbiased MMD^2 estimate (cubic polynomial kernel) averaged over `num_subsets` random subsets
+    of min(len(fa), len(fb), max_subset_size) rows per side, drawn without replacement by RandomState(seed)."""
+    size = min(len(fa), len(fb), max_subset_size)
+    if size < 2:
         raise GazeError("KID needs at least 2 images on each side")
-    rng = np.random.RandomState(seed)
-    t = 0.0
+    draw = np.random.RandomState(seed)
+    estimates = []
     for _ in range(num_subsets):
-        x = fa[rng.choice(len(fa), m, replace=False)]
-        y = fb[rng.choice(len(fb), m, replace=False)]
-        a = (x @ x.T / n + 1) ** 3 + (y @ y.T / n + 1) ** 3
-        b = (x @ y.T / n + 1) ** 3
-        t += (a.sum() - np.diag(a).sum()) / (m - 1) - b.sum() * 2 / m
-    return float(t / num_subsets / m)
+        pick_a = draw.choice(len(fa), size, replace=False)
+        pick_b = draw.choice(len(fb), size, replace=False)
+        estimates.append(_unbiased_mmd2(fa[pick_a], fb[pick_b]))
+    return float(np.mean(estimates))
 
 
 def real_images(path: str, res: int, max_images: int = 0, split: str = "") -> torch.Tensor:

@@ -1,18 +1,16 @@
-"""Face alignment, FFHQ style: detect a face and its 5 landmarks (MTCNN), then crop, rotate and scale it the
-way NVlabs' ffhq-dataset script made FFHQ (so our GANs see faces posed like StyleGAN's training data).
+"""Face alignment, FFHQ style: find a face and its 5 landmarks (MTCNN), then cut out an oriented square around
+it posed the way the FFHQ dataset's faces are posed, so that our GANs see faces like StyleGAN's training data.
 
-The recipe (NVlabs/ffhq-dataset, `recreate_aligned_images`), written with 5-point landmarks:
-    eye_avg      = (left_eye + right_eye) / 2          eye_to_eye   = right_eye - left_eye
-    mouth_avg    = (left_mouth + right_mouth) / 2      eye_to_mouth = mouth_avg - eye_avg
-    x  = eye_to_eye - flipud(eye_to_mouth) * [-1, 1]     (the face's horizontal: eyes and mouth agree)
-    x *= max(|eye_to_eye| * 2.0, |eye_to_mouth| * 1.8) / |x|
-    y  = flipud(x) * [-1, 1]                             (x turned 90 degrees, same length)
-    c  = eye_avg + eye_to_mouth * 0.1                    (centre, a little below the eyes)
-    quad = [c - x - y, c - x + y, c + x + y, c + x - y]  (upper-left, lower-left, lower-right, upper-right)
-The quad (side 2|x|) is mapped onto the output square. Before that the photo is shrunk if the quad is much
-bigger than the output, cropped to the quad plus a border, and, where the quad runs off the photo, padded
-by mirroring with a blur that grows away from the edge (FFHQ's padding). The warp runs at 4x the output
-size, then a Lanczos downsample (FFHQ: 4096 -> 1024).
+The FFHQ alignment recipe, as we implement it from its description (Karras et al. 2019, ffhq-dataset README):
+  * Frame: e = midpoint of the eyes, d = left-to-right eye vector, m = vector from e to the mouth's midpoint.
+  * The face's horizontal axis blends the eye line with the mouth direction turned a quarter turn
+    (d minus m rotated by +90 degrees in image coordinates), so a tilted head gets an upright crop.
+  * The square's half side is the larger of 2.0 |d| and 1.8 |m|; its centre sits 0.1 m below e.
+  * Its corners, in the order upper-left, lower-left, lower-right, upper-right, map onto the output square.
+Before warping, a square much larger than the output shrinks the photo first (low-pass), the photo is cut
+down to the square plus a margin, and where the square reaches past the photo's edges the photo is mirrored
+outwards and the mirrored band is blurred and faded towards the median colour the further it lies from the
+edge. The warp itself runs at `supersample` times the output side, followed by a Lanczos downsample.
 """
 
 from __future__ import annotations
@@ -74,32 +72,38 @@ class AlignedFace:
 
 
 # ---------------------------------------------------------------- the recipe
+_CORNER_SIGNS = np.array([[-1.0, -1.0], [-1.0, 1.0], [1.0, 1.0], [1.0, -1.0]])  # (along x, along y): UL LL LR UR
+
+
+def _quarter_turn(v: np.ndarray) -> np.ndarray:
+    """v rotated by +90 degrees in image coordinates (x right, y down): (vx, vy) -> (-vy, vx)."""
+    return np.array([-v[1], v[0]])
+
+
 def ffhq_quad(landmarks: np.ndarray | torch.Tensor) -> np.ndarray:
     """FFHQ's oriented square from 5 landmarks [5, 2] (pixel-centre coordinates). Returns [4, 2]: UL, LL, LR, UR."""
-    lm = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
-    eye_left, eye_right = lm[0], lm[1]
-    eye_avg = (eye_left + eye_right) * 0.5
-    eye_to_eye = eye_right - eye_left
-    mouth_avg = (lm[3] + lm[4]) * 0.5
-    eye_to_mouth = mouth_avg - eye_avg
-    x = eye_to_eye - np.flipud(eye_to_mouth) * [-1, 1]
-    norm = np.hypot(*x)
-    if not np.isfinite(norm) or norm < 1e-6:
+    eyes_l, eyes_r, _, mouth_l, mouth_r = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
+    eyes_mid = (eyes_l + eyes_r) * 0.5
+    across = eyes_r - eyes_l
+    down = (mouth_l + mouth_r) * 0.5 - eyes_mid
+    axis = across - _quarter_turn(down)
+    length = np.hypot(*axis)
+    if not np.isfinite(length) or length < 1e-6:
         raise GazeError("degenerate landmarks: cannot orient the face")
-    x = x / norm * max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
-    y = np.flipud(x) * [-1, 1]
-    c = eye_avg + eye_to_mouth * 0.1
-    return np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
+    half_side = max(2.0 * np.hypot(*across), 1.8 * np.hypot(*down))
+    half_x = axis / length * half_side
+    half_y = _quarter_turn(half_x)
+    centre = eyes_mid + down * 0.1
+    return np.stack([centre + sx * half_x + sy * half_y for sx, sy in _CORNER_SIGNS])
 
 
 def quad_to_output(quad: np.ndarray, points: np.ndarray, size: int) -> np.ndarray:
     """Where source points (pixel-centre coords) land in the aligned size x size image (pixel-centre coords)."""
-    q0 = np.asarray(quad[0], dtype=np.float64)
-    ex, ey = quad[3] - quad[0], quad[1] - quad[0]  # the square's top and left edges
-    p = np.asarray(points, dtype=np.float64).reshape(-1, 2) - q0
-    u = p @ ex / (ex @ ex)
-    v = p @ ey / (ey @ ey)
-    return np.stack([u, v], axis=1) * size - 0.5  # continuous -> pixel-centre coordinates
+    origin = np.asarray(quad[0], dtype=np.float64)
+    top, left = quad[3] - quad[0], quad[1] - quad[0]  # the square's top and left edges
+    rel = np.asarray(points, dtype=np.float64).reshape(-1, 2) - origin
+    uv = np.stack([rel @ top / (top @ top), rel @ left / (left @ left)], axis=1)
+    return uv * size - 0.5  # continuous -> pixel-centre coordinates
 
 
 def outside_fraction(quad: np.ndarray, width: int, height: int, n: int = 32) -> float:
@@ -111,62 +115,76 @@ def outside_fraction(quad: np.ndarray, width: int, height: int, n: int = 32) -> 
     return float(1.0 - inside.mean())
 
 
-def _mirror_pad(img: Image.Image, pad: tuple[int, int, int, int], qsize: float) -> Image.Image:
-    """FFHQ's padding: mirror the photo outwards, blur more and fade to the median colour away from the edge."""
+def _edge_ramp(n: int, before: int, after: int) -> np.ndarray:
+    """Per position along one axis of a padded image: 1 at the outer edges, falling linearly to 0 where the
+    original photo starts (`before` / `after` = the padding widths on either side); negative inside."""
+    pos = np.arange(n, dtype=np.float32)
+    return 1.0 - np.minimum(pos / before, pos[::-1] / after)
+
+
+def _blend(a: np.ndarray, b, weight: np.ndarray) -> np.ndarray:
+    """a moved towards b by `weight` (clipped to [0, 1]), in place."""
+    a += (b - a) * np.clip(weight, 0.0, 1.0)
+    return a
+
+
+def _mirror_pad(img: Image.Image, pads: tuple[int, int, int, int], qsize: float) -> Image.Image:
+    """Mirror the photo outwards by `pads` (left, top, right, bottom); blur the mirrored band and fade it to the
+    photo's median colour, more so the further a pixel lies from the original edge."""
     from scipy.ndimage import gaussian_filter
 
-    left, top, right, bottom = (max(int(p), 1) for p in pad)
-    a = np.pad(np.asarray(img, dtype=np.float32), ((top, bottom), (left, right), (0, 0)), mode="reflect")
-    h, w, _ = a.shape
-    yy, xx = np.ogrid[:h, :w]
-    mask = np.maximum(
-        1.0 - np.minimum(xx.astype(np.float32) / left, (w - 1 - xx).astype(np.float32) / right),
-        1.0 - np.minimum(yy.astype(np.float32) / top, (h - 1 - yy).astype(np.float32) / bottom),
-    )[..., None]
-    blur = qsize * 0.02
-    a += (gaussian_filter(a, [blur, blur, 0]) - a) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
-    a += (np.median(a, axis=(0, 1)) - a) * np.clip(mask, 0.0, 1.0)
-    return Image.fromarray(np.uint8(np.clip(np.rint(a), 0, 255)), "RGB")
+    left, top, right, bottom = (max(int(p), 1) for p in pads)
+    arr = np.pad(np.asarray(img, dtype=np.float32), ((top, bottom), (left, right), (0, 0)), mode="reflect")
+    rows, cols = arr.shape[:2]
+    depth = np.maximum(_edge_ramp(cols, left, right)[None, :], _edge_ramp(rows, top, bottom)[:, None])[..., None]
+    sigma = qsize * 0.02
+    _blend(arr, gaussian_filter(arr, [sigma, sigma, 0]), depth * 3.0 + 1.0)
+    _blend(arr, np.median(arr, axis=(0, 1)), depth)
+    return Image.fromarray(np.uint8(np.clip(np.rint(arr), 0, 255)), "RGB")
+
+
+def _bounds(q: np.ndarray, margin: int) -> np.ndarray:
+    """Integer box (x0, y0, x1, y1) around the quad's corners, widened by `margin` on every side."""
+    return np.concatenate([np.floor(q.min(0)) - margin, np.ceil(q.max(0)) + margin]).astype(int)
+
+
+def _shrink_for(img: Image.Image, q: np.ndarray, qsize: float, size: int):
+    """Reduce the photo by an integer factor when the quad is at least 4x the output side (cheaper warp, no
+    aliasing); returns the photo, the quad and its side in the new pixels."""
+    factor = int(math.floor(qsize / size * 0.5))
+    if factor <= 1:
+        return img, q, qsize
+    w, h = img.size
+    new_w, new_h = max(int(np.rint(w / factor)), 1), max(int(np.rint(h / factor)), 1)
+    return img.resize((new_w, new_h), Image.LANCZOS), q * [new_w / w, new_h / h], qsize / factor
+
+
+def _crop_around(img: Image.Image, q: np.ndarray, margin: int):
+    """Cut the photo down to the quad plus `margin` (as far as the photo reaches); returns photo and quad."""
+    w, h = img.size
+    x0, y0, x1, y1 = _bounds(q, margin)
+    box = (max(x0, 0), max(y0, 0), min(x1, w), min(y1, h))
+    if box[2] - box[0] >= w and box[3] - box[1] >= h:
+        return img, q
+    return img.crop(box), q - box[:2]
 
 
 def warp_quad(img: Image.Image, quad: np.ndarray, size: int, pad: str = "reflect", supersample: int = 4) -> Image.Image:
     """Cut the oriented square `quad` (pixel-centre coords, UL LL LR UR) out of `img` as a size x size image."""
-    img = img.convert("RGB")
     q = np.asarray(quad, dtype=np.float64) + 0.5  # pixel-centre -> continuous coordinates (PIL's)
-    qsize = float(np.hypot(*(q[3] - q[0])))
-    transform_size = int(size) * int(supersample)
-
-    # Shrink: a quad much larger than the output is first reduced with a proper low-pass resize.
-    shrink = int(math.floor(qsize / size * 0.5))
-    if shrink > 1:
+    img, q, qsize = _shrink_for(img.convert("RGB"), q, float(np.hypot(*(q[3] - q[0]))), size)
+    margin = max(int(np.rint(qsize * 0.1)), 3)
+    img, q = _crop_around(img, q, margin)
+    if pad == "reflect":
         w, h = img.size
-        rw, rh = max(int(np.rint(w / shrink)), 1), max(int(np.rint(h / shrink)), 1)
-        img = img.resize((rw, rh), Image.LANCZOS)
-        q = q * [rw / w, rh / h]
-        qsize /= shrink
-
-    # Crop to the quad plus a border.
-    border = max(int(np.rint(qsize * 0.1)), 3)
-    w, h = img.size
-    lo, hi = np.floor(q.min(0)).astype(int), np.ceil(q.max(0)).astype(int)
-    crop = (max(lo[0] - border, 0), max(lo[1] - border, 0), min(hi[0] + border, w), min(hi[1] + border, h))
-    if crop[2] - crop[0] < w or crop[3] - crop[1] < h:
-        img = img.crop(crop)
-        q = q - crop[:2]
-
-    # Pad where the quad runs off the photo.
-    w, h = img.size
-    lo, hi = np.floor(q.min(0)).astype(int), np.ceil(q.max(0)).astype(int)
-    pads = (max(-lo[0] + border, 0), max(-lo[1] + border, 0), max(hi[0] - w + border, 0), max(hi[1] - h + border, 0))
-    if pad == "reflect" and max(pads) > border - 4:
-        pads = tuple(max(p, int(np.rint(qsize * 0.3))) for p in pads)
-        img = _mirror_pad(img, pads, qsize)
-        q = q + pads[:2]
-
-    out = img.transform((transform_size, transform_size), Image.QUAD, tuple(q.flatten()), Image.BILINEAR)
-    if transform_size != size:
-        out = out.resize((size, size), Image.LANCZOS)
-    return out
+        x0, y0, x1, y1 = _bounds(q, margin)
+        overhang = (max(-x0, 0), max(-y0, 0), max(x1 - w, 0), max(y1 - h, 0))
+        if max(overhang) > margin - 4:
+            pads = tuple(max(o, int(np.rint(qsize * 0.3))) for o in overhang)
+            img, q = _mirror_pad(img, pads, qsize), q + pads[:2]
+    side = int(size) * int(supersample)
+    out = img.transform((side, side), Image.QUAD, tuple(q.flatten()), Image.BILINEAR)
+    return out if side == size else out.resize((size, size), Image.LANCZOS)
 
 
 # ---------------------------------------------------------------- detection + alignment

@@ -176,3 +176,52 @@ def test_cli_align_lists_no_face_images(tmp_path, faces_dir):
     assert "1 of 2 images aligned" in res.output and "red.png" in res.output
     bad = CliRunner().invoke(app, ["align", str(src), str(tmp_path / "o2"), "--select", "nope"])
     assert bad.exit_code != 0
+
+
+# ---------------------------------------------------------------- recipe regression (numbers from the pre-rewrite code)
+# Landmarks (rounded MTCNN output) -> the quad and a 4x4 grid of grey means of the 32 px crop, as the aligner
+# produced them before align.py was rewritten from the recipe's description: the rewrite must not move a pixel.
+RECIPE_CASES = [
+    (  # 1024 px photo: the shrink-first path
+        "ffhq1024/0.jpg",
+        "reflect",
+        [[382.5, 479.1], [637.8, 482.7], [544.3, 567.7], [431.9, 713.2], [611.1, 717.1]],
+        [[-7.385, 1.821], [8.781, 1022.995], [1029.955, 1006.829], [1013.789, -14.345]],
+        [
+            [70.1, 95.8, 125.2, 171.6],
+            [78.3, 115.0, 89.0, 127.1],
+            [123.3, 121.6, 83.1, 79.4],
+            [146.6, 123.2, 97.6, 99.6],
+        ],
+    ),
+    (  # tight 200 px crop: the square runs off every side, mirrored and blurred padding
+        "utkface/100_1_0_20170110183726390.jpg.chip.jpg",
+        "reflect",
+        [[55.9, 56.5], [139.2, 57.8], [94.9, 107.4], [58.0, 139.0], [134.5, 140.5]],
+        [[-66.569, -103.801], [-71.791, 229.399], [261.409, 234.621], [266.631, -98.579]],
+        [
+            [184.1, 184.5, 144.2, 134.5],
+            [182.5, 206.7, 134.3, 113.1],
+            [200.0, 209.2, 130.3, 118.3],
+            [133.8, 172.2, 100.6, 71.3],
+        ],
+    ),
+    (  # square past the photo's top-left corner, black padding
+        "ffhq256/00003.jpg",
+        "black",
+        [[8.5, 51.0], [68.8, 51.7], [36.8, 83.6], [16.3, 116.0], [58.2, 116.5]],
+        [[-80.058, -64.774], [-84.104, 176.408], [157.078, 180.454], [161.124, -60.728]],
+        [[0.0, 0.2, 0.1, 0.2], [0.0, 105.2, 35.0, 37.2], [0.0, 70.9, 48.5, 113.0], [0.0, 81.9, 90.6, 149.5]],
+    ),
+]
+
+
+@pytest.mark.parametrize("name,pad,landmarks,quad,grey", RECIPE_CASES, ids=["shrink", "reflect", "black"])
+def test_recipe_reproduces_the_reference_quads_and_crops(faces_dir, name, pad, landmarks, quad, grey):
+    from machinegaze.align import warp_quad
+
+    q = ffhq_quad(np.array(landmarks))
+    np.testing.assert_allclose(q, quad, atol=1e-3)
+    out = np.asarray(warp_quad(Image.open(faces_dir / name).convert("RGB"), q, 32, pad, 4), dtype=np.float64)
+    cells = out.mean(2).reshape(4, 8, 4, 8).mean((1, 3))
+    np.testing.assert_allclose(cells, grey, atol=0.5)  # the grid is rounded to 0.1; a moved pixel shows

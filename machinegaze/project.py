@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from machinegaze import GazeError
 from machinegaze.data import atomic_write_bytes, center_crop, open_image, pil_to_tensor, save_image, to_uint8
+from machinegaze.device import autocast
 from machinegaze.generate import class_vector, save_w, synthesize, write_video
 from machinegaze.nets.lpips import LPIPS, imagenet_normalize, unit_normalize
 from machinegaze.nets.stylegan2 import Discriminator, Generator, SynthesisLayer
@@ -170,10 +171,12 @@ def _fit(x: torch.Tensor, res: int) -> torch.Tensor:
 
 
 class TargetDistance:
-    """LPIPS(x, target) with the target's features computed once: x [N, 3, H, W] -> [N]."""
+    """LPIPS(x, target) with the target's features computed once: x [N, 3, H, W] -> [N] (float32), under
+    autocast at `precision` on the target's device."""
 
-    def __init__(self, lpips: LPIPS, target: torch.Tensor, res: int):
-        self.lpips, self.res = lpips, int(res)
+    def __init__(self, lpips: LPIPS, target: torch.Tensor, res: int, precision: str = "fp32"):
+        self.lpips, self.res, self.precision = lpips, int(res), precision
+        self.source = target
         self.taps = lpips.features.lpips_taps
         t = _fit(target, self.res)
         if t.shape[-1] < lpips.features.min_size:
@@ -181,15 +184,20 @@ class TargetDistance:
                 f"LPIPS-{lpips.net} needs images of at least {lpips.features.min_size} px, "
                 f"this network makes {t.shape[-1]} px"
             )
-        with torch.no_grad():
+        with torch.no_grad(), autocast(target.device, precision):
             self.target = [unit_normalize(f) for f in lpips.features.taps(imagenet_normalize(t), self.taps)]
 
+    def at(self, res: int) -> TargetDistance:
+        """The same distance at another resolution."""
+        return TargetDistance(self.lpips, self.source, res, self.precision)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.lpips.features.taps(imagenet_normalize(_fit(x, self.res)), self.taps)
-        out = 0
-        for f, t, lin in zip(feats, self.target, self.lpips.lin):
-            out = out + lin((unit_normalize(f) - t).square()).mean(dim=(1, 2, 3))
-        return out
+        with autocast(x.device, self.precision):
+            feats = self.lpips.features.taps(imagenet_normalize(_fit(x, self.res)), self.taps)
+            out = 0
+            for f, t, lin in zip(feats, self.target, self.lpips.lin):
+                out = out + lin((unit_normalize(f) - t).square()).mean(dim=(1, 2, 3))
+        return out.float()
 
 
 # ================================================================ pieces of the optimisation
@@ -198,8 +206,9 @@ def w_stats(
     G: Generator, n: int = 10000, c: Optional[torch.Tensor] = None, batch: int = 2048
 ) -> tuple[torch.Tensor, float, torch.Tensor]:
     """(w_avg [1, 1, C], w_std (NVlabs: root of the summed variance over all C), samples [n, 1, C]) from the
-    mapping of z ~ RandomState(123).randn(n, z_dim), as NVlabs' projector does."""
-    z = torch.from_numpy(np.random.RandomState(123).randn(n, G.z_dim)).float()
+    mapping of z ~ RandomState(123).randn(n, z_dim), as NVlabs' projector does (drawn on the host, moved once
+    to G's device)."""
+    z = torch.from_numpy(np.random.RandomState(123).randn(n, G.z_dim)).float().to(next(G.parameters()).device)
     ws = []
     for i in range(0, n, batch):
         cc = None if c is None else c.expand(min(batch, n - i), -1)
@@ -240,7 +249,7 @@ def noise_regularization(bufs: list[torch.Tensor]) -> torch.Tensor:
     """StyleGAN2 paper, appendix (projection): noise maps must not smuggle in image content, so for every map and
     every level of its 2x2-average pyramid (down to 8x8), penalise the squared autocorrelation at a one-pixel
     shift, across and down, with wrap-around."""
-    total = torch.zeros(())
+    total = torch.zeros((), device=bufs[0].device if bufs else None)
     for buf in bufs:
         for level in _halvings(buf.reshape(1, 1, *buf.shape[-2:])):
             for axis in (3, 2):
@@ -309,12 +318,161 @@ class _Clock:
             self.skip_c += time.process_time() - c
 
 
-def final_lpips(G: Generator, lpips: LPIPS, ws: torch.Tensor, target: torch.Tensor) -> tuple[float, torch.Tensor]:
+def final_lpips(
+    G: Generator, lpips: LPIPS, ws: torch.Tensor, target: torch.Tensor, precision: str = "fp32"
+) -> tuple[float, torch.Tensor]:
     """The reported score: LPIPS between the output image (network's own noise, clamped) and the target."""
     with torch.no_grad():
         img = G.synthesis(ws, noise_mode="const")
-        d = lpips(_fit(img.clamp(-1, 1), 256), _fit(target.clamp(-1, 1), 256))
+        with autocast(img.device, precision):
+            d = lpips(_fit(img.clamp(-1, 1), 256), _fit(target.clamp(-1, 1), 256))
     return float(d[0]), img
+
+
+def _check_inputs(G: Generator, target, c: Optional[torch.Tensor]) -> None:
+    if not isinstance(target, torch.Tensor) or target.ndim != 4 or target.shape[:2] != (1, 3):
+        raise GazeError(f"target must be one RGB image [1, 3, H, W], got {tuple(getattr(target, 'shape', ()))}")
+    if G.img_channels != 3:
+        raise GazeError(f"projection needs an RGB generator, this one makes {G.img_channels}-channel images")
+    if tuple(target.shape[2:]) != (G.img_resolution, G.img_resolution):
+        raise GazeError(
+            f"target is {target.shape[3]}x{target.shape[2]}, the network makes {G.img_resolution}x{G.img_resolution}"
+        )
+    if G.c_dim > 0 and (c is None or tuple(c.shape) != (1, G.c_dim)):
+        raise GazeError(f"this network is conditional ({G.c_dim} classes): pass a label (--class)")
+
+
+def _starting_point(
+    G: Generator, r: Recipe, dist: TargetDistance, gen: torch.Generator, c, w_avg_samples: int
+) -> tuple[torch.Tensor, float, dict]:
+    """(the w to start from [1, 1, C], w_std, setup record): w_avg, or the best candidate of a search."""
+    w_avg, w_std, pool = w_stats(G, w_avg_samples, c)
+    setup: dict = {"w_std": w_std}
+    if r.init != "search":
+        return w_avg, w_std, setup
+    coarse = dist.at(r.candidate_res) if r.candidate_res < dist.res else dist
+    pick = torch.randperm(pool.shape[0], generator=gen, device=pool.device)[: r.candidates]
+    cands = torch.cat([w_avg, w_avg.lerp(pool[pick], r.candidate_psi)])
+    best, d = search_start(G, coarse, cands, clamp=r.clamp)
+    setup.update(
+        candidates=int(cands.shape[0]),
+        start_lpips=float(d[best]),
+        w_avg_lpips=float(d[0]),
+        start_is_w_avg=best == 0,
+    )
+    return cands[best : best + 1].clone(), w_std, setup
+
+
+class _Latents:
+    """What the projection optimises: the latent (one w, or one per layer after the warm start), the noise
+    buffers (NVlabs recipe) and their Adam optimiser. Random draws come from `gen` on G's device."""
+
+    def __init__(self, G: Generator, r: Recipe, w0: torch.Tensor, gen: torch.Generator):
+        self.G, self.r, self.gen = G, r, gen
+        w = w0.clone()
+        if r.space == "w+" and r.w_steps <= 0:
+            w = w.repeat(1, G.num_ws, 1)
+        self.w = w.requires_grad_(True)
+        layers = noise_layers(G)
+        if r.optimize_noise:
+            dev = w0.device
+            self.bufs = [
+                torch.randn(m.noise_const.shape, generator=gen, device=dev).requires_grad_(True) for m in layers
+            ]
+        else:
+            self.bufs = [m.noise_const for m in layers]
+        self.opt = self._adam()
+
+    def params(self) -> list[torch.Tensor]:
+        return [self.w] + (self.bufs if self.r.optimize_noise else [])
+
+    def _adam(self) -> torch.optim.Adam:
+        return torch.optim.Adam(self.params(), betas=(0.9, 0.999), lr=self.r.lr)
+
+    def widen(self) -> None:
+        """End of the W warm start: one w per layer from now on; Adam's moments carry over, so the first W+ steps
+        are as measured as the last W ones."""
+        old = self.opt.state.get(self.w, {})
+        self.w = self.w.detach().repeat(1, self.G.num_ws, 1).requires_grad_(True)
+        self.opt = self._adam()
+        if old:
+            num_ws = self.G.num_ws
+            self.opt.state[self.w] = {
+                k: (v.repeat(1, num_ws, 1) if k.startswith("exp_avg") else v.clone()) for k, v in old.items()
+            }
+
+    def broadcast(self, w: torch.Tensor) -> torch.Tensor:
+        return w.expand(-1, self.G.num_ws, -1) if w.shape[1] == 1 else w
+
+    def current(self) -> torch.Tensor:
+        """The latent now, [1, num_ws, w_dim], detached."""
+        return self.broadcast(self.w.detach())
+
+    def step(self, step: int, dist: TargetDistance, w_std: float) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """One Adam step; returns (lr, distance, loss), the last two as 0-d tensors left on the device."""
+        r = self.r
+        if r.space == "w+" and step == r.w_steps and self.w.shape[1] == 1:
+            self.widen()
+        lr = learning_rate(r, step)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        w_in = self.w
+        if r.w_noise > 0:
+            sigma = w_std * r.w_noise * max(0.0, 1.0 - step / r.steps / r.w_noise_ramp) ** 2
+            if sigma > 0:
+                w_in = w_in + torch.randn(w_in.shape, generator=self.gen, device=w_in.device) * sigma
+        img = self.G.synthesis(self.broadcast(w_in), noise_mode="const")
+        d = dist(img.clamp(-1, 1) if r.clamp else img)[0]
+        loss = d
+        if r.optimize_noise and r.noise_weight > 0:
+            loss = loss + r.noise_weight * noise_regularization(self.bufs)
+        params = self.params()
+        for p, g in zip(params, torch.autograd.grad(loss, params)):  # G's own weights get no gradients
+            p.grad = g
+        self.opt.step()
+        if r.optimize_noise:
+            with torch.no_grad():
+                for b in self.bufs:
+                    b -= b.mean()
+                    b *= b.square().mean().rsqrt()
+        return lr, d.detach(), loss.detach()
+
+
+class _Trace:
+    """Per-step records kept on the device (latents, loss, distance) and read back to the host only every
+    `every` steps, so the loop never waits for the device in between."""
+
+    def __init__(self, G: Generator, steps: int, every: int):
+        dev = next(G.parameters()).device
+        self.ws = torch.empty(steps, G.num_ws, G.w_dim, device=dev)
+        self.values = torch.empty(steps, 2, device=dev)  # loss, dist
+        self.times: list[tuple[float, float, float]] = []  # wall, cpu, lr
+        self.history: list[dict] = []
+        self.every = max(1, int(every))
+
+    def record(self, step: int, ws: torch.Tensor, loss: torch.Tensor, d: torch.Tensor, times) -> None:
+        self.ws[step] = ws[0]
+        self.values[step, 0] = loss
+        self.values[step, 1] = d
+        self.times.append(times)
+
+    def flush(self, upto: int) -> Optional[float]:
+        """History rows up to step `upto` (exclusive) from the device; returns the last distance."""
+        start = len(self.history)
+        if upto <= start:
+            return None
+        vals = self.values[start:upto].tolist()
+        for i, ((loss, d), (wall, cpu, lr)) in enumerate(zip(vals, self.times[start:upto])):
+            self.history.append(
+                {"step": start + i + 1, "wall_s": wall, "cpu_s": cpu, "loss": loss, "dist": d, "lr": lr}
+            )
+        return vals[-1][1]
+
+
+def _noise_score(G: Generator, lpips: LPIPS, bufs, ws: torch.Tensor, target: torch.Tensor, precision: str) -> float:
+    """LPIPS of the output rendered with the optimised noise buffers (what the loop itself saw)."""
+    with swapped_noise(G, [b.detach() for b in bufs]):
+        return final_lpips(G, lpips, ws, target, precision)[0]
 
 
 def project(
@@ -327,131 +485,59 @@ def project(
     w_avg_samples: int = 10000,
     progress: ProgressFn = None,
     monitor: Optional[Callable[[int, torch.Tensor, float, float], None]] = None,
+    precision: str = "fp32",
+    log_every: int = 10,
 ) -> Projection:
-    """Optimise a latent so that G's image matches `target` [1, 3, R, R] in [-1, 1] (R = G.img_resolution).
+    """Optimise a latent so that G's image matches `target` [1, 3, R, R] in [-1, 1] (R = G.img_resolution), on
+    G's device (LPIPS under autocast at `precision`; `lpips` must live on the same device).
 
     `c`: one-hot label [1, c_dim] for conditional networks (used for the w statistics and candidates).
     `monitor(step, ws, wall_s, cpu_s)` is called after every step with the current ws [1, num_ws, w_dim]; the
-    time it takes is not counted (benchmarks use it to score the curve). G is left as it was.
+    time it takes is not counted (benchmarks use it to score the curve). Progress (with the current LPIPS) is
+    reported every `log_every` steps: only then does the loop read values back from the device. G is left as
+    it was. The returned tensors are on the host.
     """
     r = recipe
-    if not isinstance(target, torch.Tensor) or target.ndim != 4 or target.shape[:2] != (1, 3):
-        raise GazeError(f"target must be one RGB image [1, 3, H, W], got {tuple(getattr(target, 'shape', ()))}")
-    if G.img_channels != 3:
-        raise GazeError(f"projection needs an RGB generator, this one makes {G.img_channels}-channel images")
-    if tuple(target.shape[2:]) != (G.img_resolution, G.img_resolution):
-        raise GazeError(
-            f"target is {target.shape[3]}x{target.shape[2]}, the network makes {G.img_resolution}x{G.img_resolution}"
-        )
-    if G.c_dim > 0 and (c is None or tuple(c.shape) != (1, G.c_dim)):
-        raise GazeError(f"this network is conditional ({G.c_dim} classes): pass a label (--class)")
+    _check_inputs(G, target, c)
+    dev = next(G.parameters()).device
     if lpips is None:
         from machinegaze import zoo
 
-        lpips = zoo.load_lpips("vgg")
-    target = target.detach().float().cpu()
-    gen = torch.Generator().manual_seed(int(seed))
+        lpips = zoo.load_lpips("vgg", device=dev)
+    target = target.detach().float().to(dev)
+    c = None if c is None else c.to(dev)
+    gen = torch.Generator(device=dev).manual_seed(int(seed))
     clock = _Clock()
-
-    # Statistics, the distance to the target, the start.
-    w_avg, w_std, pool = w_stats(G, w_avg_samples, c)
-    loss_res = min(r.lpips_res, G.img_resolution)
-    dist_target = target.clamp(-1, 1) if r.clamp else target
-    dist = TargetDistance(lpips, dist_target, loss_res)
-    setup: dict = {"w_std": w_std}
-    w0 = w_avg
-    if r.init == "search":
-        dsearch = dist if r.candidate_res >= loss_res else TargetDistance(lpips, dist_target, r.candidate_res)
-        pick = torch.randperm(pool.shape[0], generator=gen)[: r.candidates]
-        cands = torch.cat([w_avg, w_avg.lerp(pool[pick], r.candidate_psi)])
-        best, d = search_start(G, dsearch, cands, clamp=r.clamp)
-        w0 = cands[best : best + 1].clone()
-        setup.update(
-            candidates=int(cands.shape[0]),
-            start_lpips=float(d[best]),
-            w_avg_lpips=float(d[0]),
-            start_is_w_avg=best == 0,
-        )
-    w_opt = w0.clone()
-    if r.space == "w+" and r.w_steps <= 0:
-        w_opt = w_opt.repeat(1, G.num_ws, 1)
-    w_opt.requires_grad_(True)
-
-    layers = noise_layers(G)
-    if r.optimize_noise:
-        bufs = [torch.randn(m.noise_const.shape, generator=gen).requires_grad_(True) for m in layers]
-    else:
-        bufs = [m.noise_const for m in layers]
-    make_opt = lambda params: torch.optim.Adam(params, betas=(0.9, 0.999), lr=r.lr)  # noqa: E731
-    opt = make_opt([w_opt] + (bufs if r.optimize_noise else []))
-    history: list[dict] = []
-    steps_ws = torch.empty(r.steps, G.num_ws, G.w_dim)
-
-    own_noise = [m.noise_const for m in layers]
-    with swapped_noise(G, bufs):
+    dist = TargetDistance(
+        lpips, target.clamp(-1, 1) if r.clamp else target, min(r.lpips_res, G.img_resolution), precision
+    )
+    w0, w_std, setup = _starting_point(G, r, dist, gen, c, w_avg_samples)
+    latents = _Latents(G, r, w0, gen)
+    trace = _Trace(G, r.steps, log_every)
+    own_noise = [m.noise_const for m in noise_layers(G)]
+    with swapped_noise(G, latents.bufs):
         for step in range(r.steps):
-            if r.space == "w+" and step == r.w_steps and w_opt.shape[1] == 1:  # warm start over: one w per layer
-                w_old, st = w_opt, opt.state.get(w_opt, {})
-                w_opt = w_old.detach().repeat(1, G.num_ws, 1).requires_grad_(True)
-                opt = make_opt([w_opt] + (bufs if r.optimize_noise else []))
-                if st:  # Adam's moments carry over, so the first W+ steps are as measured as the last W ones
-                    opt.state[w_opt] = {
-                        k: (v.repeat(1, G.num_ws, 1) if k.startswith("exp_avg") else v.clone()) for k, v in st.items()
-                    }
-            t = step / r.steps
-            lr = learning_rate(r, step)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            w_noise_scale = w_std * r.w_noise * max(0.0, 1.0 - t / r.w_noise_ramp) ** 2 if r.w_noise > 0 else 0.0
-            w_in = w_opt + torch.randn(w_opt.shape, generator=gen) * w_noise_scale if w_noise_scale > 0 else w_opt
-            ws = w_in.expand(-1, G.num_ws, -1) if w_in.shape[1] == 1 else w_in
-            img = G.synthesis(ws, noise_mode="const")
-            d = dist(img.clamp(-1, 1) if r.clamp else img)[0]
-            loss = d
-            if r.optimize_noise and r.noise_weight > 0:
-                loss = loss + r.noise_weight * noise_regularization(bufs)
-            params = [w_opt] + (bufs if r.optimize_noise else [])
-            grads = torch.autograd.grad(loss, params)  # only what the latents need; G's weights get no grads
-            for p, g in zip(params, grads):
-                p.grad = g
-            opt.step()
-            if r.optimize_noise:
-                with torch.no_grad():
-                    for b in bufs:
-                        b -= b.mean()
-                        b *= b.square().mean().rsqrt()
-            cur = w_opt.detach().expand(-1, G.num_ws, -1) if w_opt.shape[1] == 1 else w_opt.detach()
-            steps_ws[step] = cur[0]
+            lr, d, loss = latents.step(step, dist, w_std)
+            cur = latents.current()
             wall, cpu = clock.now()
-            history.append(
-                {
-                    "step": step + 1,
-                    "wall_s": wall,
-                    "cpu_s": cpu,
-                    "loss": float(loss.detach()),
-                    "dist": float(d.detach()),
-                    "lr": lr,
-                }
-            )
-            report(progress, step + 1, r.steps, lpips=float(d.detach()))
+            trace.record(step, cur, loss, d, (wall, cpu, lr))
+            if (step + 1) % trace.every == 0 or step + 1 == r.steps:
+                report(progress, step + 1, r.steps, lpips=trace.flush(step + 1))
             if monitor is not None:
                 with clock.excluded(), swapped_noise(G, own_noise):  # scored as the output will be
                     monitor(step + 1, cur.clone(), wall, cpu)
     wall, cpu = clock.now()
-    ws = steps_ws[-1:].clone()
-    score, img = final_lpips(G, lpips, ws, target)
-    if r.optimize_noise:  # what the loop itself saw, for the record
-        with swapped_noise(G, [b.detach() for b in bufs]), torch.no_grad():
-            setup["lpips_with_optimised_noise"] = float(
-                lpips(_fit(G.synthesis(ws, noise_mode="const").clamp(-1, 1), 256), _fit(target.clamp(-1, 1), 256))[0]
-            )
+    ws = trace.ws[-1:].clone()
+    score, img = final_lpips(G, lpips, ws, target, precision)
+    if r.optimize_noise:
+        setup["lpips_with_optimised_noise"] = _noise_score(G, lpips, latents.bufs, ws, target, precision)
     return Projection(
-        ws=ws,
-        image=img,
-        target=target,
+        ws=ws.cpu(),
+        image=img.cpu(),
+        target=target.cpu(),
         lpips=score,
-        steps_ws=steps_ws,
-        history=history,
+        steps_ws=trace.ws.cpu(),
+        history=trace.history,
         recipe=r,
         wall_s=wall,
         cpu_s=cpu,
@@ -463,7 +549,9 @@ def project(
 @torch.no_grad()
 def d_logits(D: Discriminator, images: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
     """D's 'real' logit per image, each image on its own (minibatch-std sees a group of one)."""
-    out = [D(images[i : i + 1], c if D.c_dim > 0 else None)[0, 0] for i in range(images.shape[0])]
+    dev = next(D.parameters()).device
+    images, c = images.to(dev), (None if c is None or D.c_dim == 0 else c.to(dev))
+    out = [D(images[i : i + 1], c)[0, 0] for i in range(images.shape[0])]
     return torch.stack(out)
 
 
@@ -525,23 +613,28 @@ def run_project(
     outdir: str | os.PathLike,
     cfg: ProjectConfig = ProjectConfig(),
     progress: ProgressFn = None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> ProjectRun:
-    """`gaze project`: load, prepare the target, project, write target.png, proj.png, projected_w.npz,
-    proj.mp4 and result.json into outdir."""
+    """`gaze project`: load onto `device`, prepare the target, project, write target.png, proj.png,
+    projected_w.npz, proj.mp4 and result.json into outdir. `precision` applies to LPIPS (autocast)."""
     from machinegaze import zoo
 
+    dev = torch.device(device)
     recipe = cfg.recipe()
     src = zoo.resolve_network(network)
     nets = zoo.load_networks(src)
-    G = nets.generator
-    c = class_vector(G, cfg.class_idx, 1)
+    G = nets.generator.to(dev)
+    c = class_vector(G, cfg.class_idx, 1, device=dev)
     target = prepare_target(target_path, G.img_resolution, align=cfg.align)
-    proj = project(G, target, recipe, seed=cfg.seed, c=c, w_avg_samples=cfg.w_avg_samples, progress=progress)
+    lpips = zoo.load_lpips("vgg", device=dev)
+    proj = project(G, target, recipe, lpips, cfg.seed, c, cfg.w_avg_samples, progress=progress, precision=precision)
     if nets.D is not None:
-        ref = reference_logits(G, nets.D, cfg.reference_samples, cfg.class_idx)
+        D = nets.D.to(dev)
+        ref = reference_logits(G, D, cfg.reference_samples, cfg.class_idx)
         proj.realism = {
-            "projection": realism(nets.D, proj.image, c, ref),
-            "target": realism(nets.D, target, c, ref),
+            "projection": realism(D, proj.image, c, ref),
+            "target": realism(D, target, c, ref),
             "reference": {
                 "n": int(ref.numel()),
                 "median_logit": float(ref.median()),

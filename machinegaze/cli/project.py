@@ -9,7 +9,7 @@ import typer
 
 from machinegaze import GazeError, zoo
 from machinegaze.cli._common import parse_float, progress_bar, set_threads
-from machinegaze.cli._options import DeviceOpt, resolve
+from machinegaze.cli._options import DeviceOpt, PrecisionOpt, resolve
 
 
 def project_cmd(
@@ -28,18 +28,21 @@ def project_cmd(
     video: bool = typer.Option(True, "--video/--no-video", help="write proj.mp4 (target | projection over the steps)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads"),
     outdir: Path = typer.Option(Path("out"), "--outdir"),
+    device: Optional[str] = DeviceOpt,
+    precision: str = PrecisionOpt,
 ):
     """Find the latent whose image matches a photo: target.png, proj.png, projected_w.npz, proj.mp4, result.json."""
     from machinegaze.perf import tune_allocator
     from machinegaze.project import ProjectConfig, run_project
 
+    dev, prec = resolve(device, precision)
     set_threads(threads)
     tune_allocator()
     cfg = ProjectConfig(
         preset=preset, space=space, steps=steps, seed=seed, class_idx=class_idx, align=align, video=video
     )
     with progress_bar(f"project ({preset})") as cb:
-        run = run_project(network, target, outdir, cfg, progress=cb)
+        run = run_project(network, target, outdir, cfg, progress=cb, device=dev, precision=prec)
     r = run.result
     print(
         f"LPIPS {r['lpips']:.4f} after {r['recipe']['steps']} steps in {r['wall_s']:.1f} s ({preset}, {r['recipe']['space']})"

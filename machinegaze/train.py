@@ -676,25 +676,13 @@ def _rewrite_metrics(path: Path, max_step: int) -> None:
     atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
 
 
-def train(
-    cfg: TrainConfig,
-    progress: ProgressFn = None,
-    stop_after_steps: Optional[int] = None,
-    device: torch.device = torch.device("cpu"),
-) -> Path:
-    """Train (or resume) and return the path of the last snapshot. Under torchrun every process calls this
-    with its own device (cuda:LOCAL_RANK); rank 0 writes files and reports progress. `stop_after_steps`
-    ends early (tests: a simulated kill)."""
-    device = torch.device(device)
-    dist = init_dist(device)
-    if device.type == "cpu":
-        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // dist.local_world))
-    outdir = Path(cfg.outdir)
+def _open_run(cfg: TrainConfig, device: torch.device, dist: Dist) -> tuple[TrainConfig, State, torch.Tensor, dict]:
+    """(the run's config, its state: new or from the last snapshot, the training images, the dataset record)."""
     state = None
     if cfg.resume:
-        snap = latest_snapshot(outdir)
+        snap = latest_snapshot(cfg.outdir)
         if snap is None:
-            raise GazeError(f"--resume: no snapshot in {outdir}")
+            raise GazeError(f"--resume: no snapshot in {cfg.outdir}")
         state = load_snapshot(snap, cfg, device)
         cfg = state.cfg
     images, dsinfo = load_training_images(cfg)
@@ -712,26 +700,88 @@ def train(
     for net in (state.G, state.D, state.G_ema):  # identical start on every rank
         for t in list(net.parameters()) + list(net.buffers()):
             dist.broadcast_(t.data)
+    return cfg, state, images, dsinfo
+
+
+def _prepare_outdir(
+    outdir: Path, cfg: TrainConfig, state: State, images: torch.Tensor, dsinfo: dict, dist: Dist
+) -> None:
+    """Rank 0: a fresh run writes config.json and reals.png (refusing a folder with snapshots); a resumed run
+    cuts metrics.jsonl back to its snapshot."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    if cfg.resume:
+        _rewrite_metrics(outdir / METRICS_FILE, state.step)
+        return
+    old = latest_snapshot(outdir)
+    if old is not None:
+        raise GazeError(f"{outdir} already holds snapshots ({old.name}); use --resume or a new --outdir")
+    with open(outdir / "config.json", "w") as f:
+        json.dump({"config": asdict(cfg), "dataset": dsinfo, "world_size": dist.world}, f, indent=1)
+    from machinegaze.data import make_grid, save_image
+
+    save_image(make_grid(images[:64].float().div(127.5).sub(1)), outdir / "reals.png")
+
+
+def _tick_line(trainer: Trainer, state: State, batch: int, steps: int, seconds: float) -> dict:
+    """The metrics.jsonl record of one tick: mean losses and scores over its steps, speed, wall time."""
+    st = trainer.tick_stats()
+
+    def mean(key: str, count: str) -> float:
+        return st.get(key, 0) / max(st.get(count, 1), 1)
+
+    line = {
+        "step": state.step,
+        "kimg": round(state.step * batch / 1000, 3),
+        "loss_G": mean("loss_G", "n_G"),
+        "loss_D": mean("loss_D", "n_D"),
+        "real_score": mean("real_score", "n_D"),
+        "fake_score": mean("fake_score", "n_D"),
+        "img_per_s": round(steps * batch / max(seconds, 1e-9), 2),
+        "wall_s": round(state.wall_s, 1),
+    }
+    if st.get("n_r1"):
+        line["r1_penalty"] = st["r1_penalty"] / st["n_r1"]
+    if st.get("n_pl"):
+        line["pl_penalty"] = st["pl_penalty"] / st["n_pl"]
+        line["pl_mean"] = float(state.pl_mean)
+    return line
+
+
+def _report(progress: ProgressFn, trainer: Trainer, state: State, batch: int, total_steps: int) -> None:
+    last = getattr(trainer, "last_line", {})
+    report(
+        progress,
+        state.step * batch,
+        total_steps * batch,
+        kimg=round(state.step * batch / 1000, 2),
+        G=last.get("loss_G", float("nan")),
+        D=last.get("loss_D", float("nan")),
+        img_s=last.get("img_per_s", float("nan")),
+    )
+
+
+def train(
+    cfg: TrainConfig,
+    progress: ProgressFn = None,
+    stop_after_steps: Optional[int] = None,
+    device: torch.device = torch.device("cpu"),
+) -> Path:
+    """Train (or resume) and return the path of the last snapshot. Under torchrun every process calls this
+    with its own device (cuda:LOCAL_RANK); rank 0 writes files and reports progress. `stop_after_steps`
+    ends early (tests: a simulated kill)."""
+    device = torch.device(device)
+    dist = init_dist(device)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // dist.local_world))
+    outdir, main = Path(cfg.outdir), dist.rank == 0  # the folder asked for (a resumed run's record may differ)
+    cfg, state, images, dsinfo = _open_run(cfg, device, dist)
+    if main:
+        _prepare_outdir(outdir, cfg, state, images, dsinfo, dist)
     trainer = Trainer(state, images, dist)
     B = cfg.batch
     total_steps = math.ceil(cfg.kimg * 1000 / B)
     tick_steps = max(1, round(cfg.tick_kimg * 1000 / B))
     snap_steps = max(1, round(cfg.snap_kimg * 1000 / B))
-    metrics = outdir / METRICS_FILE
-    main = dist.rank == 0
-    if main:
-        outdir.mkdir(parents=True, exist_ok=True)
-        if cfg.resume:
-            _rewrite_metrics(metrics, state.step)
-        else:
-            old = latest_snapshot(outdir)
-            if old is not None:
-                raise GazeError(f"{outdir} already holds snapshots ({old.name}); use --resume or a new --outdir")
-            with open(outdir / "config.json", "w") as f:
-                json.dump({"config": asdict(cfg), "dataset": dsinfo, "world_size": dist.world}, f, indent=1)
-            from machinegaze.data import make_grid, save_image
-
-            save_image(make_grid(images[:64].float().div(127.5).sub(1)), outdir / "reals.png")
     grid_z = _fixed_grid_z(state.G)
     last = latest_snapshot(outdir) if cfg.resume else None
     t_start = time.time()
@@ -746,25 +796,9 @@ def train(
         state.wall_s = wall0 + time.time() - t_start
         done = state.step >= total_steps
         if state.step % tick_steps == 0 or done:
-            st = trainer.tick_stats()
-            dt = time.time() - t_tick
-            line = {
-                "step": state.step,
-                "kimg": round(state.step * B / 1000, 3),
-                "loss_G": st.get("loss_G", 0) / max(st.get("n_G", 1), 1),
-                "loss_D": st.get("loss_D", 0) / max(st.get("n_D", 1), 1),
-                "real_score": st.get("real_score", 0) / max(st.get("n_D", 1), 1),
-                "fake_score": st.get("fake_score", 0) / max(st.get("n_D", 1), 1),
-                "img_per_s": round(steps_tick * B / max(dt, 1e-9), 2),
-                "wall_s": round(state.wall_s, 1),
-            }
-            if st.get("n_r1"):
-                line["r1_penalty"] = st["r1_penalty"] / st["n_r1"]
-            if st.get("n_pl"):
-                line["pl_penalty"] = st["pl_penalty"] / st["n_pl"]
-                line["pl_mean"] = float(state.pl_mean)
+            line = _tick_line(trainer, state, B, steps_tick, time.time() - t_tick)
             if main:
-                with open(metrics, "a") as f:
+                with open(outdir / METRICS_FILE, "a") as f:
                     f.write(json.dumps(line) + "\n")
             t_tick, steps_tick = time.time(), 0
             trainer.last_line = line
@@ -774,16 +808,7 @@ def train(
                 _save_fakes(state.G_ema, grid_z, outdir / f"fakes-{state.step * B:09d}.png")
             dist.barrier()
         if main:
-            ll = getattr(trainer, "last_line", {})
-            report(
-                progress,
-                state.step * B,
-                total_steps * B,
-                kimg=round(state.step * B / 1000, 2),
-                G=ll.get("loss_G", float("nan")),
-                D=ll.get("loss_D", float("nan")),
-                img_s=ll.get("img_per_s", float("nan")),
-            )
+            _report(progress, trainer, state, B, total_steps)
     final = snapshot_path(outdir, state.step * B)
     if main and not final.is_file():  # resumed a finished run with the same kimg
         save_snapshot(state, final, state.step * B)

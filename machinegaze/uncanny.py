@@ -219,23 +219,26 @@ def inverted_loss(real_logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(real_logits).mean()
 
 
-def random_labels(G: Generator, n: int) -> Optional[torch.Tensor]:
-    """Uniform one-hot classes for conditional generators (drawn from the global torch RNG), else None."""
+def random_labels(G: Generator, n: int, device: Optional[torch.device] = None) -> Optional[torch.Tensor]:
+    """Uniform one-hot classes for conditional generators (drawn from the global torch RNG of `device`),
+    else None."""
     if G.c_dim == 0:
         return None
-    return F.one_hot(torch.randint(0, G.c_dim, (n,)), G.c_dim).float()
+    return F.one_hot(torch.randint(0, G.c_dim, (n,), device=device), G.c_dim).float()
 
 
-def finetune_step(G: Generator, critic: Critic, opt: torch.optim.Optimizer, batch: int) -> float:
-    """One update of G against the frozen critic; fresh z, labels and per-pixel noise from the global RNG."""
-    z = torch.randn([batch, G.z_dim])
-    c = random_labels(G, batch)
+def finetune_step(G: Generator, critic: Critic, opt: torch.optim.Optimizer, batch: int) -> torch.Tensor:
+    """One update of G against the frozen critic; fresh z, labels and per-pixel noise from the global RNG of
+    G's device. Returns the loss as a 0-d tensor left on the device (no host round trip)."""
+    dev = next(G.parameters()).device
+    z = torch.randn([batch, G.z_dim], device=dev)
+    c = random_labels(G, batch, dev)
     img = G(z, c, noise_mode="random")
     loss = inverted_loss(critic(img, c))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return float(loss.detach())
+    return loss.detach()
 
 
 def make_optimizer(G: Generator, cfg: UncannyConfig) -> torch.optim.Adam:
@@ -281,8 +284,11 @@ def critic_logits(critic: Critic, images: torch.Tensor, c: Optional[torch.Tensor
 
 
 @torch.no_grad()
-def mean_pairwise_lpips(lpips: nn.Module, images: torch.Tensor) -> float:
-    """Mean LPIPS over all pairs i < j. Images smaller than the backbone allows are upsampled (bilinear)."""
+def mean_pairwise_lpips(lpips: nn.Module, images: torch.Tensor, precision: str = "fp32") -> float:
+    """Mean LPIPS over all pairs i < j (autocast at `precision`). Images smaller than the backbone allows are
+    upsampled (bilinear)."""
+    from machinegaze.device import autocast
+
     x = images.clamp(-1, 1)
     n = x.shape[0]
     min_size = int(getattr(getattr(lpips, "features", None), "min_size", 1))
@@ -290,7 +296,8 @@ def mean_pairwise_lpips(lpips: nn.Module, images: torch.Tensor) -> float:
         x = F.interpolate(x, size=(min_size, min_size), mode="bilinear", align_corners=False)
     total, pairs = 0.0, 0
     for i in range(n - 1):
-        d = lpips(x[i : i + 1], x[i + 1 :])
+        with autocast(x.device, precision):
+            d = lpips(x[i : i + 1], x[i + 1 :])
         total += float(d.double().sum())
         pairs += d.numel()
     return total / pairs
@@ -361,19 +368,24 @@ def list_snapshots(outdir: Path) -> list[tuple[int, Path]]:
 
 
 def save_snapshot(path: Path, G: Generator, opt: torch.optim.Optimizer, step: int, run: dict) -> Path:
-    """G (role "G") + Adam's per-parameter state + the torch RNG state, with the step and run record in meta."""
+    """G (role "G") + Adam's per-parameter state + the torch RNG state (and the CUDA one for a generator on a
+    GPU), with the step and run record in meta."""
     from machinegaze import checkpoints
 
     extra: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+    dev = next(G.parameters()).device
+    if dev.type == "cuda":
+        extra["rng.cuda"] = torch.cuda.get_rng_state(dev)
     for i, st in opt.state_dict()["state"].items():
         for k, v in st.items():
-            extra[f"opt.{i}.{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+            extra[f"opt.{i}.{k}"] = v.detach().cpu() if isinstance(v, torch.Tensor) else torch.tensor(v)
     meta = {"uncanny": {"format": SNAPSHOT_FORMAT, "step": int(step), **run}}
     return checkpoints.save_networks(path, {"G": G}, meta=meta, extra=extra)
 
 
-def load_snapshot(path: Path, G: Generator, opt: torch.optim.Optimizer) -> tuple[int, torch.Tensor, dict]:
-    """Load weights into G and state into opt (in place); returns (step, rng_state, run record)."""
+def load_snapshot(path: Path, G: Generator, opt: torch.optim.Optimizer) -> tuple[int, dict, dict]:
+    """Load weights into G and state into opt (in place); returns (step, RNG states {"torch": .., "cuda": ..},
+    run record)."""
     from machinegaze import checkpoints
 
     nets = checkpoints.load_networks(path)
@@ -389,7 +401,8 @@ def load_snapshot(path: Path, G: Generator, opt: torch.optim.Optimizer) -> tuple
             state.setdefault(int(m.group(1)), {})[m.group(2)] = v.clone()
     sd["state"] = state
     opt.load_state_dict(sd)
-    return int(info["step"]), nets.extra["rng.torch"].clone(), info
+    rng = {k.split(".", 1)[1]: v.clone() for k, v in nets.extra.items() if k.startswith("rng.")}
+    return int(info["step"]), rng, info
 
 
 # ================================================================ the run
@@ -460,8 +473,8 @@ def read_metrics(outdir: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
-def _resume(outdir: Path, snaps: list, G: Generator, opt, run: dict) -> tuple[list[dict], int, torch.Tensor]:
-    """Load the last snapshot into G and opt: (metrics records up to it, its step, the RNG state to go on with)."""
+def _resume(outdir: Path, snaps: list, G: Generator, opt, run: dict) -> tuple[list[dict], int, dict]:
+    """Load the last snapshot into G and opt: (metrics records up to it, its step, the RNG states to go on with)."""
     _, last_path = snaps[-1]
     start_step, rng_state, info = load_snapshot(last_path, G, opt)
     _check_resume(info, run, last_path)
@@ -471,6 +484,152 @@ def _resume(outdir: Path, snaps: list, G: Generator, opt, run: dict) -> tuple[li
     return records, start_step, rng_state
 
 
+@dataclass
+class _Session:
+    """One uncanny run's moving parts: the generator being fine-tuned and its optimiser, the frozen critic and
+    LPIPS, the fixed evaluation inputs and the metric records so far (all tensors on one device)."""
+
+    outdir: Path
+    cfg: UncannyConfig
+    G: Generator
+    opt: torch.optim.Optimizer
+    critic: Critic
+    lpips: nn.Module
+    theta0: dict[str, torch.Tensor]
+    z_eval: torch.Tensor
+    c_eval: Optional[torch.Tensor]
+    run: dict
+    records: list[dict] = field(default_factory=list)
+    precision: str = "fp32"
+    t_start: float = 0.0
+
+    def measure(self, step: int, losses: list[torch.Tensor]) -> dict:
+        """Render and judge the evaluation faces, write their grid, append and write the metrics record."""
+        from machinegaze.data import make_grid, save_image
+
+        cfg, G = self.cfg, self.G
+        was_training = G.training
+        G.eval()
+        images = render(G, self.z_eval, self.c_eval, cfg.eval_trunc, cfg.batch)
+        G.train(was_training)
+        logits = critic_logits(self.critic, images, self.c_eval, cfg.batch)
+        mean_loss = float(np.mean(torch.stack(losses).double().cpu().numpy())) if losses else None
+        rec = {
+            "step": step,
+            "critic_fake": float(torch.sigmoid(-logits.double()).mean()),
+            "critic_logit": float(logits.double().mean()),
+            "diversity": mean_pairwise_lpips(self.lpips, images, self.precision),
+            **face_colour(images, cfg.face_crop),
+            "param_distance": param_distance(G, self.theta0),
+            "loss": mean_loss,
+        }
+        d0 = self.records[0]["diversity"] if self.records else rec["diversity"]
+        rec["uncanniness"] = uncanniness(rec["critic_fake"], rec["diversity"], d0)
+        rec["seconds"] = round(time.perf_counter() - self.t_start, 3)
+        grid = make_grid(images.clamp(-1, 1).cpu(), ncols=min(GRID_COLS, images.shape[0]))
+        save_image(grid, grid_path(self.outdir, step))
+        self.records.append(rec)
+        _write_jsonl(self.outdir / "metrics.jsonl", self.records)
+        return rec
+
+    def collapsed(self, rec: dict) -> bool:
+        return self.cfg.max_collapse is not None and rec["diversity"] < self.cfg.max_collapse
+
+
+def _open_session(
+    network: Path, outdir: Path, cfg: UncannyConfig, resume: bool, lpips, device: torch.device, precision: str
+) -> tuple[_Session, int, Optional[dict]]:
+    """Load and check the networks onto `device`, start or resume: (session, start step, RNG states or None)."""
+    from machinegaze import checkpoints, zoo
+    from machinegaze.data import atomic_write_bytes, sha256_file
+
+    snaps = list_snapshots(outdir)
+    if not resume and (snaps or (outdir / "metrics.jsonl").exists()):
+        raise GazeError(
+            f"{outdir} already holds an uncanny run; pass --resume to continue it, or choose another --outdir"
+        )
+    nets = checkpoints.load_networks(network)
+    critic = freeze(build_critic(cfg.critic, nets.D).to(device))
+    G0 = freeze(copy.deepcopy(start_generator(nets, cfg.start_from)).float().to(device))
+    _check_pair(G0, critic)
+    _check_batches(critic, cfg.batch, len(cfg.eval_seeds))
+    G = copy.deepcopy(G0).train().requires_grad_(True)
+    lpips = freeze(lpips if lpips is not None else zoo.load_lpips(cfg.lpips_net)).to(device)
+    z_eval, c_eval = eval_inputs(G, cfg.eval_seeds)
+    session = _Session(
+        outdir=outdir,
+        cfg=cfg,
+        G=G,
+        opt=make_optimizer(G, cfg),
+        critic=critic,
+        lpips=lpips,
+        theta0={k: v.detach().clone() for k, v in G0.named_parameters()},
+        z_eval=z_eval.to(device),
+        c_eval=None if c_eval is None else c_eval.to(device),
+        run={"network": str(network), "network_sha256": sha256_file(network), "config": cfg.record()},
+        precision=precision,
+        t_start=time.perf_counter(),
+    )
+    start_step, rng_state = 0, None
+    if resume and snaps:  # with --resume and no snapshot yet: a fresh start
+        session.records, start_step, rng_state = _resume(outdir, snaps, G, session.opt, session.run)
+    outdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(outdir / "run.json", json.dumps(session.run, indent=2).encode())
+    return session, start_step, rng_state
+
+
+def _seed_rng(device: torch.device, seed: int, state: Optional[dict], step: int) -> None:
+    """Inside fork_rng: the global RNGs as a fresh run (seed) or a snapshot (state) left them. A snapshot made on
+    another kind of device has no state for this one: it is seeded from (seed, step), so that run goes on
+    reproducibly but not bit-identically."""
+    if state is None:
+        torch.manual_seed(seed)
+        return
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda":
+        if "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], device)
+        else:
+            torch.cuda.manual_seed(seed * 1_000_003 + step)
+
+
+def _first_snapshot(s: _Session, progress: ProgressFn) -> None:
+    """Measure the untouched generator (step 0); refuse to start one that is already collapsed."""
+    rec0 = s.measure(0, [])
+    if s.collapsed(rec0):
+        for p in (s.outdir / "metrics.jsonl", grid_path(s.outdir, 0), s.outdir / "run.json"):
+            p.unlink(missing_ok=True)  # nothing was fine-tuned: leave no half-started run behind
+        raise GazeError(
+            f"the starting generator's diversity ({rec0['diversity']:.4f}) is already below "
+            f"--max-collapse {s.cfg.max_collapse}"
+        )
+    report(progress, 0, s.cfg.steps, critic_fake=rec0["critic_fake"], diversity=rec0["diversity"])
+
+
+def _finetune(s: _Session, step: int, progress: ProgressFn, log_every: int) -> Optional[int]:
+    """Fine-tune from `step` to cfg.steps, measuring and snapshotting every snapshot_every steps; the loss is
+    read back from the device only at snapshots and every `log_every` steps. Returns the collapse step or None."""
+    cfg = s.cfg
+    losses: list[torch.Tensor] = []
+    while step < cfg.steps:
+        step += 1
+        losses.append(finetune_step(s.G, s.critic, s.opt, cfg.batch))
+        if step % cfg.snapshot_every == 0 or step == cfg.steps:
+            rec = s.measure(step, losses)
+            losses = []
+            save_snapshot(snapshot_path(s.outdir, step), s.G, s.opt, step, s.run)
+            report(
+                progress, step, cfg.steps, loss=rec["loss"], critic_fake=rec["critic_fake"], diversity=rec["diversity"]
+            )
+            if s.collapsed(rec):
+                return step
+        elif step % log_every == 0:
+            report(progress, step, cfg.steps, loss=float(losses[-1]))
+        else:
+            report(progress, step, cfg.steps)
+    return None
+
+
 def run_uncanny(
     network: str | os.PathLike,
     outdir: str | os.PathLike,
@@ -478,119 +637,37 @@ def run_uncanny(
     resume: bool = False,
     progress: ProgressFn = None,
     lpips: Optional[nn.Module] = None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    log_every: int = 10,
 ) -> UncannyResult:
-    """Fine-tune the generator of `network` against its frozen critic, measuring and snapshotting as it goes.
+    """Fine-tune the generator of `network` against its frozen critic on `device`, measuring and snapshotting as
+    it goes (LPIPS under autocast at `precision`; G and the critic in fp32).
 
     `lpips` may be given (a loaded LPIPS module) to save loading it; by default zoo.load_lpips(cfg.lpips_net)."""
-    from machinegaze import checkpoints, zoo
-    from machinegaze.data import atomic_write_bytes, make_grid, save_image, sha256_file
-
-    t_start = time.perf_counter()
+    device = torch.device(device)
     outdir = Path(outdir)
-    network = Path(network)
-    snaps = list_snapshots(outdir)
-    if not resume and (snaps or (outdir / "metrics.jsonl").exists()):
-        raise GazeError(
-            f"{outdir} already holds an uncanny run; pass --resume to continue it, or choose another --outdir"
-        )
-    nets = checkpoints.load_networks(network)
-    critic = freeze(build_critic(cfg.critic, nets.D))
-    critic_before = fingerprint(critic)
-    G0 = freeze(copy.deepcopy(start_generator(nets, cfg.start_from)).float())
-    _check_pair(G0, critic)
-    _check_batches(critic, cfg.batch, len(cfg.eval_seeds))
-    theta0 = {k: v.detach().clone() for k, v in G0.named_parameters()}
-    G = copy.deepcopy(G0).train().requires_grad_(True)
-    opt = make_optimizer(G, cfg)
-    lpips = lpips if lpips is not None else zoo.load_lpips(cfg.lpips_net)
-    freeze(lpips)
-    z_eval, c_eval = eval_inputs(G, cfg.eval_seeds)
-    run = {"network": str(network), "network_sha256": sha256_file(network), "config": cfg.record()}
-
-    # ---- fresh start or resume (with --resume and no snapshot yet: a fresh start)
-    records, start_step, rng_state = _resume(outdir, snaps, G, opt, run) if resume and snaps else ([], 0, None)
-    resumed_from = start_step if records else None
-    outdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(outdir / "run.json", json.dumps(run, indent=2).encode())
-
-    def snapshot(step: int, losses: list[float]) -> dict:
-        """Measure the 16 evaluation faces, write their grid, append the metrics record (weights saved by caller)."""
-        was_training = G.training
-        G.eval()
-        images = render(G, z_eval, c_eval, cfg.eval_trunc, cfg.batch)
-        G.train(was_training)
-        logits = critic_logits(critic, images, c_eval, cfg.batch)
-        rec = {
-            "step": step,
-            "critic_fake": float(torch.sigmoid(-logits.double()).mean()),
-            "critic_logit": float(logits.double().mean()),
-            "diversity": mean_pairwise_lpips(lpips, images),
-            **face_colour(images, cfg.face_crop),
-            "param_distance": param_distance(G, theta0),
-            "loss": float(np.mean(losses)) if losses else None,
-        }
-        d0 = records[0]["diversity"] if records else rec["diversity"]
-        rec["uncanniness"] = uncanniness(rec["critic_fake"], rec["diversity"], d0)
-        rec["seconds"] = round(time.perf_counter() - t_start, 3)
-        save_image(make_grid(images.clamp(-1, 1), ncols=min(GRID_COLS, images.shape[0])), grid_path(outdir, step))
-        records.append(rec)
-        _write_jsonl(outdir / "metrics.jsonl", records)
-        return rec
-
-    def collapsed(rec: dict) -> bool:
-        return cfg.max_collapse is not None and rec["diversity"] < cfg.max_collapse
-
-    collapse_step = None
-    if resumed_from is not None and collapsed(records[-1]):
-        collapse_step = records[-1]["step"]
-    step = start_step
-    with torch.random.fork_rng(devices=[]):
-        if rng_state is None:
-            torch.manual_seed(cfg.seed)
-        else:
-            torch.set_rng_state(rng_state)
+    s, start_step, rng_state = _open_session(Path(network), outdir, cfg, resume, lpips, device, precision)
+    critic_before = fingerprint(s.critic)
+    resumed_from = start_step if s.records else None
+    collapse_step = s.records[-1]["step"] if resumed_from is not None and s.collapsed(s.records[-1]) else None
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        _seed_rng(device, cfg.seed, rng_state, start_step)
         if start_step == 0:
-            rec0 = snapshot(0, [])
-            if cfg.max_collapse is not None and rec0["diversity"] < cfg.max_collapse:
-                for p in (outdir / "metrics.jsonl", grid_path(outdir, 0), outdir / "run.json"):
-                    p.unlink(missing_ok=True)  # nothing was fine-tuned: leave no half-started run behind
-                raise GazeError(
-                    f"the starting generator's diversity ({rec0['diversity']:.4f}) is already below "
-                    f"--max-collapse {cfg.max_collapse}"
-                )
-            report(progress, 0, cfg.steps, critic_fake=rec0["critic_fake"], diversity=rec0["diversity"])
-        losses: list[float] = []
-        while collapse_step is None and step < cfg.steps:
-            step += 1
-            losses.append(finetune_step(G, critic, opt, cfg.batch))
-            if step % cfg.snapshot_every == 0 or step == cfg.steps:
-                rec = snapshot(step, losses)
-                losses = []
-                save_snapshot(snapshot_path(outdir, step), G, opt, step, run)
-                if collapsed(rec):
-                    collapse_step = step
-                report(
-                    progress,
-                    step,
-                    cfg.steps,
-                    loss=rec["loss"],
-                    critic_fake=rec["critic_fake"],
-                    diversity=rec["diversity"],
-                )
-            else:
-                report(progress, step, cfg.steps, loss=losses[-1])
-    if not same_state(critic, critic_before):
+            _first_snapshot(s, progress)
+        if collapse_step is None:
+            collapse_step = _finetune(s, start_step, progress, max(1, int(log_every)))
+    if not same_state(s.critic, critic_before):
         raise RuntimeError("internal error: the frozen critic changed during fine-tuning")
-
-    files = finalise(outdir, cfg, records, collapse_step)
+    files = finalise(outdir, cfg, s.records, collapse_step)
     return UncannyResult(
         outdir=outdir,
-        steps_done=records[-1]["step"],
-        metrics=records,
+        steps_done=s.records[-1]["step"],
+        metrics=s.records,
         collapse_step=collapse_step,
-        peak_step=find_peak(records),
+        peak_step=find_peak(s.records),
         resumed_from=resumed_from,
-        seconds=time.perf_counter() - t_start,
+        seconds=time.perf_counter() - s.t_start,
         files=files,
     )
 

@@ -216,7 +216,7 @@ def test_projection_breed_and_uncanny_step(ros):
     before = U.fingerprint(critic)
     opt = U.make_optimizer(G2, U.UncannyConfig())
     torch.manual_seed(0)
-    assert np.isfinite(U.finetune_step(G2, critic, opt, 4)) and U.same_state(critic, before)
+    assert torch.isfinite(U.finetune_step(G2, critic, opt, 4)) and U.same_state(critic, before)
 
 
 # ================================================================ hostile and damaged files

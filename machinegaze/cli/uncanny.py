@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from machinegaze.cli._common import parse_float, progress_bar, set_threads
+from machinegaze.cli._options import DeviceOpt, PrecisionOpt, resolve
 
 
 def uncanny_cmd(
@@ -32,11 +33,14 @@ def uncanny_cmd(
     seed: int = typer.Option(0, "--seed", help="seed of the training z and noise"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --outdir from its last snapshot"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads"),
+    device: Optional[str] = DeviceOpt,
+    precision: str = PrecisionOpt,
 ):
     """Fine-tune the generator against its frozen critic until its faces turn uncanny, then collapse."""
     from machinegaze import zoo
     from machinegaze.uncanny import UncannyConfig, run_uncanny
 
+    dev, prec = resolve(device, precision)
     set_threads(threads)
     cfg = UncannyConfig(
         steps=steps,
@@ -51,7 +55,7 @@ def uncanny_cmd(
     )
     path = zoo.resolve_network(network)
     with progress_bar("uncanny") as cb:
-        res = run_uncanny(path, outdir, cfg, resume=resume, progress=cb)
+        res = run_uncanny(path, outdir, cfg, resume=resume, progress=cb, device=dev, precision=prec)
     first, last = res.metrics[0], res.metrics[-1]
     if res.resumed_from is not None:
         print(f"resumed from step {res.resumed_from}")

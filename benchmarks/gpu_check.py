@@ -130,7 +130,7 @@ def _throughput(G, synth_fn, dev, batches, warmup, reps) -> list[dict]:
             reset_peak(dev)
             try:
                 with torch.no_grad():
-                    s = timed(lambda: synth_fn(ws, prec), dev, warmup, reps)
+                    s = timed(lambda ws=ws, prec=prec: synth_fn(ws, prec), dev, warmup, reps)
                 rows.append({"batch": b, "precision": prec, "img_per_s": round(b / s, 2), "peak_mb": peak_mb(dev)})
             except torch.cuda.OutOfMemoryError as e:  # a card too small for batch 32 at 1024 px: say so
                 rows.append({"batch": b, "precision": prec, "error": f"out of memory: {str(e)[:120]}"})

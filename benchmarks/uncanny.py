@@ -80,12 +80,12 @@ def run_case(case: str, batch: int, threads: int, reps: int) -> dict:
 
     fwd = []
     with torch.inference_mode():
-        for i in range(reps + 1):
+        for _ in range(reps + 1):
             t = time.perf_counter()
             critic(G(z, noise_mode="random"))
             fwd.append(time.perf_counter() - t)
     steps, cpu = [], []
-    for i in range(reps + 2):
+    for _ in range(reps + 2):
         t, c = time.perf_counter(), time.process_time()
         U.finetune_step(G, critic, opt, batch)
         steps.append(time.perf_counter() - t)

@@ -676,7 +676,7 @@ def load_safetensors_networks(path: str | os.PathLike, roles: Optional[tuple[str
             continue
         net = _build_network(spec["class"], spec["init_kwargs"], on_meta=True)
         pre = role + "."
-        tensors = read_safetensors_tensors(path, lambda k: k.startswith(pre), float32=True)
+        tensors = read_safetensors_tensors(path, lambda k, pre=pre: k.startswith(pre), float32=True)
         load_state_strict(net, {k[len(pre) :]: v for k, v in tensors.items()}, f"{path.name}:{role}", assign=True)
         setattr(out, role, net.eval().requires_grad_(False))
         del tensors

@@ -315,7 +315,7 @@ def test_random_crops_keep_native_pixels():
     c = _random_crops(x, 5, g)
     assert c.shape == (2, 5, 5, 3)
     for i in range(2):  # each crop is a contiguous window of its own image, pixels unresampled
-        hits = [(t, l) for t in range(4) for l in range(4) if np.array_equal(x[i, t : t + 5, l : l + 5], c[i])]
+        hits = [(t, s) for t in range(4) for s in range(4) if np.array_equal(x[i, t : t + 5, s : s + 5], c[i])]
         assert len(hits) == 1
     assert _random_crops(x, 8, g) is x
     with pytest.raises(GazeError, match="crop"):

@@ -277,7 +277,7 @@ def test_queue_full_429_cancel_and_crash(client):
     t0 = time.monotonic()
     while client.get(f"/api/jobs/{running.id}").json()["status"] != "running" and time.monotonic() - t0 < 10:
         time.sleep(0.05)
-    waiting = [lab.jobs.submit("test-wait", lambda progress: {"n": n}) for n in range(2)]  # queue=2
+    waiting = [lab.jobs.submit("test-wait", lambda progress, n=n: {"n": n}) for n in range(2)]  # queue=2
     r = client.post("/api/uncanny", json={"steps": 1})
     assert r.status_code == 429 and r.headers["retry-after"] and "full" in r.json()["detail"]
     r = client.post("/api/dream", data={"from_noise": "true", "net": "efficientnet"})
@@ -334,7 +334,7 @@ def test_dream_and_uncanny_jobs(client, tmp_path):
     nets = {n["name"]: n for n in client.get("/api/dream/nets").json()}
     assert nets["discriminator"]["available"]
     facts = client.get("/api/dream/nets/discriminator").json()
-    assert facts["default_layer"] in [l["name"] for l in facts["layers"]]
+    assert facts["default_layer"] in [layer["name"] for layer in facts["layers"]]
     bad = client.post("/api/dream", data={"from_noise": "true", "net": "resnet"})
     assert bad.status_code == 422
     src = client.post("/api/generate", json={"seed": 2}).headers["x-item-id"]
@@ -433,8 +433,9 @@ def test_fuzz_openapi_no_server_errors(network, tiny_detector, tmp_path):
     app = create_app(ServeConfig(network=str(network), detector=str(tiny_detector), data_dir=tmp_path, queue=4))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     seen = {}
-    for result in schema.get_all_operations():
-        op = result.ok()
+
+    def checker(op):
+        key = f"{op.method.upper()} {op.path}"
 
         @settings(
             max_examples=6, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
@@ -442,9 +443,12 @@ def test_fuzz_openapi_no_server_errors(network, tiny_detector, tmp_path):
         @given(case=op.as_strategy())
         def check(case):
             r = case.call()
-            seen[f"{op.method.upper()} {op.path}"] = seen.get(f"{op.method.upper()} {op.path}", 0) + 1
+            seen[key] = seen.get(key, 0) + 1
             ok = r.status_code < 500 or (r.status_code == 503 and "not available" in r.text)
             assert ok, f"{case.method} {case.formatted_path}: {r.status_code} {r.text[:300]}"
 
-        check()
+        return check
+
+    for result in schema.get_all_operations():
+        checker(result.ok())()
     assert len(seen) >= 15 and "POST /api/detect" in seen and "POST /api/mix" in seen

@@ -187,7 +187,7 @@ def fit(
         param_groups = [pg for pg in param_groups if pg["params"]]
         opt = torch.optim.AdamW(param_groups, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
         sched = _one_cycle(opt, [pg["lr"] for pg in param_groups], n_epochs * steps_per_epoch, pct, div)
-        for epoch in range(n_epochs):
+        for _ in range(n_epochs):
             model.train()
             if phase == "frozen":
                 model.body.eval()  # frozen BatchNorm statistics as well as weights

@@ -105,7 +105,7 @@ def discriminator_net(D: nn.Module, name: str = "discriminator") -> DreamNet:
             x = F.interpolate(
                 x, size=(res, res), mode="bilinear", align_corners=False, antialias=min(x.shape[-2:]) > res
             )
-        c = torch.zeros(x.shape[0], c_dim) if c_dim else None
+        c = torch.zeros(x.shape[0], c_dim, device=x.device) if c_dim else None
         return D(x, c)
 
     blocks = [n for n, _ in D.named_children() if n.startswith("b") and n[1:].isdigit()]
@@ -152,20 +152,35 @@ NETS: dict[str, tuple[str, Callable[..., DreamNet]]] = {
 }
 
 
-def load_net(net: str | nn.Module | DreamNet, network: Optional[str] = None) -> DreamNet:
-    """A DreamNet by name (NETS), or any module taking [-1, 1] images. `network` is the StyleGAN2 file/name
-    for the discriminator."""
+def load_net(
+    net: str | nn.Module | DreamNet, network: Optional[str] = None, device: torch.device | str | None = None
+) -> DreamNet:
+    """A DreamNet by name (NETS), or any module taking [-1, 1] images, moved to `device` when one is given
+    (dreaming runs where the net is). `network` is the StyleGAN2 file/name for the discriminator."""
     if isinstance(net, DreamNet):
-        return net
-    if isinstance(net, nn.Module):
-        return DreamNet.wrap(net)
-    if net not in NETS:
+        dnet = net
+    elif isinstance(net, nn.Module):
+        dnet = DreamNet.wrap(net)
+    elif net not in NETS:
         raise GazeError(f"unknown network {net!r} (choose from: {', '.join(NETS)})")
-    if net == "discriminator":
-        return _discriminator(network)
-    if network is not None:
+    elif net == "discriminator":
+        dnet = _discriminator(network)
+    elif network is not None:
         raise GazeError(f"--network only applies to --net discriminator (got --net {net})")
-    return NETS[net][1]()
+    else:
+        dnet = NETS[net][1]()
+    if device is not None:
+        dnet.module.to(device)
+    return dnet
+
+
+def net_device(dnet: DreamNet) -> torch.device:
+    """Where the dream net's weights live (the CPU for a net without any)."""
+    for t in dnet.module.parameters():
+        return t.device
+    for t in dnet.module.buffers():
+        return t.device
+    return torch.device("cpu")
 
 
 # ================================================================ objectives
@@ -410,7 +425,8 @@ def _int(s: str, what: str) -> int:
 def layer_strides(dnet: DreamNet, layers: Sequence[str], probe: int = 256) -> dict[str, Optional[int]]:
     """Spatial stride of each layer's output relative to the input (None for non-spatial outputs)."""
     with torch.no_grad():
-        acts = FeatureExtractor(dnet.module, list(layers), forward=dnet)(torch.zeros(1, 3, probe, probe))
+        probe_img = torch.zeros(1, 3, probe, probe, device=net_device(dnet))
+        acts = FeatureExtractor(dnet.module, list(layers), forward=dnet)(probe_img)
     out: dict[str, Optional[int]] = {}
     for name, a in acts.items():
         if a.ndim == 4 and a.shape[-1] > 0:
@@ -451,47 +467,56 @@ def objective_gradient(
     margin: int = 64,
     generator: Optional[torch.Generator] = None,
     strides: Optional[dict[str, Optional[int]]] = None,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, float]:
     """d objective / d x and the objective's value.
 
     With tile > 0 and an image larger than one tile, the image is cut into tiles (grid origin shifted at
-    random, aligned to the largest layer stride); each tile is run with `margin` pixels of context on every
-    side, only the activations over its core count (weighted by the core's share of the image), and the
-    gradients are added up. For objectives that are means over
-    positions and a network whose receptive field fits in the margin, this equals the untiled gradient.
-    Memory is bounded by the crop size, about (tile + 2 * margin)^2 pixels."""
+    random by the host `generator`, aligned to the largest layer stride); each tile is run with `margin`
+    pixels of context on every side, only the activations over its core count (weighted by the core's share
+    of the image), and the gradients are added up. For objectives that are means over positions and a network
+    whose receptive field fits in the margin, this equals the untiled gradient. Memory is bounded by the crop
+    size, about (tile + 2 * margin)^2 pixels. The forward passes run under autocast at `precision`."""
+    grad, value = _gradient(dnet, objective, x, tile, margin, generator, strides, precision)
+    return grad, float(value)
+
+
+def _gradient(dnet, objective, x, tile, margin, generator, strides, precision) -> tuple[torch.Tensor, torch.Tensor]:
+    """objective_gradient with the value left on the device (a float64 0-d tensor, float32 on MPS)."""
+    from machinegaze.device import accumulate_dtype, autocast
+
     layers = list(objective.layers())
     fx = FeatureExtractor(dnet.module, layers, forward=dnet)
+    acc = accumulate_dtype(x.device)
     h, w = x.shape[-2:]
     if tile <= 0 or (h <= tile and w <= tile) or dnet.fixed_size:
         xg = x.detach().contiguous(memory_format=_layout(x)).requires_grad_(True)
-        loss = objective(fx(xg))
+        with autocast(x.device, precision):
+            loss = objective(fx(xg)).float()
         (g,) = torch.autograd.grad(loss, xg)
-        return g.contiguous(), float(loss.detach())
+        return g.contiguous(), loss.detach().to(acc)
 
     strides = strides if strides is not None else layer_strides(dnet, layers)
     align = max([s for s in strides.values() if s] + [1])
     tile = max(align, tile // align * align)
     margin = math.ceil(margin / align) * align
-    gen = generator
-    oy = int(torch.randint(0, tile // align, (1,), generator=gen)) * align
-    ox = int(torch.randint(0, tile // align, (1,), generator=gen)) * align
+    oy = int(torch.randint(0, tile // align, (1,), generator=generator)) * align
+    ox = int(torch.randint(0, tile // align, (1,), generator=generator)) * align
     grad = torch.zeros_like(x)
-    value = 0.0
+    value = torch.zeros((), dtype=acc, device=x.device)
     size = tile + 2 * margin
     for y0, y1 in _spans(h, tile, oy):
         for x0, x1 in _spans(w, tile, ox):
             (cy0, cy1), (cx0, cx1) = _context(y0, y1, h, margin, size, align), _context(x0, x1, w, margin, size, align)
             xg = x[:, :, cy0:cy1, cx0:cx1].detach().contiguous(memory_format=_layout(x)).requires_grad_(True)
-            acts = fx(xg)
-            core = (y0, y1, x0, x1)
-            crop = (cy0, cy1, cx0, cx1)
-            acts = {k: _crop_act(a, strides.get(k), core, crop) for k, a in acts.items()}
+            core, crop = (y0, y1, x0, x1), (cy0, cy1, cx0, cx1)
             share = (y1 - y0) * (x1 - x0) / (h * w)
-            loss = objective(acts) * share
+            with autocast(x.device, precision):
+                acts = {k: _crop_act(a, strides.get(k), core, crop) for k, a in fx(xg).items()}
+                loss = objective(acts).float() * share
             (g,) = torch.autograd.grad(loss, xg)
             grad[:, :, cy0:cy1, cx0:cx1] += g
-            value += float(loss.detach())
+            value = value + loss.detach().to(acc)
     return grad, value
 
 
@@ -601,6 +626,36 @@ def build_objective(cfg: DreamConfig, dnet: DreamNet, guide: Optional[torch.Tens
     return LayerObjective(_check_layer(dnet, dnet.default_layer))
 
 
+class _Values:
+    """Objective values kept on the device and read back to the host only every `every` steps (and at the end),
+    so the dreaming loops never wait for the device in between."""
+
+    def __init__(self, every: int = 10):
+        self.pending: list[torch.Tensor] = []
+        self.done: list[float] = []
+        self.every = max(1, int(every))
+
+    def add(self, value: torch.Tensor) -> Optional[float]:
+        """Record one value; returns the latest value as a float when it is time to log, else None."""
+        self.pending.append(value.detach())
+        if len(self.pending) < self.every:
+            return None
+        return self.flush()[-1]
+
+    def flush(self) -> list[float]:
+        if self.pending:
+            self.done += torch.stack(self.pending).double().tolist()
+            self.pending = []
+        return self.done
+
+
+def _report_value(progress: ProgressFn, step: int, total: int, latest: Optional[float], **info) -> None:
+    if latest is None:
+        report(progress, step, total, **info)
+    else:
+        report(progress, step, total, objective=latest, **info)
+
+
 def deepdream(
     image: torch.Tensor,
     dnet: DreamNet,
@@ -610,8 +665,13 @@ def deepdream(
     progress: ProgressFn = None,
     step_offset: int = 0,
     total: Optional[int] = None,
+    precision: str = "fp32",
 ) -> DreamResult:
-    """Classic multi-octave DeepDream of `image` ([1, 3, H, W] in [-1, 1])."""
+    """Classic multi-octave DeepDream of `image` ([1, 3, H, W] in [-1, 1]) on the dream net's device.
+
+    `generator` (a CPU generator; default seeded with cfg.seed) draws the jitter and tile offsets: they are
+    host integers that choose where to roll and cut, so drawing them needs no device round trip, and a seed
+    rolls the same way on every device. The objective is read back every 10 steps (progress) and at the end."""
     cfg.check()
     if image.ndim != 4 or image.shape[:2] != (1, 3):
         raise GazeError(f"expected one RGB image [1, 3, H, W], got {tuple(image.shape)}")
@@ -622,9 +682,9 @@ def deepdream(
     sizes = octave_sizes(h, w, cfg.octaves, cfg.octave_scale, dnet.min_size)
     total = total or len(sizes) * cfg.steps
     strides = layer_strides(dnet, objective.layers()) if cfg.tile and not dnet.fixed_size else None
-    base = image.detach().float()
-    detail = torch.zeros(1, 3, *sizes[-1])
-    history: list[float] = []
+    base = image.detach().float().to(net_device(dnet))
+    detail = torch.zeros(1, 3, *sizes[-1], device=base.device)
+    values = _Values()
     x = base
     step = step_offset
     for octave, size in enumerate(reversed(sizes)):
@@ -637,14 +697,15 @@ def deepdream(
                 else (0, 0)
             )
             rolled = torch.roll(x, (dy, dx), (2, 3))
-            g, value = objective_gradient(dnet, objective, rolled, cfg.tile, cfg.margin, gen, strides)
+            g, value = _gradient(dnet, objective, rolled, cfg.tile, cfg.margin, gen, strides, precision)
             g = gaussian_blur(torch.roll(g, (-dy, -dx), (2, 3)), cfg.smooth)
-            x = x.add_(g, alpha=cfg.step_size / (float(g.abs().mean()) + 1e-8)).clamp_(-1, 1)  # normalised step
-            history.append(value)
+            # normalised step: step_size / mean |g|, computed in float64 like a host scalar, without leaving the device
+            scale = cfg.step_size / (g.abs().mean().to(value.dtype) + 1e-8)
+            x = x.add_(g * scale.to(g.dtype)).clamp_(-1, 1)
             step += 1
-            report(progress, step, total, octave=octave + 1, objective=value)
+            _report_value(progress, step, total, values.add(value), octave=octave + 1)
         detail = x - small
-    return DreamResult(image=x, history=history, objective=repr(objective))
+    return DreamResult(image=x, history=values.flush(), objective=repr(objective))
 
 
 # ================================================================ from noise: Fourier-parameterised image
@@ -663,12 +724,13 @@ class FourierImage(nn.Module):
     ):
         super().__init__()
         self.h, self.w = h, w
-        fy = torch.fft.fftfreq(h).view(-1, 1)
-        fx = torch.fft.rfftfreq(w).view(1, -1)
+        dev = generator.device if generator is not None else None  # made where its random draws are
+        fy = torch.fft.fftfreq(h, device=dev).view(-1, 1)
+        fx = torch.fft.rfftfreq(w, device=dev).view(1, -1)
         freq = torch.sqrt(fx**2 + fy**2)
         self.register_buffer("scale", 1.0 / freq.clamp(min=1.0 / max(h, w)) ** decay, persistent=False)
-        self.spectrum = nn.Parameter(torch.randn(1, 3, h, w // 2 + 1, 2, generator=generator) * sd)
-        color = torch.tensor(_COLOR_SQRT)
+        self.spectrum = nn.Parameter(torch.randn(1, 3, h, w // 2 + 1, 2, generator=generator, device=dev) * sd)
+        color = torch.tensor(_COLOR_SQRT, device=dev)
         color = color / color.norm(dim=0).max()
         self.register_buffer("color", color, persistent=False)
 
@@ -687,20 +749,22 @@ def random_transform(
     scale: float = 0.2,
     degrees: float = 15.0,
 ) -> torch.Tensor:
-    """Pad, then one random affine warp (shift up to `jitter` px, scale 1 +- `scale`, rotation +- `degrees`)."""
+    """Pad, then one random affine warp (shift up to `jitter` px, scale 1 +- `scale`, rotation +- `degrees`).
+    The four random numbers are drawn by `generator` on its device (x's) and the warp is built there, in
+    float64 where the device has it: no host round trip."""
+    from machinegaze.device import accumulate_dtype
+
     n, _, h, w = x.shape
     if pad:
         x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    r = torch.rand(4, generator=generator) * 2 - 1
-    s = 1.0 + scale * float(r[0])
-    a = math.radians(degrees * float(r[1]))
     hh, ww = x.shape[-2:]
-    tx, ty = jitter * float(r[2]) * 2 / ww, jitter * float(r[3]) * 2 / hh
-    theta = (
-        torch.tensor([[math.cos(a) / s, -math.sin(a) / s, tx], [math.sin(a) / s, math.cos(a) / s, ty]], dtype=x.dtype)
-        .unsqueeze(0)
-        .expand(n, 2, 3)
-    )
+    r = (torch.rand(4, generator=generator, device=generator.device) * 2 - 1).to(accumulate_dtype(x.device))
+    s = 1.0 + scale * r[0]
+    a = degrees * r[1] * (math.pi / 180.0)
+    cos, sin = torch.cos(a) / s, torch.sin(a) / s
+    tx, ty = jitter * r[2] * 2 / ww, jitter * r[3] * 2 / hh
+    theta = torch.stack([torch.stack([cos, -sin, tx]), torch.stack([sin, cos, ty])])
+    theta = theta.to(device=x.device, dtype=x.dtype).unsqueeze(0).expand(n, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
@@ -711,24 +775,31 @@ def visualize(
     cfg: DreamConfig = DreamConfig(from_noise=True),
     generator: Optional[torch.Generator] = None,
     progress: ProgressFn = None,
+    precision: str = "fp32",
 ) -> DreamResult:
-    """Feature visualisation from noise: maximise `objective` over a Fourier-parameterised image."""
+    """Feature visualisation from noise: maximise `objective` over a Fourier-parameterised image, on the dream
+    net's device (`generator` on that device; default seeded with cfg.seed). The network runs under autocast
+    at `precision`; the objective is read back every 10 steps (progress) and at the end."""
+    from machinegaze.device import autocast
+
     cfg.check()
-    gen = generator or torch.Generator().manual_seed(cfg.seed)
-    img = FourierImage(cfg.noise_size, cfg.noise_size, generator=gen)
+    dev = net_device(dnet)
+    gen = generator or torch.Generator(device=dev).manual_seed(cfg.seed)
+    img = FourierImage(cfg.noise_size, cfg.noise_size, generator=gen).to(dev)
     opt = torch.optim.Adam(img.parameters(), lr=cfg.noise_lr)
     fx = FeatureExtractor(dnet.module, list(objective.layers()), forward=dnet)
-    history: list[float] = []
+    values = _Values()
     for step in range(cfg.noise_steps):
         opt.zero_grad(set_to_none=True)
-        loss = objective(fx(random_transform(img(), gen)))
+        x = random_transform(img(), gen)
+        with autocast(dev, precision):
+            loss = objective(fx(x)).float()
         (-loss).backward()
         opt.step()
-        history.append(float(loss.detach()))
-        report(progress, step + 1, cfg.noise_steps, objective=history[-1])
+        _report_value(progress, step + 1, cfg.noise_steps, values.add(loss))
     with torch.no_grad():
         final = img()
-    return DreamResult(image=final, history=history, objective=repr(objective))
+    return DreamResult(image=final, history=values.flush(), objective=repr(objective))
 
 
 # ================================================================ zoom video
@@ -741,7 +812,12 @@ def zoom_in(x: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def dream_zoom(
-    image: torch.Tensor, dnet: DreamNet, objective: Objective, cfg: DreamConfig, progress: ProgressFn = None
+    image: torch.Tensor,
+    dnet: DreamNet,
+    objective: Objective,
+    cfg: DreamConfig,
+    progress: ProgressFn = None,
+    precision: str = "fp32",
 ) -> DreamResult:
     """Feedback zoom: dream, zoom in by cfg.zoom, dream again ... `cfg.zoom_frames` frames."""
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -750,7 +826,9 @@ def dream_zoom(
     frames, history = [], []
     x = image
     for i in range(cfg.zoom_frames):
-        r = deepdream(x, dnet, objective, cfg, gen, progress, step_offset=i * n_oct * cfg.steps, total=total)
+        r = deepdream(
+            x, dnet, objective, cfg, gen, progress, step_offset=i * n_oct * cfg.steps, total=total, precision=precision
+        )
         frames.append(r.image)
         history += r.history
         x = zoom_in(r.image, cfg.zoom)
@@ -808,8 +886,11 @@ def run(
     net: str | nn.Module | DreamNet | None = None,
     network: Optional[str] = None,
     progress: ProgressFn = None,
+    device: torch.device | str | None = None,
+    precision: str = "fp32",
 ) -> DreamResult:
-    """Load inputs, dream (photo, noise, or zoom video) and write `out`. Returns the result."""
+    """Load inputs, dream (photo, noise, or zoom video) on `device` (default: where the net is; the CPU for
+    named nets) at `precision` (autocast for the dream net), and write `out`. Returns the result (on the host)."""
     from machinegaze.data import save_image
 
     cfg.check()
@@ -821,22 +902,26 @@ def run(
         raise GazeError(f"--out must be a .png, .jpg or .webp image (got {out.name})")
     if image is None and not cfg.from_noise:
         raise GazeError("give an image to dream on, or --from-noise")
-    dnet = load_net(net if net is not None else cfg.net, network)
+    dnet = load_net(net if net is not None else cfg.net, network, device)
+    dev = net_device(dnet)
     g = None
     if guide is not None:
         g = guide if isinstance(guide, torch.Tensor) else load_photo(guide, max(dnet.probe_size, 224))
+        g = g.to(dev)
     objective = build_objective(cfg, dnet, g)
     if cfg.from_noise:
-        result = visualize(dnet, objective, cfg, progress=progress)
+        result = visualize(dnet, objective, cfg, progress=progress, precision=precision)
         if video:
-            result = dream_zoom(result.image, dnet, objective, cfg, progress)
+            result = dream_zoom(result.image, dnet, objective, cfg, progress, precision)
     else:
         x = image if isinstance(image, torch.Tensor) else load_photo(image, cfg.size)
         result = (
-            dream_zoom(x, dnet, objective, cfg, progress)
+            dream_zoom(x, dnet, objective, cfg, progress, precision)
             if video
-            else deepdream(x, dnet, objective, cfg, progress=progress)
+            else deepdream(x, dnet, objective, cfg, progress=progress, precision=precision)
         )
+    result.image = result.image.detach().cpu()
+    result.frames = [f.detach().cpu() for f in result.frames]
     if video:
         save_video(result.frames, out, cfg.fps)
     else:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from machinegaze.cli._common import parse_float, progress_bar
+from machinegaze.cli._options import DeviceOpt, PrecisionOpt, resolve
 
 
 def dream(
@@ -38,10 +39,13 @@ def dream(
     fps: int = typer.Option(12, "--fps"),
     list_layers: bool = typer.Option(False, "--list-layers", help="Print the network's layers and shapes"),
     list_classes: bool = typer.Option(False, "--list-classes", help="Print the class names"),
+    device: Optional[str] = DeviceOpt,
+    precision: str = PrecisionOpt,
 ):
     """DeepDream a photo (or visualise a layer/class from noise, or make a zoom video)."""
     from machinegaze import dream as dm
 
+    dev, prec = resolve(device, precision)
     if list_layers or list_classes:
         dnet = dm.load_net(net, network)
         if list_classes:
@@ -85,7 +89,7 @@ def dream(
         fps=fps,
     )
     with progress_bar("dream") as cb:
-        result = dm.run(cfg, image, out, guide=guide, network=network, progress=cb)
+        result = dm.run(cfg, image, out, guide=guide, network=network, progress=cb, device=dev, precision=prec)
     what = f"{len(result.frames)} frames" if result.frames else f"{result.image.shape[-1]}x{result.image.shape[-2]}"
     print(
         f"wrote {out} ({what}; objective {result.objective}: {result.history[0]:.4g} -> {result.history[-1]:.4g})"

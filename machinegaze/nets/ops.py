@@ -17,7 +17,6 @@ import math
 from collections.abc import Sequence
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -294,8 +293,3 @@ class EqualConv2d(nn.Module):
         b = None if self.bias is None else self.bias.to(x.dtype)
         clamp = None if self.conv_clamp is None else self.conv_clamp * gain
         return bias_act(x, b, self.activation, ACT_GAIN[self.activation] * gain, clamp)
-
-
-def as_filter_list(f) -> list[float]:
-    """Filter taps as plain floats (for configs)."""
-    return [float(v) for v in np.asarray(f, dtype=np.float64).ravel()]

@@ -493,8 +493,8 @@ def project(
 
     `c`: one-hot label [1, c_dim] for conditional networks (used for the w statistics and candidates).
     `monitor(step, ws, wall_s, cpu_s)` is called after every step with the current ws [1, num_ws, w_dim]; the
-    time it takes is not counted (benchmarks use it to score the curve). Progress (with the current LPIPS) is
-    reported every `log_every` steps: only then does the loop read values back from the device. G is left as
+    time it takes is not counted (benchmarks use it to score the curve). Progress is reported every step, with
+    the current LPIPS every `log_every` steps: only then does the loop read values back from the device. G is left as
     it was. The returned tensors are on the host.
     """
     r = recipe
@@ -523,6 +523,8 @@ def project(
             trace.record(step, cur, loss, d, (wall, cpu, lr))
             if (step + 1) % trace.every == 0 or step + 1 == r.steps:
                 report(progress, step + 1, r.steps, lpips=trace.flush(step + 1))
+            else:
+                report(progress, step + 1, r.steps)  # no value: nothing to wait for
             if monitor is not None:
                 with clock.excluded(), swapped_noise(G, own_noise):  # scored as the output will be
                     monitor(step + 1, cur.clone(), wall, cpu)

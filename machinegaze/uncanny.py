@@ -554,7 +554,9 @@ def _open_session(
     _check_pair(G0, critic)
     _check_batches(critic, cfg.batch, len(cfg.eval_seeds))
     G = copy.deepcopy(G0).train().requires_grad_(True)
-    lpips = freeze(lpips if lpips is not None else zoo.load_lpips(cfg.lpips_net)).to(device)
+    lpips = freeze(lpips if lpips is not None else zoo.load_lpips(cfg.lpips_net, device=device))
+    if next(lpips.parameters()).device != device:  # a caller's shared module is copied, not moved
+        lpips = copy.deepcopy(lpips).to(device)
     z_eval, c_eval = eval_inputs(G, cfg.eval_seeds)
     session = _Session(
         outdir=outdir,

@@ -32,7 +32,7 @@ Everything lands in `outdir`:
     snapshots/uncanny-NNNNNN.safetensors
                                    the fine-tuned generator (role "G", so `gaze generate --network` reads it) plus
                                    Adam's state, the step and the torch RNG state: `--resume` continues exactly
-                                   (same machine and thread count)
+                                   (same machine, device and thread count)
     progression.mp4, progression.png
                                    the same faces across snapshots (video: every snapshot; PNG: up to 8 rows)
     summary.png, summary.html      the metric curves, with the peak and the collapse marked

@@ -80,6 +80,17 @@ def init(device: Optional[torch.device] = None, timeout_s: float = 1800) -> Worl
     return World(dist.get_rank(), dist.get_world_size(), w.local_rank, w.local_size)
 
 
+def joined() -> World:
+    """This process's place in the process group it has joined (init), or World() when it has joined none, so
+    library code can shard when the caller set up torchrun and run whole otherwise."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    w = world_from_env()
+    return World(dist.get_rank(), dist.get_world_size(), w.local_rank, w.local_size)
+
+
 def finish() -> None:
     """Leave the process group (end of a sharded command)."""
     import torch.distributed as dist
@@ -161,3 +172,19 @@ def any_failed(failed: bool, w: World, device: Optional[torch.device] = None) ->
     t = torch.tensor([1.0 if failed else 0.0], device=device or torch.device("cpu"))
     all_reduce_sum_(t, w)
     return bool(t.item() > 0)
+
+
+def average_gradients_(params, w: World) -> None:
+    """Replace every gradient by its mean over the ranks (one flat all-reduce; a no-op without torchrun).
+    Parameters without a gradient on this step are skipped on every rank alike (the same model everywhere)."""
+    if not w.on:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    all_reduce_sum_(flat, w).div_(w.size)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()

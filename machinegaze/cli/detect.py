@@ -12,6 +12,7 @@ from rich.console import Console
 from machinegaze import GazeError
 from machinegaze.cli._common import parse_float, progress_bar, set_threads
 from machinegaze.cli._options import DeviceOpt, PrecisionOpt, resolve
+from machinegaze.device import describe
 
 detect_app = typer.Typer(no_args_is_help=True, help="Is this face real? Train, evaluate and run fake-face detectors.")
 _DETECT_SOURCES_HELP = (
@@ -53,14 +54,20 @@ def detect_train_cmd(
     ),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads"),
     full: bool = typer.Option(True, "--fp16/--fp32", help="store weights as fp16"),
+    device: Optional[str] = DeviceOpt,
+    precision: str = PrecisionOpt,
 ):
-    """Fine-tune a detector on the train split of the sources; calibrate it on their validation split."""
-    from machinegaze import checkpoints
+    """Fine-tune a detector on the train split of the sources; calibrate it on their validation split. Under
+    torchrun every process trains on its share of each batch (gradients averaged); rank 0 writes the file."""
+    from contextlib import nullcontext
+
+    from machinegaze import checkpoints, distributed
     from machinegaze.detect.train import TrainConfig, train_detector
 
     if out.suffix != ".safetensors":
         raise GazeError(f"--out must end in .safetensors, got {out.name}")
     set_threads(threads)
+    dev, prec = resolve(device, precision)
     cfg = TrainConfig(
         arch=arch,
         size=size,
@@ -76,8 +83,12 @@ def detect_train_cmd(
         balance_sources=balance_sources,
         seed=seed,
     )
-    with progress_bar("train") as cb:
-        res = train_detector(train, cfg, data, progress=cb)
+    world = distributed.init(dev)
+    with progress_bar("train") if world.main else nullcontext() as cb:
+        res = train_detector(train, cfg, data, progress=cb, device=dev, precision=prec)
+    distributed.finish()
+    if not world.main:
+        return
     import dataclasses
 
     checkpoints.save_detector(
@@ -90,7 +101,9 @@ def detect_train_cmd(
         extra = f"  val loss {h['val_loss']:.3f}  val acc {100 * h['val_accuracy']:.1f}%" if "val_loss" in h else ""
         print(f"epoch {h['epoch']} ({h['phase']}): train loss {h['train_loss']:.3f}{extra}")
     print(
-        f"trained on {len(res.train_items)} images in {res.seconds:.0f} s; temperature "
+        f"trained on {len(res.train_items)} images in {res.seconds:.0f} s on {describe(dev)}"
+        + (f" x {world.size} processes" if world.on else "")
+        + "; temperature "
         f"{float(res.model.temperature):.3f}, threshold {float(res.model.threshold):.3f}; wrote {out}"
     )
 
@@ -110,6 +123,8 @@ def detect_eval_cmd(
     n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap resamples for the 95% intervals"),
     data: Optional[Path] = typer.Option(None, "--data"),
     threads: Optional[int] = typer.Option(None, "--threads"),
+    device: Optional[str] = DeviceOpt,
+    precision: str = PrecisionOpt,
 ):
     """Accuracy, AP, ROC AUC, confusion matrix, per-source and per-subgroup accuracy (95% CIs), calibration."""
     from machinegaze import zoo
@@ -117,12 +132,13 @@ def detect_eval_cmd(
     from machinegaze.detect.sources import ImageCache, held_out, parse_sources
 
     set_threads(threads)
-    det = zoo.load_detector(model)
+    dev, prec = resolve(device, precision)
+    det = zoo.load_detector(model, device=dev)
     sources = parse_sources(test, data)
     items = held_out(sources, max_per_source)
     cache = ImageCache()
     with progress_bar("eval") as cb:
-        res = ev.evaluate_detector(det, items, sources, cache, n_boot=n_boot, progress=cb)
+        res = ev.evaluate_detector(det, items, sources, cache, n_boot=n_boot, progress=cb, precision=prec)
     s = res.summary
     (tn, fp), (fn, tp) = s["confusion"]
     print(f"{s['n']} images ({s['n_real']} real, {s['n_fake']} fake), threshold {res.threshold:.3f}")
@@ -215,13 +231,17 @@ def detect_experiment_cmd(
     data: Optional[Path] = typer.Option(None, "--data"),
     threads: Optional[int] = typer.Option(None, "--threads"),
     report: bool = typer.Option(True, "--report/--no-report", help="also write report.html"),
+    device: Optional[str] = DeviceOpt,
+    precision: str = PrecisionOpt,
 ):
     """Run train/test compositions from a TOML file and print one comparison table."""
     from machinegaze.detect.experiment import markdown_tables, run_file
 
     set_threads(threads)
+    dev, prec = resolve(device, precision)
+    names = [s.strip() for s in only.split(",")] if only else None
     with progress_bar("experiments") as cb:
-        rows = run_file(file, out, data, [s.strip() for s in only.split(",")] if only else None, cb)
+        rows = run_file(file, out, data, names, cb, device=dev, precision=prec)
     print(markdown_tables(rows))
     if report:
         from machinegaze.detect.report import write_experiment_report

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from machinegaze import GazeError
 from machinegaze.data import atomic_write_bytes
@@ -164,8 +165,11 @@ def run_plan(
     only: list[str] | None = None,
     progress: ProgressFn = None,
     save_models: bool = True,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> list[dict]:
-    """Run every (experiment, policy) of the plan; write results.json / results.md / results.csv into out_dir."""
+    """Run every (experiment, policy) of the plan, training and testing on `device` at `precision`; write
+    results.json / results.md / results.csv into out_dir."""
     from machinegaze import checkpoints
 
     out = Path(out_dir)
@@ -188,7 +192,7 @@ def run_plan(
         report(progress, k, len(runs), stage="experiment", name=e.name, policy=pol)
         if key not in trained:
             tr_sources = parse_sources(list(e.train), data_root)
-            trained[key] = train_detector(tr_sources, cfg, data_root, cache, progress)
+            trained[key] = train_detector(tr_sources, cfg, data_root, cache, progress, device, precision)
             if save_models:
                 checkpoints.save_detector(
                     out / "models" / f"{key}.safetensors",
@@ -198,7 +202,9 @@ def run_plan(
         res = trained[key]
         te_sources = parse_sources(list(e.test), data_root)
         items = held_out(te_sources, cfg.split_cap("test"), cfg.seed)
-        result = ev.evaluate_detector(res.model, items, te_sources, cache, n_boot=plan.n_boot, progress=progress)
+        result = ev.evaluate_detector(
+            res.model, items, te_sources, cache, n_boot=plan.n_boot, progress=progress, precision=precision
+        )
         run_name = f"{e.name}-{'policy' if pol else 'nopolicy'}"
         result.write(out / run_name)
         s = result.summary
@@ -395,8 +401,10 @@ def run_file(
     data_root: str | os.PathLike | None = None,
     only: list[str] | None = None,
     progress: ProgressFn = None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> list[dict]:
-    return run_plan(load_plan(path), out_dir, data_root, only, progress)
+    return run_plan(load_plan(path), out_dir, data_root, only, progress, device=device, precision=precision)
 
 
 __all__ = [

@@ -36,6 +36,8 @@ class TourConfig:
     faces: Optional[Path] = None
     quick: bool = False
     network_path: Optional[str] = None  # filled in by run_tour
+    device: torch.device = torch.device("cpu")  # filled in by run_tour
+    precision: str = "fp32"  # filled in by run_tour: LPIPS, dream net and detector autocast (device.autocast)
 
 
 def _find_network(cfg: TourConfig) -> tuple[str, str]:
@@ -125,9 +127,12 @@ def stop_project(cfg: TourConfig, G, desc: str) -> Stop:
     pcfg = proj.ProjectConfig(steps=steps, video=not cfg.quick, w_avg_samples=2000, reference_samples=16)
     face, _ = generate_images(G, [123], GenerateConfig(trunc=0.7))
     save_image(face, cfg.outdir / "project_face_target.png")
-    a = proj.run_project(cfg.network_path, cfg.outdir / "project_face_target.png", cfg.outdir / "project_face", pcfg)
-    b = proj.run_project(cfg.network_path, _tour_image("coffee", cfg.outdir), cfg.outdir / "project_coffee", pcfg)
-    wa, wb = a.projection.ws, b.projection.ws
+    on = {"device": cfg.device, "precision": cfg.precision}
+    a = proj.run_project(
+        cfg.network_path, cfg.outdir / "project_face_target.png", cfg.outdir / "project_face", pcfg, **on
+    )
+    b = proj.run_project(cfg.network_path, _tour_image("coffee", cfg.outdir), cfg.outdir / "project_coffee", pcfg, **on)
+    wa, wb = a.projection.ws.to(cfg.device), b.projection.ws.to(cfg.device)
     child = breed(G, wa, wb, {"coarse": 0.0, "middle": 0.5, "fine": 1.0})
     save_w(cfg.outdir / "child.npz", child)
     imgs = synthesize(G, torch.cat([wa, child, wb]))
@@ -166,7 +171,8 @@ def stop_dream(cfg: TourConfig, G, desc: str) -> Stop:
 
     size = 224 if cfg.quick else 512
     dcfg = dream.DreamConfig(size=size, octaves=3 if cfg.quick else 4, steps=6 if cfg.quick else 10)
-    dream.run(dcfg, _tour_image("coffee", cfg.outdir), cfg.outdir / "dream_coffee.png")
+    coffee = _tour_image("coffee", cfg.outdir)
+    dream.run(dcfg, coffee, cfg.outdir / "dream_coffee.png", device=cfg.device, precision=cfg.precision)
     return Stop(
         "Dream",
         "DeepDream on the coffee photo with EfficientNet-Lite0 (ImageNet weights): each octave "
@@ -183,7 +189,9 @@ def stop_uncanny(cfg: TourConfig, G, desc: str) -> Stop:
         raise GazeError("no network file")
     steps = 20 if cfg.quick else 60
     ucfg = uncanny.UncannyConfig(steps=steps, snapshot_every=steps // 4, batch=4, eval_seeds=tuple(range(8)))
-    res = uncanny.run_uncanny(cfg.network_path, cfg.outdir / "uncanny", ucfg)
+    res = uncanny.run_uncanny(
+        cfg.network_path, cfg.outdir / "uncanny", ucfg, device=cfg.device, precision=cfg.precision
+    )
     files = [
         str(p.relative_to(cfg.outdir))
         for p in res.files.values()
@@ -209,7 +217,7 @@ def stop_detect(cfg: TourConfig, G, desc: str) -> Stop:
     from machinegaze.detect.sources import detector_input
     from machinegaze.generate import GenerateConfig, generate_images
 
-    model = zoo.load_detector(None)
+    model = zoo.load_detector(None, device=cfg.device)
     fdir = cfg.outdir / "detect_faces"
     fdir.mkdir(parents=True, exist_ok=True)
     imgs, _ = generate_images(G, list(range(200, 208)), GenerateConfig(trunc=0.7))
@@ -218,7 +226,7 @@ def stop_detect(cfg: TourConfig, G, desc: str) -> Stop:
     paths = [fdir] + ([cfg.faces] if cfg.faces else [])
     preds = predict_paths(model, paths)
     write_predictions_csv(preds, cfg.outdir / "detect_predictions.csv")
-    x = detector_input(model, [open_image(p.path) for p in preds[:8]])
+    x = detector_input(model, [open_image(p.path) for p in preds[:8]]).to(cfg.device)
     overlay = cam_overlay(x, grad_cam(model, x))
     save_image(make_grid(torch.cat([x, overlay]), ncols=x.shape[0]), cfg.outdir / "detect_gradcam.png")
     n_fake = sum(p.verdict == "fake" for p in preds[:8])
@@ -274,16 +282,23 @@ def render_index(stops: list[Stop], outdir: Path, header: str) -> Path:
     return outdir / "index.html"
 
 
-def run_tour(cfg: TourConfig, on_stop: Optional[Callable[[Stop], None]] = None) -> tuple[Path, list[Stop]]:
+def run_tour(
+    cfg: TourConfig,
+    on_stop: Optional[Callable[[Stop], None]] = None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+) -> tuple[Path, list[Stop]]:
+    """Run every stop on `device` (`precision`: device.resolve_precision) and write the index page."""
     from machinegaze import zoo
     from machinegaze.detect.predict import expand_paths
+    from machinegaze.device import describe
 
     if cfg.faces is not None:  # the user's own input: check it before minutes of work, not in the last stop
         expand_paths([cfg.faces])
     cfg.outdir.mkdir(parents=True, exist_ok=True)
     path, desc = _find_network(cfg)
-    cfg = dataclasses.replace(cfg, network_path=path)
-    G = zoo.load_generator(path)
+    cfg = dataclasses.replace(cfg, network_path=path, device=torch.device(device), precision=precision)
+    G = zoo.load_generator(path, device=cfg.device)
     stops = []
     t_all = time.perf_counter()
     for fn in STOPS:
@@ -298,6 +313,6 @@ def run_tour(cfg: TourConfig, on_stop: Optional[Callable[[Stop], None]] = None) 
             on_stop(s)
     header = (
         f"Network: {desc} ({os.path.basename(path)}). Total {time.perf_counter() - t_all:.1f} s "
-        f"on {os.cpu_count()} CPU cores."
+        f"on {describe(cfg.device)}" + (f", {os.cpu_count()} CPU cores." if cfg.device.type == "cpu" else ".")
     )
     return render_index(stops, cfg.outdir, header), stops

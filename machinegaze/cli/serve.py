@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from machinegaze.cli._common import console, parse_float, set_threads
+from machinegaze.cli._options import DeviceOpt, PrecisionOpt, resolve
 
 
 def serve(
@@ -29,12 +30,16 @@ def serve(
         None, "--uncanny-dir", help="A `gaze uncanny` run folder to browse (repeatable)"
     ),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (1 is fastest on a busy machine)"),
+    device: Optional[str] = DeviceOpt,
+    precision: str = PrecisionOpt,
 ):
-    """Serve the lab (Detect, Generate & Mix, Project, Dream, Uncanny, Gallery) as a local web page."""
+    """Serve the lab (Detect, Generate & Mix, Project, Dream, Uncanny, Gallery) as a local web page. Every tab
+    computes on --device."""
     from machinegaze.web import ServeConfig
     from machinegaze.web.server import serve as run_server
 
     set_threads(threads)
+    dev, _ = resolve(device, precision)  # a missing device or a bad precision: one line, before the server starts
     cfg = ServeConfig(
         host=host,
         port=port,
@@ -45,5 +50,7 @@ def serve(
         workers=workers,
         queue=queue,
         uncanny_dirs=tuple(uncanny_dir or ()),
+        device=str(dev),
+        precision=precision,
     )
     run_server(cfg, say=lambda msg: console.print(msg, highlight=False, markup=False))

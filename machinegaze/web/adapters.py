@@ -115,9 +115,10 @@ def image_size(img) -> tuple[int, int]:
 
 
 def load_latent(path: Path, G) -> torch.Tensor:
+    """The first latent of a stored .npz, on G's device."""
     from machinegaze.generate import load_w
 
-    return load_w(path, G)[:1]
+    return load_w(path, G)[:1].to(next(G.parameters()).device)
 
 
 # ================================================================ generate & mix
@@ -128,10 +129,11 @@ def seed_ws(G, seed: int, psi: float, class_idx: Optional[int] = None) -> torch.
     return seeds_to_ws(G, [int(seed)], trunc=float(psi), class_idx=class_idx)
 
 
-def render(G, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+def render(G, ws: torch.Tensor, noise_mode: str = "const", precision: str = "fp32") -> torch.Tensor:
+    """The image of ws [1, num_ws, w_dim], computed on G's device at `precision`, returned on the host."""
     from machinegaze.generate import synthesize
 
-    return synthesize(G, ws, noise_mode=noise_mode)
+    return synthesize(G, ws, noise_mode=noise_mode, precision=precision)
 
 
 def layer_groups(G) -> dict[str, list[int]]:
@@ -162,7 +164,7 @@ def detect(det, pil) -> Detection:
     from machinegaze.detect.evaluate import cam_overlay, grad_cam
     from machinegaze.detect.sources import detector_input
 
-    x = detector_input(det, [pil])
+    x = detector_input(det, [pil]).to(next(det.parameters()).device)
     prob = float(det.prob_fake(x)[0])
     thr = float(det.threshold)
     return Detection(
@@ -204,6 +206,7 @@ def project(
     class_idx: Optional[int] = None,
     w_avg_samples: int = 10000,
     progress: ProgressFn = None,
+    precision: str = "fp32",
 ) -> Projected:
     """Project a photo into the generator's W+ (machinegaze.project, preset 'fast' by default)."""
     mod = _module("project")
@@ -219,9 +222,17 @@ def project(
         video=False,
     )
     target = mod.prepare_target(pil, G.img_resolution)
-    c = class_vector(G, class_idx, 1)
+    c = class_vector(G, class_idx, 1, device=next(G.parameters()).device)
     res = mod.project(
-        G, target, cfg.recipe(), lpips=lpips, seed=cfg.seed, c=c, w_avg_samples=cfg.w_avg_samples, progress=progress
+        G,
+        target,
+        cfg.recipe(),
+        lpips=lpips,
+        seed=cfg.seed,
+        c=c,
+        w_avg_samples=cfg.w_avg_samples,
+        progress=progress,
+        precision=precision,
     )
     return Projected(ws=res.ws, image=res.image, target=res.target, lpips=float(res.lpips), preset=preset)
 
@@ -252,9 +263,9 @@ def dream_nets(network_available: bool) -> list[dict]:
     return out
 
 
-def dream_load_net(name: str, network_path: Optional[Path]):
+def dream_load_net(name: str, network_path: Optional[Path], device: torch.device | str | None = None):
     mod = dream_module()
-    return mod.load_net(name, str(network_path) if name == "discriminator" else None)
+    return mod.load_net(name, str(network_path) if name == "discriminator" else None, device=device)
 
 
 def dream_net_facts(dnet) -> dict:
@@ -280,6 +291,7 @@ def dream(
     from_noise: bool,
     noise_steps: int,
     progress: ProgressFn = None,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, str]:
     """DeepDream a stored photo (or visualise from noise); returns (image [1, 3, H, W], objective text)."""
     mod = dream_module()
@@ -306,12 +318,12 @@ def dream(
     cfg.check()
     objective = mod.build_objective(cfg, dnet, None)
     if from_noise:
-        res = mod.visualize(dnet, objective, cfg, progress=progress)
+        res = mod.visualize(dnet, objective, cfg, progress=progress, precision=precision)
     else:
         if photo_path is None:
             raise GazeError("give a photo to dream on, or choose 'from noise'")
         x = mod.load_photo(photo_path, cfg.size)
-        res = mod.deepdream(x, dnet, objective, cfg, progress=progress)
+        res = mod.deepdream(x, dnet, objective, cfg, progress=progress, precision=precision)
     return res.image, res.objective
 
 
@@ -329,10 +341,14 @@ def uncanny_run(
     seed: int,
     lpips=None,
     progress: ProgressFn = None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ):
     mod = uncanny_module()
     cfg = mod.UncannyConfig(steps=int(steps), snapshot_every=int(snapshot_every), batch=int(batch), seed=int(seed))
-    return mod.run_uncanny(network_path, outdir, cfg, progress=progress, lpips=lpips)
+    return mod.run_uncanny(
+        network_path, outdir, cfg, progress=progress, lpips=lpips, device=device, precision=precision
+    )
 
 
 def uncanny_metrics(outdir: Path) -> list[dict]:

@@ -30,6 +30,8 @@ class ServeConfig:
     queue: int = 8
     uncanny_dirs: tuple[Path, ...] = ()  # existing `gaze uncanny` run folders to browse
     max_pixels: int = 40_000_000  # uploads with more pixels are refused before decoding
+    device: Optional[str] = None  # auto | cpu | cuda | cuda:N | mps; None: $GAZE_DEVICE, else auto
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16 (device.resolve_precision)
 
     def __post_init__(self):
         if not 0 <= self.port < 65536:

@@ -19,6 +19,7 @@ from fastapi.responses import Response
 
 from machinegaze import GazeError, zoo
 from machinegaze.data import sha256_file
+from machinegaze.device import resolve_device, resolve_precision
 from machinegaze.web import adapters
 from machinegaze.web.adapters import Availability, Unavailable
 from machinegaze.web.config import ServeConfig
@@ -35,11 +36,23 @@ def get_lab(request: Request) -> Lab:
     return request.app.state.lab
 
 
+def _networks_on(nets, device: torch.device):
+    """A network file's generator(s) and discriminator moved to `device` (in place; returns `nets`)."""
+    for name in ("G_ema", "G", "D"):
+        m = getattr(nets, name, None)
+        if m is not None:
+            m.to(device)
+    return nets
+
+
 class Lab:
-    """Everything the routes share. Models load lazily, once, on first use (per-model locks)."""
+    """Everything the routes share. Models load lazily, once, on first use (per-model locks), onto the lab's
+    device; every tab computes there, at the lab's precision."""
 
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
+        self.device = resolve_device(cfg.device)  # a device that is not there: a GazeError before anything opens
+        self.precision = resolve_precision(cfg.precision, self.device)
         self.gallery = Gallery(cfg.data_path)  # refuses a damaged or foreign database (GazeError)
         self.jobs = JobQueue(cfg.workers, cfg.queue)
         self.gate = Gate(cfg.workers, cfg.queue)
@@ -109,7 +122,7 @@ class Lab:
         if self.network_path is None:
             raise Unavailable(self.network_reason)
         path = self.network_path
-        return self.cached("network", lambda: (zoo.load_networks(path), sha256_file(path)))
+        return self.cached("network", lambda: (_networks_on(zoo.load_networks(path), self.device), sha256_file(path)))
 
     def generator(self):
         return self.networks()[0].generator
@@ -121,19 +134,19 @@ class Lab:
         if self.detector_path is None:
             raise Unavailable(self.detector_reason)
         path = self.detector_path
-        return self.cached("detector", lambda: (zoo.load_detector(path), sha256_file(path)))
+        return self.cached("detector", lambda: (zoo.load_detector(path, device=self.device), sha256_file(path)))
 
     def lpips(self, net: str):
         av = adapters.lpips_availability(net)
         if not av.available:
             raise Unavailable(av.reason)
-        return self.cached(f"lpips:{net}", lambda: zoo.load_lpips(net))
+        return self.cached(f"lpips:{net}", lambda: zoo.load_lpips(net, device=self.device))
 
     def dream_net(self, name: str):
         path = self.network_path if name == "discriminator" else None
         if name == "discriminator" and path is None:
             raise Unavailable(self.network_reason)
-        return self.cached(f"dream:{name}", lambda: adapters.dream_load_net(name, path))
+        return self.cached(f"dream:{name}", lambda: adapters.dream_load_net(name, path, self.device))
 
     # ---- availability (cheap: never loads a model)
     def network_availability(self) -> Availability:
@@ -255,7 +268,7 @@ class Lab:
         if found is not None:
             return found, adapters.load_latent(self.gallery.latent_path(found), G)
         ws = adapters.seed_ws(G, seed, psi)
-        img = adapters.render(G, ws, noise_mode)
+        img = adapters.render(G, ws, noise_mode, self.precision)
         item = self.gallery.add(
             "generate",
             write_image=adapters.image_writer(img),

@@ -12,6 +12,7 @@ def serve(cfg: ServeConfig, say: Callable[[str], None] = print) -> None:
     """Open the gallery (a damaged or foreign database stops here with a GazeError), then serve until Ctrl-C."""
     import uvicorn
 
+    from machinegaze.device import describe
     from machinegaze.web.app import create_app
 
     app = create_app(cfg)
@@ -22,6 +23,7 @@ def serve(cfg: ServeConfig, say: Callable[[str], None] = print) -> None:
         ("detector", lab.detector_path, lab.detector_reason),
     ):
         say(f"{what}: {path}" if path is not None else f"{what}: unavailable - {reason}")
+    say(f"device: {describe(lab.device)}, precision {lab.precision}")
     if not cfg.is_loopback:
         say(f"warning: listening on {cfg.host}: anyone who can reach this machine can use the lab and read its gallery")
     shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host

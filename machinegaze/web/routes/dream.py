@@ -77,7 +77,18 @@ def dream(
         path = lab.gallery.image_path(src) if src is not None else None
         with lab.lock(f"dream:{net}"):  # hooks on a shared module: one dream per network at a time
             img, objective = adapters.dream(
-                dnet, path, layer, class_name, octaves, steps, size, seed, from_noise, noise_steps, progress
+                dnet,
+                path,
+                layer,
+                class_name,
+                octaves,
+                steps,
+                size,
+                seed,
+                from_noise,
+                noise_steps,
+                progress,
+                lab.precision,
             )
         item = lab.gallery.add(
             "dream",

@@ -73,7 +73,7 @@ def mix(req: MixIn, lab: Lab = Depends(get_lab)):
         if found is not None:
             return lab.png_response(found)
         ws = adapters.breed(G, wa, wb, genes)
-        img = adapters.render(G, ws, req.noise_mode)
+        img = adapters.render(G, ws, req.noise_mode, lab.precision)
         item = lab.gallery.add(
             "mix",
             write_image=adapters.image_writer(img),

@@ -29,7 +29,7 @@ def project(
     def run(progress):
         G, sha = lab.generator(), lab.network_sha()
         pil = adapters.open_stored_image(lab.gallery.image_path(target))
-        res = adapters.project(G, pil, steps, seed, lpips=lab.lpips("vgg"), progress=progress)
+        res = adapters.project(G, pil, steps, seed, lpips=lab.lpips("vgg"), progress=progress, precision=lab.precision)
         item = lab.gallery.add(
             "project",
             write_image=adapters.image_writer(res.image),

@@ -104,6 +104,8 @@ def uncanny_start(req: UncannyIn, lab: Lab = Depends(get_lab)):
             req.seed,
             lpips=lab.lpips("alex"),
             progress=progress,
+            device=lab.device,
+            precision=lab.precision,
         )
         last = res.metrics[-1]
         pil = adapters.open_stored_image(adapters.uncanny_grid_path(outdir, last["step"]))

@@ -19,6 +19,7 @@ class StatusOut(BaseModel):
     tabs: dict[str, dict]
     limits: dict
     queue: dict
+    compute: dict
 
 
 @router.get("/api/status", response_model=StatusOut)
@@ -44,4 +45,5 @@ def status(lab: Lab = Depends(get_lab)):
             "max_pixels": cfg.max_pixels,
         },
         "queue": lab.jobs.counts(),
+        "compute": {"device": str(lab.device), "precision": lab.precision},
     }

@@ -276,3 +276,39 @@ def test_gpu_check_runs_on_cpu_quick(tmp_path, golden_dir):
     assert "skipped" in s["generate"]["nvlabs"]
     assert s["project"]["steps_per_s"] > 0 and s["uncanny"]["steps_per_s"] > 0
     assert s["detector"]["train_img_per_s"] > 0 and s["detector"]["predict_img_per_s"] > 0
+
+
+def test_torchrun_detect_train_two_processes_match_one(tmp_path):
+    """`gaze detect train` under torchrun: each rank trains on half of every batch and the gradients are averaged,
+    so two processes learn what one does. Head-only training (frozen body, BatchNorm in eval) differs only by the
+    head's dropout masks, which fall on other images per rank; rank 0 alone writes the file and prints."""
+    from PIL import Image
+
+    from machinegaze import checkpoints
+    from tests.test_distributed import _one, _two
+
+    rng = np.random.default_rng(0)
+    for name, side in (("real", 32), ("fake", 8)):
+        d = tmp_path / name
+        d.mkdir()
+        for i in range(16):
+            a = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+            Image.fromarray(a).resize((32, 32), Image.NEAREST).save(d / f"{i}.png")
+    args = ["detect", "train", "--train", f"real:{tmp_path / 'real'},fake:{tmp_path / 'fake'}", "--arch", "smallcnn"]
+    args += ["--size", "32", "--epochs", "0", "--freeze-epochs", "2", "--batch-size", "8", "--device", "cpu", "--fp32"]
+    one, two = _one(args + ["--out", "one.safetensors"], tmp_path), _two(args + ["--out", "two.safetensors"], tmp_path)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote") == 1 and "x 2 processes" in two.stdout
+    a, b = (
+        checkpoints.load_detector(tmp_path / "one.safetensors"),
+        checkpoints.load_detector(tmp_path / "two.safetensors"),
+    )
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if k.startswith("body."))  # frozen: untouched on every rank
+    assert float((sa["head.weight"] - sb["head.weight"]).abs().max()) < 0.02  # measured 0.0037 (dropout masks)
+    assert (
+        abs(float(a.temperature) - float(b.temperature)) < 1e-3 and abs(float(a.threshold) - float(b.threshold)) < 0.01
+    )
+    ha, hb = (checkpoints.read_detector(tmp_path / f)[1]["history"] for f in ("one.safetensors", "two.safetensors"))
+    assert len(ha) == len(hb) == 2 and all(abs(x["train_loss"] - y["train_loss"]) < 0.01 for x, y in zip(ha, hb))

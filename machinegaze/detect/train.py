@@ -177,7 +177,8 @@ class _Amp:
 
 def _rank_share(n: int, world: distributed.World) -> torch.Tensor:
     """Positions in a batch of n this rank trains on: every size-th from its rank, or the whole batch when a
-    share would have fewer than 2 images (BatchNorm needs two; identical copies average to the same gradient)."""
+    share would have fewer than 2 images (BatchNorm needs two; identical copies average to the same gradient).
+    A share's mean loss is weighted by its share of the batch, so the averaged gradient is the batch mean's."""
     if not world.on or n < 2 * world.size:
         return torch.arange(n)
     return torch.arange(world.rank, n, world.size)
@@ -271,7 +272,7 @@ def fit(
                 with amp.autocast():
                     loss = _loss(model, phase, xb, y_dev[idx[mine]], weights[idx[mine]])
                 opt.zero_grad(set_to_none=True)
-                amp.backward(loss)
+                amp.backward(loss if len(mine) == len(idx) else loss * (len(mine) * world.size / len(idx)))
                 distributed.average_gradients_(model.parameters(), world)
                 amp.step(opt)
                 sched.step()

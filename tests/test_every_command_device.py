@@ -284,3 +284,17 @@ def test_gaze_device_environment_is_the_default(tmp_path, network, tiny_detector
     o.mkdir()
     main(_args("detect predict", o, network, tiny_detector, pics))
     _check("detect predict", o)
+
+
+@pytest.mark.parametrize("cmd", ["detect eval", "detect experiment"])
+def test_unsharded_detect_commands_refuse_torchrun(cmd, tmp_path, network, tiny_detector, pics, capsys, monkeypatch):
+    """Under torchrun every rank would repeat eval/experiment whole: one line and a non-zero exit instead."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    o = tmp_path / "o"
+    _experiment_toml(tmp_path / "e.toml", pics)
+    with pytest.raises(SystemExit) as e:
+        main(_args(cmd, o, network, tiny_detector, pics) + ["--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code != 0 and len(err) == 1 and "without torchrun" in err[0], err
+    assert not o.exists()

@@ -21,6 +21,16 @@ _DETECT_SOURCES_HELP = (
 )
 
 
+def _one_process(command: str) -> None:
+    """eval and experiment do not shard: under torchrun every rank would repeat the whole job."""
+    from machinegaze import distributed
+
+    if distributed.world_from_env().on:
+        raise GazeError(
+            f"gaze detect {command} runs in one process; launch it without torchrun (detect train and predict shard)"
+        )
+
+
 @detect_app.command("train")
 def detect_train_cmd(
     out: Path = typer.Option(..., "--out", help="detector file to write (.safetensors)"),
@@ -133,6 +143,7 @@ def detect_eval_cmd(
 
     set_threads(threads)
     dev, prec = resolve(device, precision)
+    _one_process("eval")
     det = zoo.load_detector(model, device=dev)
     sources = parse_sources(test, data)
     items = held_out(sources, max_per_source)
@@ -239,6 +250,7 @@ def detect_experiment_cmd(
 
     set_threads(threads)
     dev, prec = resolve(device, precision)
+    _one_process("experiment")
     names = [s.strip() for s in only.split(",")] if only else None
     with progress_bar("experiments") as cb:
         rows = run_file(file, out, data, names, cb, device=dev, precision=prec)

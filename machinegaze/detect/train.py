@@ -187,8 +187,8 @@ def _rank_share(n: int, world: distributed.World) -> torch.Tensor:
 def _batch_on(dev: torch.device, xa: np.ndarray, flip: torch.Tensor) -> torch.Tensor:
     """uint8 [n, H, W, 3] on the host -> the flipped float batch in channels-last layout on `dev`."""
     xb = to_tensor(xa).to(dev, non_blocking=True)
-    flip = flip.to(dev)
-    xb[flip] = xb[flip].flip(-1)
+    flip = flip.to(dev, non_blocking=True).view(-1, 1, 1, 1)
+    xb = torch.where(flip, xb.flip(-1), xb)  # not xb[flip] = ...: a boolean index waits for the device
     return xb.contiguous(memory_format=torch.channels_last)  # 1.6x faster on CPU (depthwise convs)
 
 
@@ -262,28 +262,30 @@ def fit(
             model.train()
             if phase == "frozen":
                 model.body.eval()  # frozen BatchNorm statistics as well as weights
-            t0, sums = time.perf_counter(), torch.zeros(2, dtype=devmod.accumulate_dtype(dev), device=dev)
+            t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), dtype=devmod.accumulate_dtype(dev), device=dev)
             for idx in _batches(len(x), cfg.batch_size, g):
                 xa = x[idx.numpy()]
                 xa = _random_crops(xa, cfg.crop, g) if cfg.crop else xa
                 flip = torch.rand(len(idx), generator=g) < 0.5
                 mine = _rank_share(len(idx), world)
                 xb = _batch_on(dev, xa[mine.numpy()], flip[mine])
+                sel = idx[mine].to(dev, non_blocking=True)
                 with amp.autocast():
-                    loss = _loss(model, phase, xb, y_dev[idx[mine]], weights[idx[mine]])
+                    loss = _loss(model, phase, xb, y_dev[sel], weights[sel])
                 opt.zero_grad(set_to_none=True)
                 amp.backward(loss if len(mine) == len(idx) else loss * (len(mine) * world.size / len(idx)))
                 distributed.average_gradients_(model.parameters(), world)
                 amp.step(opt)
                 sched.step()
                 step += 1
-                sums += torch.stack([loss.detach().to(sums.dtype) * len(mine), sums.new_tensor(len(mine))])
+                seen += len(mine)
+                loss_sum += loss.detach().to(loss_sum.dtype) * len(mine)
                 if step % log_every == 0:  # the only read-backs inside an epoch
-                    _check_finite(sums[0], step)
+                    _check_finite(loss_sum, step)
                     report(progress, step, total_steps, stage=phase, epoch=len(history) + 1, loss=float(loss.detach()))
                 else:
                     report(progress, step, total_steps, stage=phase, epoch=len(history) + 1)
-            distributed.all_reduce_sum_(sums, world)
+            sums = distributed.all_reduce_sum_(torch.stack([loss_sum, loss_sum.new_tensor(seen)]), world)
             _check_finite(sums[0], step)
             rec = {
                 "epoch": len(history) + 1,

@@ -18,7 +18,15 @@ from machinegaze.device import (
 )
 
 HAS_CUDA = torch.cuda.is_available()
-cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU here")
+CUDA_MARKS = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU here")]
+
+
+def cuda(test):
+    """Marked `cuda` (pytest -m cuda selects it on a GPU machine) and skipped where there is no CUDA GPU."""
+    for mark in CUDA_MARKS:
+        test = mark(test)
+    return test
+
 
 
 def test_resolve_cpu_auto_and_env(monkeypatch):
@@ -132,7 +140,7 @@ def test_cli_device_cuda_without_cuda_exits_with_one_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("dev", ["cpu", pytest.param("cuda", marks=cuda)])
+@pytest.mark.parametrize("dev", ["cpu", pytest.param("cuda", marks=CUDA_MARKS)])
 def test_cli_generate_mix_interpolate_breed_on_device(dev, tmp_path, network):
     gen = ["generate", "--network", str(network), "--seeds", "0-2", "--outdir", str(tmp_path / "g"), "--device", dev]
     mix = [

@@ -28,7 +28,6 @@ def cuda(test):
     return test
 
 
-
 def test_resolve_cpu_auto_and_env(monkeypatch):
     monkeypatch.delenv("GAZE_DEVICE", raising=False)
     assert resolve_device("cpu") == torch.device("cpu")

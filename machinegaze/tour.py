@@ -37,7 +37,7 @@ class TourConfig:
     quick: bool = False
     network_path: Optional[str] = None  # filled in by run_tour
     device: torch.device = torch.device("cpu")  # filled in by run_tour
-    precision: str = "fp32"  # filled in by run_tour: LPIPS, dream net and detector autocast (device.autocast)
+    precision: str = "fp32"  # filled in by run_tour: autocast of LPIPS (project, uncanny) and the dream net
 
 
 def _find_network(cfg: TourConfig) -> tuple[str, str]:

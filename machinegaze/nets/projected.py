@@ -68,8 +68,8 @@ class SNConv2d(nn.Module):
 
 class PatchHead(nn.Module):
     """Strided 4x4 SN convs (leaky ReLU 0.2) from `size` down to 8 px (or the input size if smaller), channels
-    doubling up to `cmax`, then a 4x4 conv to one channel (zero-padded below 8 px, so every scale gives 5x5
-    patches and weighs the same in the loss): [N, c_in, size, size] -> [N, 25] patch logits."""
+    doubling up to `cmax`, then a 4x4 conv to one channel (zero-padded below 8 px, so every scale of 2 px or
+    more gives 5x5 patches and weighs the same in the loss): [N, c_in, size, size] -> [N, P] patch logits."""
 
     def __init__(self, c_in: int, size: int, width: int, cmax: int):
         super().__init__()

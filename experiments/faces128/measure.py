@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("models", nargs="+", help="NAME=NETWORK@HELDOUT.zip")
     ap.add_argument("--num-gen", type=int, default=500)
+    ap.add_argument("--max-real", type=int, default=0, help="at most this many held-out reals (0 = all)")
     ap.add_argument("--ref", action="store_true", help="a real-vs-real row per held-out set")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -65,7 +66,7 @@ def main() -> None:
         G = zoo.load_generator(zoo.resolve_network(network))
         res = G.img_resolution
         if heldout not in cache:
-            reals = metrics.real_images(heldout, res)
+            reals = metrics.real_images(heldout, res, max_images=a.max_real)
             cache[heldout] = (reals, {k: fn(reals, net) for k, (fn, net) in nets.items()})
             rows[f"reals {res}px (held-out)"] = {
                 "face_share": metrics.face_share(reals, with_mtcnn["mtcnn"]),

@@ -29,6 +29,8 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
 
 @torch.no_grad()
 def d_logits(D, images: torch.Tensor, batch: int = 32) -> np.ndarray:
+    """D's logits on the first multiple of 4 images (a StyleGAN2 D's minibatch-stddev groups are 4)."""
+    images = images[: len(images) // 4 * 4]
     return torch.cat([D(images[i : i + batch], None)[:, 0] for i in range(0, len(images), batch)]).numpy()
 
 

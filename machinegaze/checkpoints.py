@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from machinegaze import GazeError
+from machinegaze.nets.projected import ProjectedDiscriminator
 from machinegaze.nets.stylegan2 import Discriminator, Generator
 from machinegaze.nets.stylegan3 import StyleGAN3Generator
 
@@ -468,7 +469,12 @@ def _collect_tensors(rec: PersistentRecord, prefix: str = "") -> dict[str, torch
     return out
 
 
-NETWORK_CLASSES = {"Generator": Generator, "Discriminator": Discriminator, "StyleGAN3Generator": StyleGAN3Generator}
+NETWORK_CLASSES = {
+    "Generator": Generator,
+    "Discriminator": Discriminator,
+    "StyleGAN3Generator": StyleGAN3Generator,
+    "ProjectedDiscriminator": ProjectedDiscriminator,
+}
 
 
 def _build_network(class_name: str, init_kwargs: dict, on_meta: bool = False) -> torch.nn.Module:

@@ -206,3 +206,160 @@ def evaluate_generator(
         "truncation_psi": float(config.truncation_psi),
         "feature_size": FEATURE_SIZE,
     }
+
+
+# ================================================================ independent quality measures (issue 16)
+# FID on EfficientNet-Lite0 features flatters a generator trained against a discriminator that looks through
+# EfficientNet-Lite0 (a projected D): its G can match those features without matching the images (Kynkaanniemi
+# et al., ICLR 2023). So the same numbers are also measured on other features, and by another kind of judge:
+#
+#   FID-VGG16       the Frechet distance on ImageNet VGG16 features (the LPIPS-vgg backbone, zoo.vgg16_features):
+#                   relu5_3 averaged over positions (512-d), images resized to VGG_FEATURE_SIZE. Not the
+#                   fc2 features of Kynkaanniemi et al. 2019 (we ship no VGG16 classifier head).
+#   precision       share of generated images inside the real manifold; recall: share of real images inside
+#                   the generated manifold. A manifold is the union of balls around each point of a set, of
+#                   radius the distance to its k-th nearest neighbour in that set (k = 3; Kynkaanniemi et al.,
+#                   NeurIPS 2019).
+#   face share      share of generated images in which MTCNN (an independent face detector) finds a face.
+
+FEATURES = ("effnet", "vgg16")
+VGG_FEATURE_SIZE = 128
+VGG_LAYER = "relu5_3"
+FEATURE_LABEL = {"effnet": "EffNetLite0", "vgg16": "VGG16"}
+
+
+@torch.no_grad()
+def embed_vgg16(images: torch.Tensor, net=None, batch: int = 32, precision: str = "fp32") -> np.ndarray:
+    """[N, 3, H, W] in [-1, 1] -> [N, 512] float64: VGG16 relu5_3 averaged over positions, at VGG_FEATURE_SIZE px."""
+    from machinegaze.device import autocast
+    from machinegaze.nets.lpips import imagenet_normalize
+
+    if net is None:
+        from machinegaze import zoo
+
+        net = zoo.vgg16_features()
+    dev = next(net.parameters()).device
+    size = (VGG_FEATURE_SIZE, VGG_FEATURE_SIZE)
+    out = []
+    with autocast(dev, precision):
+        for i in range(0, len(images), batch):
+            x = images[i : i + batch].to(dev).float().clamp(-1, 1)
+            if x.shape[-2:] != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            (f,) = net.taps(imagenet_normalize(x), [VGG_LAYER])
+            out.append(f.float().mean(dim=(2, 3)).cpu().double())
+    return torch.cat(out).numpy() if out else np.zeros((0, 512))
+
+
+def feature_embedder(features: str, device=None):
+    """(embed function, net) for a feature set of FEATURES, the net on `device`."""
+    from machinegaze import zoo
+
+    if features == "effnet":
+        return embed, zoo.load_efficientnet_lite0(device=device)
+    if features == "vgg16":
+        return embed_vgg16, zoo.vgg16_features(device=device)
+    raise GazeError(f"--features: unknown feature set '{features}' (choose from: {', '.join(FEATURES)})")
+
+
+def _kth_neighbour_radii(x: np.ndarray, k: int, batch: int = 1024) -> np.ndarray:
+    """Distance from each row of x to its k-th nearest other row."""
+    sq = np.square(x).sum(1)
+    radii = np.empty(len(x))
+    for i in range(0, len(x), batch):
+        d2 = sq[i : i + batch, None] + sq[None, :] - 2 * x[i : i + batch] @ x.T
+        radii[i : i + batch] = np.sqrt(np.clip(np.sort(d2, axis=1)[:, k], 0, None))  # column 0 is the point itself
+    return radii
+
+
+def _share_inside(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, batch: int = 1024) -> float:
+    """Share of `points` within distance radii[j] of some centres[j]."""
+    sq_c = np.square(centres).sum(1)
+    inside = 0
+    for i in range(0, len(points), batch):
+        p = points[i : i + batch]
+        d2 = np.square(p).sum(1)[:, None] + sq_c[None, :] - 2 * p @ centres.T
+        inside += int((np.sqrt(np.clip(d2, 0, None)) <= radii[None, :]).any(1).sum())
+    return inside / len(points)
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) of `fake` against `real` feature sets, k-NN balls."""
+    if len(real) <= k or len(fake) <= k:
+        raise GazeError(f"precision/recall with k={k} needs more than {k} samples on each side")
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    precision = _share_inside(fake, real, _kth_neighbour_radii(real, k))
+    recall = _share_inside(real, fake, _kth_neighbour_radii(fake, k))
+    return precision, recall
+
+
+def face_share(images: torch.Tensor, detector=None, min_face: float = 20.0) -> float:
+    """Share of images ([N, 3, H, W] in [-1, 1]) in which MTCNN finds at least one face."""
+    from machinegaze.nets.mtcnn import MTCNNConfig
+
+    if detector is None:
+        from machinegaze import zoo
+
+        detector = zoo.load_mtcnn()
+    if len(images) == 0:
+        raise GazeError("face share needs at least one image")
+    cfg = MTCNNConfig(min_face_size=min_face)
+    return sum(len(detector.detect(images[i : i + 1].cpu(), cfg)) > 0 for i in range(len(images))) / len(images)
+
+
+def quality_from_features(real: np.ndarray, fake: np.ndarray, features: str, k: int = 3) -> dict:
+    """FID, KID and precision/recall (k-NN) of two feature sets, keyed by the feature set's label."""
+    label = FEATURE_LABEL[features]
+    p, r = precision_recall(real, fake, k)
+    return {
+        f"FID-{label}": fid_from_features(fake, real),
+        f"KID-{label}": kid_from_features(fake, real),
+        f"precision-{label}": p,
+        f"recall-{label}": r,
+    }
+
+
+def evaluate_quality(
+    G,
+    data: str,
+    config: MetricsConfig = MetricsConfig(),
+    features: str = "effnet",
+    faces: bool = False,
+    k: int = 3,
+    progress: ProgressFn = None,
+    precision: str = "fp32",
+) -> dict:
+    """FID, KID, precision and recall on `features` (effnet | vgg16) of G's images against the reals in `data`
+    (at G's resolution), and with `faces` the MTCNN face share of the generated and of the real images. One
+    process, on G's device."""
+    dev = next(G.parameters()).device
+    embed_fn, net = feature_embedder(features, dev)
+    reals = real_images(data, G.img_resolution, config.max_real, config.split)
+    if len(reals) <= k:
+        raise GazeError(f"{data}: need more than {k} real images")
+    report(progress, 0, 3, stage="real features")
+    fr = embed_fn(reals, net, config.batch, precision)
+    feats, fakes = [], []
+    for i in range(0, config.num_gen, config.batch):
+        n = min(config.batch, config.num_gen - i)
+        img = generate_images(G, n, config.seed + i, config.truncation_psi, config.batch, precision)
+        feats.append(embed_fn(img, net, config.batch, precision))
+        if faces:
+            fakes.append(img.cpu())
+        report(progress, i + n, config.num_gen, stage="generated")
+    out = quality_from_features(fr, np.concatenate(feats), features, k)
+    if faces:
+        from machinegaze import zoo
+
+        mtcnn = zoo.load_mtcnn()
+        out["face_share"] = face_share(torch.cat(fakes), mtcnn)
+        out["face_share_real"] = face_share(reals, mtcnn)
+    out.update(
+        num_gen=int(config.num_gen),
+        num_real=int(len(reals)),
+        resolution=int(G.img_resolution),
+        truncation_psi=float(config.truncation_psi),
+        features=features,
+        k=k,
+    )
+    return out

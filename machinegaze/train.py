@@ -11,6 +11,10 @@ with style-mixing regularisation (two z's, a random crossover layer, probability
 (Zhao et al. 2020: colour, translation, cutout, applied to every image D sees, real or fake) and Adam
 (lr 0.0025, betas (0, 0.99), with NVlabs' lazy-regularisation correction of lr and betas).
 
+With `d_arch="projected"` D is a projected discriminator (nets/projected.py: frozen EfficientNet-Lite0 features,
+trainable multi-scale patch heads), trained with the hinge loss, relu(1 + D(fake)) + relu(1 - D(real)) for D and
+-D(fake) for G, both averaged over the patches, and no R1 (Sauer et al. 2021).
+
 Exact resume and rank-independence come from one rule: every random number of a step is drawn from a
 generator seeded by (seed, step, phase, chunk), where a chunk is a fixed slice of `batch_gpu` images of the
 global minibatch. Data order is a per-epoch permutation seeded by (seed, epoch). Nothing depends on how
@@ -23,7 +27,8 @@ many steps ran in this process or on which process ran a chunk, so
     by the global batch).
 
 The minibatch-stddev layer of D groups samples within a chunk, so results depend on `batch_gpu` (as in
-NVlabs), not on the number of processes.
+NVlabs), not on the number of processes. A projected D's spectral-norm estimates advance once per D call, so its
+runs also depend on the number of chunks per process (resume stays exact: the estimates are saved).
 
 Snapshots are machinegaze .safetensors files (checkpoints.save_networks, atomic): G, D, G_ema and the
 training state in `extra` tensors, so `gaze generate --network snapshot-....safetensors` works on them.
@@ -49,6 +54,11 @@ from machinegaze.progress import ProgressFn, report
 SNAPSHOT_PREFIX = "snapshot-"
 METRICS_FILE = "metrics.jsonl"
 AUGMENT_OPS = ("color", "translation", "cutout")
+D_ARCHS = ("stylegan", "projected")  # StyleGAN2 D (logistic loss + R1), or projected D (hinge loss, no R1)
+LOSS_NOTES = {
+    "stylegan": "non-saturating logistic, R1, style mixing, DiffAugment; Adam",
+    "projected": "hinge on the patch logits of a projected D (frozen EfficientNet-Lite0), style mixing, DiffAugment; Adam",
+}
 
 # Network presets. Channels per resolution r are min(cbase // r, cmax), as in NVlabs.
 PRESETS = {
@@ -58,6 +68,8 @@ PRESETS = {
     "small": dict(z_dim=128, w_dim=128, map_layers=2, cbase=2048, cmax=128),
     # between the two: a little more capacity, a few times slower
     "medium": dict(z_dim=256, w_dim=256, map_layers=4, cbase=4096, cmax=256),
+    # a lighter 128 px generator: channels halved at 16 px and above (min(1024 / r, 128)), ~1/3 of small's FLOPs
+    "light": dict(z_dim=128, w_dim=128, map_layers=2, cbase=1024, cmax=128),
     # NVlabs' StyleGAN2 config F (for GPUs)
     "paper": dict(z_dim=512, w_dim=512, map_layers=8, cbase=32768, cmax=512),
 }
@@ -98,6 +110,7 @@ class TrainConfig:
     snap_kimg: float = 5.0  # write a snapshot every this many kimg (and at the end)
     threads: int = 0  # torch threads per process; 0 = CPU count / processes
     resume: bool = False  # continue from the latest snapshot in outdir
+    d_arch: str = "stylegan"  # discriminator: stylegan | projected (nets/projected.py)
 
     def __post_init__(self):
         if self.cfg not in PRESETS:
@@ -113,6 +126,8 @@ class TrainConfig:
         bad = [op for op in self.augment_ops() if op not in AUGMENT_OPS]
         if bad:
             raise GazeError(f"--augment: unknown op '{bad[0]}' (choose from: {', '.join(AUGMENT_OPS)})")
+        if self.d_arch not in D_ARCHS:
+            raise GazeError(f"--d-arch: unknown discriminator '{self.d_arch}' (choose from: {', '.join(D_ARCHS)})")
         if not 0.0 <= self.style_mixing <= 1.0:
             raise GazeError(f"--style-mixing: {self.style_mixing} is not in [0, 1]")
 
@@ -125,7 +140,9 @@ class TrainConfig:
         return int(v) if v else int(PRESETS[self.cfg][key])
 
     def resolved_gamma(self) -> float:
-        return float(self.gamma) if self.gamma is not None else 0.0002 * self.res**2 / self.batch
+        if self.gamma is not None:
+            return float(self.gamma)
+        return 0.0 if self.d_arch == "projected" else 0.0002 * self.res**2 / self.batch
 
     def resolved_ema_kimg(self) -> float:
         return float(self.ema_kimg) if self.ema_kimg is not None else self.batch * 10 / 32
@@ -148,6 +165,8 @@ def build_networks(cfg: TrainConfig, img_channels: int = 3):
         mapping_kwargs=dict(num_layers=cfg.net("map_layers")),
         synthesis_kwargs=dict(channel_base=cfg.net("cbase"), channel_max=cfg.net("cmax")),
     )
+    if cfg.d_arch == "projected":
+        return G, build_projected_discriminator(cfg)
     D = Discriminator(
         c_dim=0,
         img_resolution=cfg.res,
@@ -157,6 +176,35 @@ def build_networks(cfg: TrainConfig, img_channels: int = 3):
         epilogue_kwargs=dict(mbstd_group_size=cfg.mbstd_group),
     )
     return G, D
+
+
+def build_projected_discriminator(cfg: TrainConfig):
+    """A projected D (frozen ImageNet EfficientNet-Lite0 + random CCM/CSM + trainable heads); heads and
+    projections from torch's global RNG."""
+    from machinegaze import zoo
+    from machinegaze.nets.projected import ProjectedDiscriminator
+
+    D = ProjectedDiscriminator(img_resolution=cfg.res)
+    D.fill_backbone(zoo.load_efficientnet_lite0().state_dict())
+    return D
+
+
+def d_logits(D, x: torch.Tensor) -> torch.Tensor:
+    """[N, K] logits D trains on: K patch logits of a projected D, the one logit of a StyleGAN2 D."""
+    return D.patch_logits(x) if hasattr(D, "patch_logits") else D(x)
+
+
+def g_loss(logits: torch.Tensor, d_arch: str) -> torch.Tensor:
+    """Per-image G loss: non-saturating logistic softplus(-l), or the hinge GAN's -l (mean over patches)."""
+    return (-logits if d_arch == "projected" else F.softplus(-logits)).mean(1)
+
+
+def d_losses(fake: torch.Tensor, real: torch.Tensor, d_arch: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image D losses on fakes and reals: logistic softplus(l_f), softplus(-l_r), or hinge relu(1 + l_f),
+    relu(1 - l_r) (mean over patches)."""
+    if d_arch == "projected":
+        return F.relu(1 + fake).mean(1), F.relu(1 - real).mean(1)
+    return F.softplus(fake).mean(1), F.softplus(-real).mean(1)
 
 
 # ================================================================ randomness: a pure function of (seed, step, ...)
@@ -352,7 +400,9 @@ def new_state(cfg: TrainConfig, img_channels: int = 3, device: torch.device = to
     G, D = G.to(device), D.to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_G = _adam(G.parameters(), cfg, cfg.pl_interval if cfg.pl_weight > 0 else None)
-    opt_D = _adam(D.parameters(), cfg, cfg.r1_interval if cfg.resolved_gamma() > 0 else None)
+    opt_D = _adam(
+        [p for p in D.parameters() if p.requires_grad], cfg, cfg.r1_interval if cfg.resolved_gamma() > 0 else None
+    )
     return State(
         cfg, G.requires_grad_(False), D.requires_grad_(False), G_ema, opt_G, opt_D, torch.zeros([], device=device)
     )
@@ -401,7 +451,7 @@ def save_snapshot(state: State, path: str | os.PathLike, nimg: int) -> Path:
         "dataset": state.dataset,
         "wall_s": round(state.wall_s, 1),
         "rng": "counter-based: every draw of a step comes from a generator seeded by (seed, step, phase, chunk)",
-        "loss": "non-saturating logistic, R1, style mixing, DiffAugment; Adam",
+        "loss": LOSS_NOTES[state.cfg.d_arch],
     }
     return checkpoints.save_networks(path, {"G": state.G, "D": state.D, "G_ema": state.G_ema}, meta=meta, extra=extra)
 
@@ -574,8 +624,8 @@ class Trainer:
             g, host = chunk_generators(cfg.seed, s.step, "Gmain", c, self.device)
             z = torch.randn(self.bg, G.z_dim, generator=g, device=self.device)
             img, ws = run_G(G, z, g, cfg.style_mixing, host)
-            logits = D(diff_augment(img, self.ops, g))
-            loss = F.softplus(-logits)
+            logits = d_logits(D, diff_augment(img, self.ops, g))
+            loss = g_loss(logits, cfg.d_arch)
             loss.sum().div(cfg.batch).backward()
             with torch.no_grad():
                 w_sum += G.mapping(z, None)[:, 0].to(self.acc).sum(0)
@@ -616,14 +666,14 @@ class Trainer:
             with torch.no_grad():
                 fake, _ = run_G(G, z, g, cfg.style_mixing, host)
             real = _reals(self.images, self.stream, s.step * cfg.batch + off, self.bg, g, cfg.mirror)
-            fake_logits = D(diff_augment(fake, self.ops, g))
-            real_logits = D(diff_augment(real, self.ops, g))
-            loss_gen, loss_real = F.softplus(fake_logits), F.softplus(-real_logits)
+            fake_logits = d_logits(D, diff_augment(fake, self.ops, g))
+            real_logits = d_logits(D, diff_augment(real, self.ops, g))
+            loss_gen, loss_real = d_losses(fake_logits, real_logits, cfg.d_arch)
             (loss_gen.sum() + loss_real.sum()).div(cfg.batch).backward()
             self._add(
                 loss_D=loss_gen.sum() + loss_real.sum(),
-                fake_score=fake_logits.sum(),
-                real_score=real_logits.sum(),
+                fake_score=fake_logits.mean(1).sum(),
+                real_score=real_logits.mean(1).sum(),
                 n_D=self.bg,
             )
 
@@ -642,7 +692,7 @@ class Trainer:
             self._add(r1_penalty=penalty.sum(), n_r1=self.bg)
 
     def _sync_step(self, net: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
-        _sync_grads(list(net.parameters()), self.dist)
+        _sync_grads([p for p in net.parameters() if p.requires_grad], self.dist)  # a projected D's backbone is frozen
         opt.step()
 
 

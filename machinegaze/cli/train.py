@@ -98,7 +98,7 @@ def train_cmd(
     batch: int = typer.Option(32, "--batch", help="global minibatch (split across torchrun processes)"),
     batch_gpu: int = typer.Option(0, "--batch-gpu", help="images per chunk per process (0 = batch / processes)"),
     res: int = typer.Option(64, "--res", help="image resolution (power of two)"),
-    cfg: str = typer.Option("small", "--cfg", help="network preset: tiny | small | medium | paper"),
+    cfg: str = typer.Option("small", "--cfg", help="network preset: tiny | small | light | medium | paper"),
     split: str = typer.Option("", "--split", help="train on one split of the dataset, e.g. 'train' ('' = all)"),
     gamma: Optional[str] = typer.Option(None, "--gamma", help="R1 weight (default: 0.0002 * res^2 / batch)"),
     pl_weight: str = typer.Option("0", "--pl-weight", help="path-length regularisation weight (0 = off)"),
@@ -110,6 +110,9 @@ def train_cmd(
     snap_kimg: float = typer.Option(5.0, "--snap-kimg", help="write a snapshot every this many kimg"),
     threads: int = typer.Option(0, "--threads", help="torch threads per process (0 = CPU count / processes)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the latest snapshot in --outdir"),
+    d_arch: str = typer.Option(
+        "stylegan", "--d-arch", help="discriminator: stylegan (logistic + R1) | projected (frozen EfficientNet, hinge)"
+    ),
     device: Optional[str] = DeviceOpt,
 ):
     """Train a StyleGAN2 (NVlabs recipe + DiffAugment). Runs under `torchrun --nproc_per_node N -m machinegaze.cli train`
@@ -136,6 +139,7 @@ def train_cmd(
         snap_kimg=snap_kimg,
         threads=threads,
         resume=resume,
+        d_arch=d_arch,
     )
     if int(os.environ.get("RANK", "0")) != 0:
         train(conf, device=dev)
@@ -157,11 +161,17 @@ def metrics_cmd(
     seed: int = typer.Option(0, "--seed", help="first seed (image i uses seed + i)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the result as JSON"),
+    features: str = typer.Option(
+        "effnet", "--features", help="feature set: effnet (EfficientNet-Lite0, 224 px) | vgg16 (relu5_3, 128 px)"
+    ),
+    pr: bool = typer.Option(False, "--pr", help="also precision and recall (k-NN manifolds, k=3)"),
+    faces: bool = typer.Option(False, "--faces", help="also the share of images in which MTCNN finds a face"),
     device: Optional[str] = DeviceOpt,
     precision: str = PrecisionOpt,
 ):
-    """FID-EffNetLite0 and KID-EffNetLite0 (EfficientNet-Lite0 ImageNet features at 224 px, not Inception FID).
-    Under torchrun every process embeds its share of the images; rank 0 prints and writes the result."""
+    """FID-EffNetLite0 and KID-EffNetLite0 (EfficientNet-Lite0 ImageNet features at 224 px, not Inception FID);
+    --features vgg16, --pr and --faces add the independent measures (one process). Under torchrun every process
+    embeds its share of the images; rank 0 prints and writes the result."""
     import json
     from contextlib import nullcontext
 
@@ -171,12 +181,17 @@ def metrics_cmd(
 
     set_threads(threads)
     dev, prec = resolve(device, precision)
+    if features not in ("effnet", "vgg16"):
+        raise GazeError(f"--features: unknown feature set '{features}' (choose from: effnet, vgg16)")
+    if features != "effnet" or pr or faces:
+        _quality_metrics(
+            network, data, conf_kwargs(num_gen, max_real, trunc, seed, split), features, faces, dev, prec, out
+        )
+        return
     world = distributed.init(dev)
     path = zoo.resolve_network(network)
     G = zoo.load_generator(path, dev)
-    conf = MetricsConfig(
-        num_gen=num_gen, max_real=max_real, truncation_psi=parse_float(trunc, "trunc"), seed=seed, split=split
-    )
+    conf = MetricsConfig(**conf_kwargs(num_gen, max_real, trunc, seed, split))
     with progress_bar("metrics") if world.main else nullcontext() as cb:
         res = evaluate_generator(G, data, conf, progress=cb, precision=prec, world=world)
     distributed.finish()
@@ -188,5 +203,33 @@ def metrics_cmd(
         f"FID-EffNetLite0 {res['FID-EffNetLite0']:.2f}  KID-EffNetLite0 {res['KID-EffNetLite0'] * 1000:.2f}e-3  "
         f"({res['num_gen']} generated vs {res['num_real']} real at {res['resolution']} px, psi {res['truncation_psi']:g})"
     )
+    if out is not None:
+        atomic_write_bytes(out, (json.dumps(res, indent=1) + "\n").encode())
+
+
+def conf_kwargs(num_gen: int, max_real: int, trunc: str, seed: int, split: str) -> dict:
+    return dict(num_gen=num_gen, max_real=max_real, truncation_psi=parse_float(trunc, "trunc"), seed=seed, split=split)
+
+
+def _quality_metrics(network, data, conf_kw: dict, features: str, faces: bool, dev, prec: str, out) -> None:
+    """`gaze metrics --features/--pr/--faces`: FID, KID, precision/recall (and the face share) in one process."""
+    import json
+
+    from machinegaze.data import atomic_write_bytes
+    from machinegaze.metrics import FEATURE_LABEL, MetricsConfig, evaluate_quality
+
+    path = zoo.resolve_network(network)
+    G = zoo.load_generator(path, dev)
+    with progress_bar("metrics") as cb:
+        res = evaluate_quality(G, data, MetricsConfig(**conf_kw), features, faces, progress=cb, precision=prec)
+    res["network"], res["data"] = str(path), data
+    lab = FEATURE_LABEL[features]
+    line = (
+        f"FID-{lab} {res[f'FID-{lab}']:.2f}  KID-{lab} {res[f'KID-{lab}'] * 1000:.2f}e-3  "
+        f"precision {res[f'precision-{lab}']:.3f}  recall {res[f'recall-{lab}']:.3f}"
+    )
+    if faces:
+        line += f"  faces {res['face_share']:.3f} (reals {res['face_share_real']:.3f})"
+    print(f"{line}  ({res['num_gen']} generated vs {res['num_real']} real at {res['resolution']} px)")
     if out is not None:
         atomic_write_bytes(out, (json.dumps(res, indent=1) + "\n").encode())

@@ -1,0 +1,98 @@
+"""Measure generators on the held-out reals at their own resolution (issue 16, item 4), as a JSON table.
+
+    python experiments/faces128/measure.py OUT.json NAME=NETWORK@HELDOUT.zip ... [--num-gen 500] [--ref]
+
+For each generator: FID / KID / precision / recall (k=3) on EfficientNet-Lite0 features (224 px) and on VGG16
+relu5_3 features (128 px), the share of samples in which MTCNN finds a face, and its discriminator's logits on
+the held-out reals and on its own samples (gap and AUC). Generated image i uses seed i, psi 1. Real features
+are computed once per held-out set. With --ref, a real-vs-real row per held-out set: --num-gen images of the
+training zip beside it (..._heldout.zip -> ..._train.zip) measured like a generator's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from machinegaze import checkpoints, metrics, zoo
+
+
+def auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(a real's logit > a fake's), ties count half."""
+    diff = pos[:, None] - neg[None, :]
+    return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
+
+
+@torch.no_grad()
+def d_logits(D, images: torch.Tensor, batch: int = 32) -> np.ndarray:
+    """D's logits on the first multiple of 4 images (a StyleGAN2 D's minibatch-stddev groups are 4)."""
+    images = images[: len(images) // 4 * 4]
+    return torch.cat([D(images[i : i + batch], None)[:, 0] for i in range(0, len(images), batch)]).numpy()
+
+
+def measure(images: torch.Tensor, reals: dict, nets: dict) -> dict:
+    """All measures of a set of images against one held-out set's cached features."""
+    row = {}
+    for feat in metrics.FEATURES:
+        fn, net = nets[feat]
+        fake = fn(images, net)
+        row.update(metrics.quality_from_features(reals[feat], fake, feat))
+    row["face_share"] = metrics.face_share(images, nets["mtcnn"])
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("models", nargs="+", help="NAME=NETWORK@HELDOUT.zip")
+    ap.add_argument("--num-gen", type=int, default=500)
+    ap.add_argument("--max-real", type=int, default=0, help="at most this many held-out reals (0 = all)")
+    ap.add_argument("--ref", action="store_true", help="a real-vs-real row per held-out set")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    nets = {
+        "effnet": (metrics.embed, zoo.load_efficientnet_lite0()),
+        "vgg16": (metrics.embed_vgg16, zoo.vgg16_features()),
+    }
+    with_mtcnn = dict(nets, mtcnn=zoo.load_mtcnn())
+    cache: dict[str, tuple[torch.Tensor, dict]] = {}
+    rows = {}
+    for spec in a.models:
+        name, rest = spec.split("=", 1)
+        network, heldout = rest.rsplit("@", 1)
+        t0 = time.time()
+        G = zoo.load_generator(zoo.resolve_network(network))
+        res = G.img_resolution
+        if heldout not in cache:
+            reals = metrics.real_images(heldout, res, max_images=a.max_real)
+            cache[heldout] = (reals, {k: fn(reals, net) for k, (fn, net) in nets.items()})
+            rows[f"reals {res}px (held-out)"] = {
+                "face_share": metrics.face_share(reals, with_mtcnn["mtcnn"]),
+                "num": len(reals),
+            }
+            if a.ref:
+                ref = metrics.real_images(heldout.replace("_heldout", "_train"), res, max_images=a.num_gen)
+                rows[f"real-vs-real {res}px"] = measure(ref, cache[heldout][1], with_mtcnn)
+        reals, rf = cache[heldout]
+        fakes = metrics.generate_images(G, a.num_gen, seed=0)
+        row = measure(fakes, rf, with_mtcnn)
+        D = checkpoints.load_networks(zoo.resolve_network(network), roles=("D",)).D
+        if D is not None:
+            lr, lf = d_logits(D, reals), d_logits(D, fakes)
+            row.update(
+                D_real=float(lr.mean()), D_fake=float(lf.mean()), D_gap=float(lr.mean() - lf.mean()), D_auc=auc(lr, lf)
+            )
+        meta = checkpoints.load_networks(zoo.resolve_network(network), roles=()).meta
+        row.update(resolution=res, kimg=meta.get("kimg"), wall_s=meta.get("wall_s"), measure_s=round(time.time() - t0))
+        rows[name] = row
+        print(name, json.dumps(row), flush=True)
+        with open(a.out, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

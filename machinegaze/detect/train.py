@@ -11,6 +11,12 @@
 
 AdamW (betas 0.9/0.99, as fastai), binary cross-entropy with fakes weighted by n_real/n_fake so the classes
 count equally, random horizontal flips. Images arrive already preprocessed (uint8, see sources.py).
+
+With `augment` on, every training batch goes through Wang et al.'s augmentation (sources.Augment: random
+resize, Gaussian blur, JPEG re-encoding, crop, flip), drawn from the run's seed; validation and test images
+never are. With `patch` set the detector trains on random patch x patch crops at native pixels and classifies
+whole images by their mean patch logit (detect/native.py). From-scratch bodies (smallcnn, npr, spectrum) want
+freeze_epochs = 0: there is nothing pretrained to protect.
 """
 
 from __future__ import annotations
@@ -26,7 +32,16 @@ import torch
 from machinegaze import GazeError, zoo
 from machinegaze.detect import evaluate as ev
 from machinegaze.detect.model import Detector, DetectorSpec, bce_loss, freeze_body
-from machinegaze.detect.sources import ImageCache, Item, Source, gather, parse_sources, preprocess_for, to_tensor
+from machinegaze.detect.sources import (
+    Augment,
+    ImageCache,
+    Item,
+    Source,
+    gather,
+    parse_sources,
+    preprocess_for,
+    to_tensor,
+)
 from machinegaze.progress import ProgressFn, report
 
 
@@ -49,6 +64,8 @@ class TrainConfig:
     seed: int = 0
     width: int = 32  # smallcnn width
     crop: int | None = None  # train on random crops of this size (native pixels kept); test sees the whole image
+    patch: int | None = None  # native-resolution patch policy: train on patches, test by the mean patch logit
+    augment: bool = False  # Wang et al. blur / JPEG / resize / crop / flip augmentation of training batches
 
     def __post_init__(self):
         if self.epochs < 0 or self.freeze_epochs < 0 or self.epochs + self.freeze_epochs == 0:
@@ -59,10 +76,19 @@ class TrainConfig:
             raise GazeError(f"learning rate must be > 0, got {self.lr}")
         if self.crop is not None and not 16 <= self.crop <= self.size:
             raise GazeError(f"crop must be 16..size ({self.size}) px, got {self.crop}")
+        if self.patch is not None and not 16 <= self.patch <= self.size:
+            raise GazeError(f"patch must be 16..size ({self.size}) px, got {self.patch}")
 
     @property
     def spec(self) -> DetectorSpec:
-        return DetectorSpec(self.arch, self.size, self.jpeg_quality if self.policy else None, self.width)
+        return DetectorSpec(
+            self.arch, self.size, self.jpeg_quality if self.policy else None, self.width, patch=self.patch
+        )
+
+    @property
+    def train_crop(self) -> int | None:
+        """The size of training inputs when not the whole image: the patch, else the crop."""
+        return self.patch or self.crop
 
     @property
     def preprocess(self):
@@ -130,6 +156,18 @@ def _random_crops(x: np.ndarray, crop: int, g: torch.Generator) -> np.ndarray:
     return x[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
+def training_batch(x: np.ndarray, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
+    """uint8 images of one batch -> the float input the model trains on (augmented, cropped, flipped)."""
+    out = cfg.train_crop or x.shape[1]
+    if cfg.augment:
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=g)))
+        return to_tensor(Augment().batch(x, out, rng))
+    xb = to_tensor(_random_crops(x, out, g) if cfg.train_crop else x)
+    flip = torch.rand(len(x), generator=g) < 0.5
+    xb[flip] = xb[flip].flip(-1)
+    return xb
+
+
 def sample_weights(y: np.ndarray, sources: list[str] | None, balance: bool, balance_sources: bool) -> np.ndarray:
     """Per-image loss weights, mean 1: the classes count equally (balance), and with balance_sources also every
     source within its class. Class balance alone is the case of one source per class."""
@@ -193,10 +231,7 @@ def fit(
                 model.body.eval()  # frozen BatchNorm statistics as well as weights
             t0, seen, loss_sum = time.perf_counter(), 0, 0.0
             for idx in _batches(len(x), cfg.batch_size, g):
-                xa = x[idx.numpy()]
-                xb = to_tensor(_random_crops(xa, cfg.crop, g) if cfg.crop else xa)
-                flip = torch.rand(len(idx), generator=g) < 0.5
-                xb[flip] = xb[flip].flip(-1)
+                xb = training_batch(x[idx.numpy()], cfg, g)
                 xb = xb.contiguous(memory_format=torch.channels_last)  # 1.6x faster on CPU (depthwise convs)
                 yb = torch.from_numpy(y[idx.numpy()])
                 if phase == "frozen":

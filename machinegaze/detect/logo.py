@@ -34,6 +34,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +143,11 @@ def _run_one(plan: LogoPlan, fold: str, cfg: TrainConfig, cache: ImageCache, dat
     }
 
 
+def run_path(out: Path, fold: str, rep: str) -> Path:
+    """Where one (fold, representation) run is saved; source specs such as 'fake:/a/b' become file-safe."""
+    return out / "runs" / re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{fold}__{rep}.npz")
+
+
 def _key(it: Item) -> str:
     return f"{it.path}#{it.seed}" if it.seed is not None else it.path
 
@@ -172,8 +178,14 @@ def ensemble_run(runs: list[dict]) -> dict:
         if list(r["test_keys"]) != list(runs[0]["test_keys"]) or list(r["val_keys"]) != list(runs[0]["val_keys"]):
             raise GazeError("ensemble members were evaluated on different images (use one seed, size and caps)")
     cal = ev.calibrate(val, runs[0]["val_y"])
-    return {**runs[0], "val_logits": val, "test_logits": test, "temperature": cal.temperature,
-            "threshold": cal.threshold, "seconds": sum(r["seconds"] for r in runs)}  # fmt: skip
+    return {
+        **runs[0],
+        "val_logits": val,
+        "test_logits": test,
+        "temperature": cal.temperature,
+        "threshold": cal.threshold,
+        "seconds": sum(r["seconds"] for r in runs),
+    }
 
 
 def _acc(correct: np.ndarray) -> dict:
@@ -192,10 +204,16 @@ def score_run(plan: LogoPlan, fold: str, rep: str, run: dict, items: list[Item])
     correct = (prob >= run["threshold"]).astype(int) == y
     src = np.array([it.source for it in its])
     reals = y == REAL
-    row = {"held_out": fold, "representation": rep, "n_train": int(run["n_train"]), "seconds": run["seconds"],
-           "temperature": run["temperature"], "threshold": run["threshold"],
-           "reals": _acc(correct[reals]),
-           "per_source": {s: _acc(correct[src == s]) for s in dict.fromkeys(src)}}  # fmt: skip
+    row = {
+        "held_out": fold,
+        "representation": rep,
+        "n_train": int(run["n_train"]),
+        "seconds": run["seconds"],
+        "temperature": run["temperature"],
+        "threshold": run["threshold"],
+        "reals": _acc(correct[reals]),
+        "per_source": {s: _acc(correct[src == s]) for s in dict.fromkeys(src)},
+    }
     if fold != NONE:
         m = src == fold
         row["held_out_generator"] = _acc(correct[m])
@@ -232,7 +250,7 @@ def run_logo(
     rows: list[dict] = []
     for i, (fold, name, cfg) in enumerate(todo):
         report(progress, i, len(todo), stage="logo", fold=fold, representation=name)
-        path = out / "runs" / f"{fold}__{name}.npz"
+        path = run_path(out, fold, name)
         if not path.is_file():
             _save_run(path, _run_one(plan, fold, cfg, cache, data_root, progress))
         rows = collect(plan, out, data_root)
@@ -247,7 +265,7 @@ def collect(plan: LogoPlan, out: Path, data_root=None) -> list[dict]:
     for fold in plan.held_out:
         runs = {}
         for name, cfg in plan.representations:
-            p = out / "runs" / f"{fold}__{name}.npz"
+            p = run_path(out, fold, name)
             if p.is_file():
                 runs[name] = _load_run(p)
         if not runs:
@@ -270,17 +288,26 @@ def _fmt(a: dict | None) -> str:
 
 def logo_markdown(rows: list[dict]) -> str:
     """The LOGO table (left-out generator and held-out reals) and the all-generator per-source table."""
-    lines = ["| left out | representation | acc. on left-out generator | AUC vs reals | acc. on held-out reals |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| left out | representation | acc. on left-out generator | AUC vs reals | acc. on held-out reals |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["held_out"] != NONE:
-            lines.append(f"| {r['held_out']} | {r['representation']} | {_fmt(r['held_out_generator'])} | "
-                         f"{r['held_out_auc']:.3f} | {_fmt(r['reals'])} |")  # fmt: skip
+            lines.append(
+                f"| {r['held_out']} | {r['representation']} | {_fmt(r['held_out_generator'])} | "
+                f"{r['held_out_auc']:.3f} | {_fmt(r['reals'])} |"
+            )
     alls = [r for r in rows if r["held_out"] == NONE]
     if alls:
         srcs = list(dict.fromkeys(s for r in alls for s in r["per_source"]))
-        lines += ["", "Trained on every generator (identity-disjoint test splits):", "",
-                  "| representation | " + " | ".join(srcs) + " |", "|---|" + "---|" * len(srcs)]  # fmt: skip
+        lines += [
+            "",
+            "Trained on every generator (identity-disjoint test splits):",
+            "",
+            "| representation | " + " | ".join(srcs) + " |",
+            "|---|" + "---|" * len(srcs),
+        ]
         for r in alls:
             lines.append(f"| {r['representation']} | " + " | ".join(_fmt(r["per_source"].get(s)) for s in srcs) + " |")
     return "\n".join(lines) + "\n"

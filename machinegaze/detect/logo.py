@@ -57,6 +57,7 @@ class LogoPlan:
     held_out: tuple[str, ...]
     representations: tuple[tuple[str, TrainConfig], ...]
     ensembles: tuple[tuple[str, ...], ...] = ()
+    baseline: str | None = None  # a saved detector (e.g. "default", the bundled one) scored on the "none" fold
 
 
 def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -81,7 +82,7 @@ def logo_plan_from_dict(doc: dict, where: str = "logo") -> LogoPlan:
     if unknown:
         raise GazeError(f"{where}: unknown section(s) {sorted(unknown)}")
     lg = dict(doc["logo"])
-    bad = set(lg) - {"reals", "generators", "held_out", "ensembles"}
+    bad = set(lg) - {"reals", "generators", "held_out", "ensembles", "baseline"}
     if bad:
         raise GazeError(f"{where}: unknown key(s) in [logo]: {sorted(bad)}")
     reals = _names(lg.get("reals"), f"{where} [logo] reals")
@@ -108,7 +109,8 @@ def logo_plan_from_dict(doc: dict, where: str = "logo") -> LogoPlan:
     for e in ens:
         if len(e) < 2 or set(e) - set(names):
             raise GazeError(f"{where}: ensemble {list(e)} must name two or more representations of {names}")
-    return LogoPlan(reals, gens, held, tuple(reps), ens)
+    base = lg.get("baseline")
+    return LogoPlan(reals, gens, held, tuple(reps), ens, str(base) if base else None)
 
 
 # ---------------------------------------------------------------- one fold
@@ -140,6 +142,28 @@ def _run_one(plan: LogoPlan, fold: str, cfg: TrainConfig, cache: ImageCache, dat
         "threshold": float(res.model.threshold),
         "seconds": res.seconds,
         "n_train": len(res.train_items),
+    }
+
+
+def _baseline_run(plan: LogoPlan, cache: ImageCache, data_root, progress) -> dict:
+    """The saved detector `plan.baseline` on the "none" fold's test images, with its own preprocessing."""
+    from machinegaze import zoo
+    from machinegaze.detect.sources import preprocess_of
+
+    model = zoo.load_detector(plan.baseline)
+    test = fold_test_items(plan, NONE, plan.representations[0][1], data_root)
+    sources = parse_sources([*plan.reals, *plan.generators], data_root)
+    logits = ev.predict_logits(model, cache.arrays(test, preprocess_of(model), sources, progress))
+    return {
+        "val_keys": np.array([], dtype=str),
+        "val_y": np.zeros(0),
+        "val_logits": np.zeros(0),
+        "test_keys": [_key(it) for it in test],
+        "test_logits": logits,
+        "temperature": float(model.temperature),
+        "threshold": float(model.threshold),
+        "seconds": 0.0,
+        "n_train": 0,
     }
 
 
@@ -255,6 +279,12 @@ def run_logo(
             _save_run(path, _run_one(plan, fold, cfg, cache, data_root, progress))
         rows = collect(plan, out, data_root)
         write_logo(out, rows)
+    if plan.baseline and NONE in folds:
+        path = run_path(out, NONE, "baseline")
+        if not path.is_file():
+            _save_run(path, _baseline_run(plan, cache, data_root, progress))
+        rows = collect(plan, out, data_root)
+        write_logo(out, rows)
     report(progress, len(todo), len(todo), stage="logo")
     return rows
 
@@ -277,6 +307,9 @@ def collect(plan: LogoPlan, out: Path, data_root=None) -> list[dict]:
         for ens in plan.ensembles:
             if all(m in runs for m in ens):
                 rows.append(score_run(plan, fold, "+".join(ens), ensemble_run([runs[m] for m in ens]), items))
+        base = run_path(out, fold, "baseline")
+        if fold == NONE and plan.baseline and base.is_file():
+            rows.append(score_run(plan, fold, f"baseline ({plan.baseline})", _load_run(base), items))
     return rows
 
 

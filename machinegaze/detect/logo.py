@@ -246,7 +246,7 @@ def score_run(plan: LogoPlan, fold: str, rep: str, run: dict, items: list[Item])
     return row
 
 
-def _subgroups(items: list[Item], correct: np.ndarray, min_n: int = 10) -> dict:
+def _subgroups(items: list[Item], correct: np.ndarray, min_n: int = 5) -> dict:
     """Accuracy on real faces by attribute ('utkface race=Black', ...), plus the blonde-woman trap."""
     groups: dict[str, list[bool]] = {}
     for it, c in zip(items, correct):
@@ -343,7 +343,41 @@ def logo_markdown(rows: list[dict]) -> str:
         ]
         for r in alls:
             lines.append(f"| {r['representation']} | " + " | ".join(_fmt(r["per_source"].get(s)) for s in srcs) + " |")
+        lines += ["", *bias_markdown(alls)]
+    lines += ["", *blonde_trap_markdown(rows)]
     return "\n".join(lines) + "\n"
+
+
+def bias_markdown(rows: list[dict]) -> list[str]:
+    """Accuracy on real faces by subgroup (one column per row, i.e. per representation)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r["subgroups"]))
+    lines = [
+        "Real faces by subgroup, trained on every generator (accuracy %, 95 % Wilson CI):",
+        "",
+        "| subgroup | " + " | ".join(r["representation"] for r in rows) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
+    for k in keys:
+        lines.append(f"| {k} | " + " | ".join(_fmt(r["subgroups"].get(k)) for r in rows) + " |")
+    return lines
+
+
+def blonde_trap_markdown(rows: list[dict]) -> list[str]:
+    """Real FFHQ women with blond vs other hair, with and without sd14_blonde ('blonde woman') in training."""
+    b, o = "ffhq256 women, blond hair", "ffhq256 women, other hair"
+    lines = [
+        "The blonde-woman trap: real FFHQ women called real (%, 95 % Wilson CI), by training set:",
+        "",
+        "| left out | representation | blond hair | other hair |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        if b in r["subgroups"] or o in r["subgroups"]:
+            lines.append(
+                f"| {r['held_out']} | {r['representation']} | {_fmt(r['subgroups'].get(b))} | "
+                f"{_fmt(r['subgroups'].get(o))} |"
+            )
+    return lines
 
 
 def write_logo(out: Path, rows: list[dict]) -> None:

@@ -236,12 +236,15 @@ def score_run(plan: LogoPlan, fold: str, rep: str, run: dict, items: list[Item])
         "temperature": run["temperature"],
         "threshold": run["threshold"],
         "reals": _acc(correct[reals]),
-        "per_source": {s: _acc(correct[src == s]) for s in dict.fromkeys(src)},
+        "per_source": {str(s): _acc(correct[src == s]) for s in dict.fromkeys(src)},
     }
     if fold != NONE:
         m = src == fold
         row["held_out_generator"] = _acc(correct[m])
         row["held_out_auc"] = ev.roc_auc(np.r_[y[m], y[reals]], np.r_[z[m], z[reals]])
+        row["held_out_auc_by_real"] = {
+            str(s): ev.roc_auc(np.r_[y[m], y[src == s]], np.r_[z[m], z[src == s]]) for s in dict.fromkeys(src[reals])
+        }
     row["subgroups"] = _subgroups(its, correct)
     return row
 
@@ -322,14 +325,16 @@ def _fmt(a: dict | None) -> str:
 def logo_markdown(rows: list[dict]) -> str:
     """The LOGO table (left-out generator and held-out reals) and the all-generator per-source table."""
     lines = [
-        "| left out | representation | acc. on left-out generator | AUC vs reals | acc. on held-out reals |",
-        "|---|---|---|---|---|",
+        "| left out | representation | acc. on left-out generator | AUC vs reals | AUC vs FFHQ reals "
+        "| acc. on held-out reals |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["held_out"] != NONE:
             lines.append(
                 f"| {r['held_out']} | {r['representation']} | {_fmt(r['held_out_generator'])} | "
-                f"{r['held_out_auc']:.3f} | {_fmt(r['reals'])} |"
+                f"{r['held_out_auc']:.3f} | {r['held_out_auc_by_real'].get('ffhq256', float('nan')):.3f} | "
+                f"{_fmt(r['reals'])} |"
             )
     alls = [r for r in rows if r["held_out"] == NONE]
     if alls:

@@ -382,7 +382,7 @@ def blonde_trap_markdown(rows: list[dict]) -> list[str]:
                 f"| {r['held_out']} | {r['representation']} | {_fmt(r['subgroups'].get(b))} | "
                 f"{_fmt(r['subgroups'].get(o))} |"
             )
-    return lines
+    return lines if len(lines) > 4 else []
 
 
 def write_logo(out: Path, rows: list[dict]) -> None:

@@ -78,6 +78,7 @@ class TrainConfig:
             raise GazeError(f"crop must be 16..size ({self.size}) px, got {self.crop}")
         if self.patch is not None and not 16 <= self.patch <= self.size:
             raise GazeError(f"patch must be 16..size ({self.size}) px, got {self.patch}")
+        _ = self.spec  # an unknown architecture is an error before any image is loaded
 
     @property
     def spec(self) -> DetectorSpec:

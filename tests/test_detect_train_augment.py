@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from machinegaze import GazeError
 from machinegaze.detect import native
 from machinegaze.detect.model import Detector, DetectorSpec
-from machinegaze.detect.sources import Augment
-from machinegaze.detect.train import TrainConfig, training_batch
+from machinegaze.detect.sources import Augment, to_tensor
+from machinegaze.detect.train import TrainConfig, training_images
 from machinegaze.nets.npr import NPRNet, npr_residual
 from machinegaze.nets.spectrum import SpectrumNet, azimuthal_average, spectral_features
 
@@ -49,17 +49,17 @@ def test_augment_pads_images_smaller_than_the_crop():
     assert out.shape == (24, 24, 3)
 
 
-def test_training_batch_augments_only_when_asked_and_is_seeded():
+def test_training_images_augment_only_when_asked_and_are_seeded():
     x = _images()
     plain = TrainConfig(arch="npr", pretrained=False, size=64, patch=32, freeze_epochs=0, epochs=1)
     assert not plain.augment  # off by default: evaluation and predict never see it
     aug = TrainConfig(arch="npr", pretrained=False, size=64, patch=32, freeze_epochs=0, epochs=1, augment=True)
-    xa = training_batch(x, aug, torch.Generator().manual_seed(0))
-    xb = training_batch(x, aug, torch.Generator().manual_seed(0))
-    xp = training_batch(x, plain, torch.Generator().manual_seed(0))
+    xa = to_tensor(training_images(x, aug, torch.Generator().manual_seed(0)))
+    xb = to_tensor(training_images(x, aug, torch.Generator().manual_seed(0)))
+    xp = to_tensor(training_images(x, plain, torch.Generator().manual_seed(0)))
     assert xa.shape == xp.shape == (4, 3, 32, 32)
     assert torch.equal(xa, xb) and not torch.equal(xa, xp)
-    # Without augmentation every crop is a window of the image, pixels untouched (maybe mirrored).
+    # Without augmentation every crop is a window of the image, pixels untouched.
     full = torch.from_numpy(x).permute(0, 3, 1, 2).float().div(127.5).sub(1)
     for i in range(4):
         wins = full[i].unfold(1, 32, 1).unfold(2, 32, 1).permute(1, 2, 0, 3, 4).reshape(-1, 3, 32, 32)

@@ -157,16 +157,13 @@ def _random_crops(x: np.ndarray, crop: int, g: torch.Generator) -> np.ndarray:
     return x[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def training_batch(x: np.ndarray, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
-    """uint8 images of one batch -> the float input the model trains on (augmented, cropped, flipped)."""
-    out = cfg.train_crop or x.shape[1]
+def training_images(x: np.ndarray, cfg: TrainConfig, g: torch.Generator) -> np.ndarray:
+    """uint8 images of one batch -> the uint8 images the model trains on: Wang et al.-augmented (cfg.augment),
+    else randomly cropped to the patch / crop size (native pixels), else unchanged. Flips come after, as always."""
     if cfg.augment:
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=g)))
-        return to_tensor(Augment().batch(x, out, rng))
-    xb = to_tensor(_random_crops(x, out, g) if cfg.train_crop else x)
-    flip = torch.rand(len(x), generator=g) < 0.5
-    xb[flip] = xb[flip].flip(-1)
-    return xb
+        return Augment().batch(x, cfg.train_crop or x.shape[1], rng)
+    return _random_crops(x, cfg.train_crop, g) if cfg.train_crop else x
 
 
 def sample_weights(y: np.ndarray, sources: list[str] | None, balance: bool, balance_sources: bool) -> np.ndarray:
@@ -232,7 +229,10 @@ def fit(
                 model.body.eval()  # frozen BatchNorm statistics as well as weights
             t0, seen, loss_sum = time.perf_counter(), 0, 0.0
             for idx in _batches(len(x), cfg.batch_size, g):
-                xb = training_batch(x[idx.numpy()], cfg, g)
+                xa = x[idx.numpy()]
+                xb = to_tensor(training_images(xa, cfg, g))
+                flip = torch.rand(len(idx), generator=g) < 0.5
+                xb[flip] = xb[flip].flip(-1)
                 xb = xb.contiguous(memory_format=torch.channels_last)  # 1.6x faster on CPU (depthwise convs)
                 yb = torch.from_numpy(y[idx.numpy()])
                 if phase == "frozen":

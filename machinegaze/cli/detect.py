@@ -16,7 +16,7 @@ from machinegaze.device import describe
 
 detect_app = typer.Typer(no_args_is_help=True, help="Is this face real? Train, evaluate and run fake-face detectors.")
 _DETECT_SOURCES_HELP = (
-    "comma-separated sources: utkface, lfw, ffhq256, ffhq1024, orl, stylegan1, stylegan3, "
+    "comma-separated sources: utkface, lfw, ffhq256, ffhq1024, orl, stylegan1, stylegan3, sd21_sdfd, sd14_blonde, "
     "real:FOLDER, fake:FOLDER, stylegan2:NETWORK"
 )
 
@@ -36,7 +36,9 @@ def detect_train_cmd(
     out: Path = typer.Option(..., "--out", help="detector file to write (.safetensors)"),
     train: str = typer.Option("utkface,lfw,ffhq256,stylegan1,stylegan3", "--train", help=_DETECT_SOURCES_HELP),
     arch: str = typer.Option(
-        "effnet_lite0", "--arch", help="effnet_lite0 (ImageNet transfer) | smallcnn (from scratch)"
+        "effnet_lite0",
+        "--arch",
+        help="effnet_lite0 (ImageNet transfer) | smallcnn | npr (upsampling residual) | spectrum (FFT features)",
     ),
     size: int = typer.Option(128, "--size", help="input size in pixels"),
     jpeg_quality: int = typer.Option(75, "--jpeg-quality", help="JPEG quality of the preprocessing policy"),
@@ -58,6 +60,13 @@ def detect_train_cmd(
     crop: Optional[int] = typer.Option(
         None, "--crop", help="train on random crops of this size (native pixels); predict sees the whole --size image"
     ),
+    patch: Optional[int] = typer.Option(
+        None, "--patch", help="native-resolution patches: train on patches, classify by the mean patch logit"
+    ),
+    augment: bool = typer.Option(
+        False, "--augment/--no-augment", help="Wang et al. blur/JPEG/resize/crop augmentation while training"
+    ),
+    width: int = typer.Option(32, "--width", help="channel width of the smallcnn / npr bodies"),
     seed: int = typer.Option(0, "--seed"),
     data: Optional[Path] = typer.Option(
         None, "--data", help="face data folder (default: $GAZE_FACES or ../shared/data/faces)"
@@ -89,6 +98,9 @@ def detect_train_cmd(
         lr=parse_float(lr, "lr"),
         max_per_source=max_per_source,
         crop=crop,
+        patch=patch,
+        augment=augment,
+        width=width,
         lr_mult=lr_mult,
         balance_sources=balance_sources,
         seed=seed,
@@ -255,7 +267,7 @@ def detect_experiment_cmd(
     with progress_bar("experiments") as cb:
         rows = run_file(file, out, data, names, cb, device=dev, precision=prec)
     print(markdown_tables(rows))
-    if report:
+    if report and (out / "results.json").is_file():  # a leave-one-generator-out file writes detect_logo.*
         from machinegaze.detect.report import write_experiment_report
 
         print(f"wrote {write_experiment_report(out)}")

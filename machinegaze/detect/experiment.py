@@ -270,6 +270,10 @@ def _ci(v: float, ci: list[float]) -> str:
 
 def markdown_tables(rows: list[dict]) -> str:
     """The comparison tables (percentages with 95 % bootstrap CIs), one per `table` key."""
+    if rows and "held_out" in rows[0]:  # leave-one-generator-out rows
+        from machinegaze.detect.logo import logo_markdown
+
+        return logo_markdown(rows)
     lines: list[str] = []
     for table in dict.fromkeys(r["table"] for r in rows):
         rs = [r for r in rows if r["table"] == table]
@@ -404,6 +408,18 @@ def run_file(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
 ) -> list[dict]:
+    """Run an experiment file: compositions ([[experiment]]) or leave-one-generator-out ([logo], see logo.py;
+    `only` then names the folds)."""
+    p = Path(path)
+    if p.is_file() and p.suffix == ".toml":
+        try:
+            doc = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise GazeError(f"{p}: not valid TOML ({e})") from None
+        if "logo" in doc:
+            from machinegaze.detect import logo
+
+            return logo.run_logo(logo.logo_plan_from_dict(doc, str(p)), out_dir, data_root, progress, only)
     return run_plan(load_plan(path), out_dir, data_root, only, progress, device=device, precision=precision)
 
 

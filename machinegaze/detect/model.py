@@ -1,8 +1,12 @@
 """The detector: a convolutional body, global average pooling, and one logit for "fake".
 
-Two bodies:
+Four bodies:
 * `effnet_lite0`: EfficientNet-Lite0 pretrained on ImageNet (transfer learning; the default).
 * `smallcnn`: a small CNN trained from scratch (the ablation: how much does ImageNet pretraining buy?).
+* `npr`: the upsampling-artefact residual (nets/npr.py) read by a small CNN, from scratch.
+* `spectrum`: log power spectrum features of the high-pass residual (nets/spectrum.py) read by an MLP.
+
+With `spec.patch` set the detector classifies an image by its native-resolution patches (detect/native.py).
 
 The detector also carries everything `predict` needs to reproduce its training conditions: the input size, the
 JPEG quality of the preprocessing policy (None = off), and the calibration (temperature, threshold) fitted on
@@ -18,9 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from machinegaze import GazeError
+from machinegaze.detect import native
 from machinegaze.nets.efficientnet import EfficientNetLite0
+from machinegaze.nets.npr import NPRNet
+from machinegaze.nets.spectrum import SpectrumNet
 
-ARCHS = ("effnet_lite0", "smallcnn")
+ARCHS = ("effnet_lite0", "smallcnn", "npr", "spectrum")
 
 
 @dataclass(frozen=True)
@@ -30,12 +37,15 @@ class DetectorSpec:
     arch: str = "effnet_lite0"
     size: int = 128
     jpeg_quality: int | None = 75  # None: trained without the preprocessing policy
-    width: int = 32  # smallcnn only
+    width: int = 32  # smallcnn and npr only
     dropout: float = 0.2
+    patch: int | None = None  # classify by the mean logit of patch x patch tiles at native pixels (None: whole)
 
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise GazeError(f"unknown detector architecture '{self.arch}' (use one of {', '.join(ARCHS)})")
+        if self.patch is not None and not 16 <= self.patch <= self.size:
+            raise GazeError(f"patch must be 16..size ({self.size}) px, got {self.patch}")
 
     def to_meta(self) -> dict:
         return asdict(self)
@@ -112,6 +122,10 @@ class Detector(nn.Module):
         self.spec = spec
         if spec.arch == "effnet_lite0":
             self.body: nn.Module = _EffNetBody(imagenet)
+        elif spec.arch == "npr":
+            self.body = NPRNet(spec.width)
+        elif spec.arch == "spectrum":
+            self.body = SpectrumNet()
         else:
             self.body = SmallCNN(spec.width)
         self.dropout = nn.Dropout(spec.dropout)
@@ -129,7 +143,13 @@ class Detector(nn.Module):
         return self.head(self.dropout(fmap.mean(dim=(2, 3)))).squeeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw logits [N] (uncalibrated). P(fake) = sigmoid(logit / temperature)."""
+        """Raw logits [N] (uncalibrated). P(fake) = sigmoid(logit / temperature). Images larger than
+        `spec.patch` get the mean logit of their patches."""
+        if self.spec.patch is not None and max(x.shape[-2:]) > self.spec.patch:
+            return native.patch_logits(self._whole_logits, x, self.spec.patch)
+        return self._whole_logits(x)
+
+    def _whole_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.logit_from_map(self.feature_map(x))
 
     @torch.no_grad()

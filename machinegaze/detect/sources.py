@@ -3,7 +3,8 @@
 Three ideas live here:
 
 * **Sources.** A source is a named set of face images with one label (0 = real, 1 = fake): a folder of the
-  shared face data (`utkface`, `lfw`, `ffhq256`, `ffhq1024`, `orl`, `stylegan1`, `stylegan3`), any folder of
+  shared face data (`utkface`, `lfw`, `ffhq256`, `ffhq1024`, `orl`, `stylegan1`, `stylegan3`, `sd21_sdfd`,
+  `sd14_blonde`), any folder of
   the user's (`real:PATH`, `fake:PATH`), or a StyleGAN2 network sampled on the fly (`stylegan2:NAME_OR_PATH`).
 * **Identity splits.** Every image carries a *group* (the person, the FFHQ id, the generator seed). A group
   lands in train, val or test by a hash of its key, so one person never sits on both sides, and the same
@@ -45,6 +46,8 @@ BUILTIN: dict[str, tuple[str, int]] = {
     "orl": ("real/orl", REAL),
     "stylegan1": ("fake/stylegan1", FAKE),
     "stylegan3": ("fake/stylegan3", FAKE),
+    "sd21_sdfd": ("fake/sd21_sdfd", FAKE),
+    "sd14_blonde": ("fake/sd14_blonde", FAKE),
 }
 # Near-duplicate StyleGAN v1 pairs found by the data QC (provenance/stylegan1_1mfakes_256.md): same split.
 _STYLEGAN1_NEAR_DUPLICATES = {"1A8SFV254Q": "0B925CPFSK", "0R4POY5DTW": "0GTFMAQMQQ", "1DKCGEETES": "0YYEKMF3GY"}
@@ -150,6 +153,8 @@ class FolderSource:
             return self._utkface()
         if self.kind in ("ffhq256", "ffhq1024"):
             return self._ffhq()
+        if self.kind == "sd21_sdfd":
+            return self._sdfd()
         files = list_images(self.root)
         if not files:
             raise GazeError(f"source '{self.name}': no images under {self.root}")
@@ -220,11 +225,32 @@ class FolderSource:
             if glasses == "SwimmingGoggles":
                 glasses = "Sunglasses"
             attrs = (
-                _attrs(gender=row.get("gender") or None, age=_age_bin(row.get("age", "")), glasses=glasses)
+                _attrs(
+                    gender=row.get("gender") or None,
+                    age=_age_bin(row.get("age", "")),
+                    glasses=glasses,
+                    hair=row.get("top_hair_color") or None,
+                )
                 if row.get("n_faces_detected", "1") != "0"
                 else ()
             )
             out.append(Item(str(f), self.label, self.name, "ffhq:" + fid, attrs))
+        if not out:
+            raise GazeError(f"source '{self.name}': no images under {self.root}")
+        return out
+
+    def _sdfd(self) -> list[Item]:
+        """SDFD portraits: 'PROMPTID,SAMPLE.jpg'; the samples of one prompt are one group (they look alike)."""
+        meta: dict[str, dict] = {}
+        labels = self.root / "labels.csv"
+        if labels.is_file():
+            with open(labels, newline="") as fh:
+                meta = {row["file"]: row for row in csv.DictReader(fh)}
+        out = []
+        for f in list_images(self.root):
+            row = meta.get(f.name, {})
+            attrs = _attrs(gender=row.get("gender") or None, race=row.get("races") or None)
+            out.append(Item(str(f), self.label, self.name, "sdfd:" + f.stem.split(",")[0], attrs))
         if not out:
             raise GazeError(f"source '{self.name}': no images under {self.root}")
         return out
@@ -373,6 +399,54 @@ class Preprocess:
             return np.asarray(self.resize(img), dtype=np.uint8)
         with Image.open(io.BytesIO(self.encode(img))) as dec:
             return np.asarray(dec.convert("RGB"), dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentation after Wang et al. (CVPR 2020): each image is, independently, rescaled by a random
+    factor (p=resize_p), blurred with a Gaussian of sigma ~ U[0, blur_sigma] (p=blur_p), re-encoded as JPEG
+    with quality ~ U[jpeg_min, 100] (p=jpeg_p), randomly cropped to the output size and flipped (p=0.5).
+
+    Works on the uint8 arrays the preprocessing policy made; all randomness comes from the numpy Generator
+    passed in, so a seed fixes every pixel."""
+
+    blur_p: float = 0.5
+    blur_sigma: float = 3.0
+    jpeg_p: float = 0.5
+    jpeg_min: int = 30
+    resize_p: float = 0.5
+    scale_min: float = 0.75
+    scale_max: float = 1.25
+
+    def __call__(self, img: np.ndarray, out: int, rng: np.random.Generator) -> np.ndarray:
+        from PIL import ImageFilter
+
+        pil = Image.fromarray(img)
+        if rng.random() < self.resize_p:
+            s = rng.uniform(self.scale_min, self.scale_max)
+            pil = pil.resize((max(8, round(pil.width * s)), max(8, round(pil.height * s))), Image.Resampling.BILINEAR)
+        if rng.random() < self.blur_p:
+            pil = pil.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.0, self.blur_sigma))))
+        if rng.random() < self.jpeg_p:
+            buf = io.BytesIO()
+            pil.save(buf, format="JPEG", quality=int(rng.integers(self.jpeg_min, 101)))
+            with Image.open(io.BytesIO(buf.getvalue())) as dec:
+                pil = dec.convert("RGB")
+        a = np.asarray(pil, dtype=np.uint8)
+        h, w = a.shape[:2]
+        if h < out or w < out:  # a downscaled image smaller than the crop: reflect-pad it
+            ph, pw = max(0, out - h), max(0, out - w)
+            a = np.pad(a, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="reflect")
+            h, w = a.shape[:2]
+        top, left = int(rng.integers(0, h - out + 1)), int(rng.integers(0, w - out + 1))
+        a = a[top : top + out, left : left + out]
+        if rng.random() < 0.5:
+            a = a[:, ::-1]
+        return np.ascontiguousarray(a)
+
+    def batch(self, x: np.ndarray, out: int, rng: np.random.Generator) -> np.ndarray:
+        """uint8 [N, H, W, 3] -> augmented uint8 [N, out, out, 3]."""
+        return np.stack([self(img, out, rng) for img in x])
 
 
 def preprocess_for(policy: bool, size: int = 128, jpeg_quality: int = 75) -> Preprocess:

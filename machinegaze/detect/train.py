@@ -17,6 +17,12 @@ sampling plan (batch order, crops, flips) is drawn on the host from the seed, so
 every device. Loss values stay on the device and are read back every `log_every` steps and at the end of an
 epoch. Under torchrun every rank takes a strided share of each batch and the gradients are averaged over the
 ranks (distributed.average_gradients_), so every step still learns from the whole batch.
+
+With `augment` on, every training batch goes through Wang et al.'s augmentation (sources.Augment: random
+resize, Gaussian blur, JPEG re-encoding, crop, flip), drawn from the run's seed; validation and test images
+never are. With `patch` set the detector trains on random patch x patch crops at native pixels and classifies
+whole images by their mean patch logit (detect/native.py). From-scratch bodies (smallcnn, npr, spectrum) want
+freeze_epochs = 0: there is nothing pretrained to protect.
 """
 
 from __future__ import annotations
@@ -33,7 +39,16 @@ from machinegaze import GazeError, distributed, zoo
 from machinegaze import device as devmod
 from machinegaze.detect import evaluate as ev
 from machinegaze.detect.model import Detector, DetectorSpec, bce_loss, freeze_body
-from machinegaze.detect.sources import ImageCache, Item, Source, gather, parse_sources, preprocess_for, to_tensor
+from machinegaze.detect.sources import (
+    Augment,
+    ImageCache,
+    Item,
+    Source,
+    gather,
+    parse_sources,
+    preprocess_for,
+    to_tensor,
+)
 from machinegaze.progress import ProgressFn, report
 
 
@@ -56,6 +71,8 @@ class TrainConfig:
     seed: int = 0
     width: int = 32  # smallcnn width
     crop: int | None = None  # train on random crops of this size (native pixels kept); test sees the whole image
+    patch: int | None = None  # native-resolution patch policy: train on patches, test by the mean patch logit
+    augment: bool = False  # Wang et al. blur / JPEG / resize / crop / flip augmentation of training batches
 
     def __post_init__(self):
         if self.epochs < 0 or self.freeze_epochs < 0 or self.epochs + self.freeze_epochs == 0:
@@ -66,10 +83,20 @@ class TrainConfig:
             raise GazeError(f"learning rate must be > 0, got {self.lr}")
         if self.crop is not None and not 16 <= self.crop <= self.size:
             raise GazeError(f"crop must be 16..size ({self.size}) px, got {self.crop}")
+        if self.patch is not None and not 16 <= self.patch <= self.size:
+            raise GazeError(f"patch must be 16..size ({self.size}) px, got {self.patch}")
+        _ = self.spec  # an unknown architecture is an error before any image is loaded
 
     @property
     def spec(self) -> DetectorSpec:
-        return DetectorSpec(self.arch, self.size, self.jpeg_quality if self.policy else None, self.width)
+        return DetectorSpec(
+            self.arch, self.size, self.jpeg_quality if self.policy else None, self.width, patch=self.patch
+        )
+
+    @property
+    def train_crop(self) -> int | None:
+        """The size of training inputs when not the whole image: the patch, else the crop."""
+        return self.patch or self.crop
 
     @property
     def preprocess(self):
@@ -135,6 +162,15 @@ def _random_crops(x: np.ndarray, crop: int, g: torch.Generator) -> np.ndarray:
     rows = top[:, None] + np.arange(crop)[None, :]  # [N, crop]
     cols = left[:, None] + np.arange(crop)[None, :]
     return x[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def training_images(x: np.ndarray, cfg: TrainConfig, g: torch.Generator) -> np.ndarray:
+    """uint8 images of one batch -> the uint8 images the model trains on: Wang et al.-augmented (cfg.augment),
+    else randomly cropped to the patch / crop size (native pixels), else unchanged. Flips come after, as always."""
+    if cfg.augment:
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=g)))
+        return Augment().batch(x, cfg.train_crop or x.shape[1], rng)
+    return _random_crops(x, cfg.train_crop, g) if cfg.train_crop else x
 
 
 def sample_weights(y: np.ndarray, sources: list[str] | None, balance: bool, balance_sources: bool) -> np.ndarray:
@@ -265,7 +301,7 @@ def fit(
             t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), dtype=devmod.accumulate_dtype(dev), device=dev)
             for idx in _batches(len(x), cfg.batch_size, g):
                 xa = x[idx.numpy()]
-                xa = _random_crops(xa, cfg.crop, g) if cfg.crop else xa
+                xa = training_images(xa, cfg, g)
                 flip = torch.rand(len(idx), generator=g) < 0.5
                 mine = _rank_share(len(idx), world)
                 xb = _batch_on(dev, xa[mine.numpy()], flip[mine])

@@ -124,12 +124,17 @@ def crop_square(box: Box, width: int, height: int, margin: float) -> Box:
     return (left, top, left + side, top + side)
 
 
+def crop_face(img: Image.Image, box: Box, margin: float) -> Image.Image:
+    """The square crop around a face box (crop_square), at the photo's own pixels."""
+    return img.crop(crop_square(box, img.size[0], img.size[1], margin))
+
+
 def faces_of(img: Image.Image, mtcnn, cfg: PredictConfig = PredictConfig()) -> list[tuple[Box, Image.Image]]:
     """(face box, square crop at the photo's own pixels) for every face; the whole image with face_check off."""
     w, h = img.size
     if not cfg.face_check:
         return [((0, 0, w, h), img)]
-    return [(b, img.crop(crop_square(b, w, h, cfg.margin))) for b in face_boxes(img, mtcnn, cfg)]
+    return [(b, crop_face(img, b, cfg.margin)) for b in face_boxes(img, mtcnn, cfg)]
 
 
 # ---------------------------------------------------------------- classification
@@ -167,6 +172,22 @@ class _Chunk:
                 p = next(probs)
                 rows.append(Prediction(path, k, box, p, _verdict(p, threshold)))
         return rows
+
+
+def predict_image(
+    model: torch.nn.Module,
+    img: Image.Image,
+    cfg: PredictConfig = PredictConfig(),
+    mtcnn=None,
+    fast: Optional[torch.nn.Module] = None,
+    name: str = "",
+) -> tuple[list[Prediction], list[Image.Image]]:
+    """One decoded photo: its rows (one per face, or one no_face row) and the face crops in the same order.
+    `fast`: the model's detect.fast.fast_detector copy, if the caller keeps one."""
+    pre = preprocess_of(model)
+    found = faces_of(img, mtcnn, cfg)
+    chunk = _Chunk([(name, [(b, pre(c)) for b, c in found])])
+    return chunk.classify(fast or model, float(model.temperature), float(model.threshold)), [c for _, c in found]
 
 
 # ---------------------------------------------------------------- decoding in DataLoader workers

@@ -158,7 +158,12 @@ def detect_predict_cmd(
         help="find faces first (MTCNN) and classify each; --no-face-check: every image is one pre-cropped face",
     ),
     margin: float = typer.Option(0.25, "--margin", help="face crop: the box's long side plus this much on each side"),
-    min_face: float = typer.Option(40.0, "--min-face", help="smallest face looked for, in pixels"),
+    min_face: float = typer.Option(
+        32.0, "--min-face", help="smallest face looked for, in pixels of the detection copy"
+    ),
+    detect_size: int = typer.Option(
+        640, "--detect-size", help="faces are looked for on a copy shrunk to this long side; crops use every pixel"
+    ),
     resume: bool = typer.Option(False, "--resume", help="skip files already in the --out CSV and append the rest"),
     batch_size: int = typer.Option(32, "--batch-size", help="images per chunk (torchrun deals whole chunks)"),
     workers: int = typer.Option(1, "--workers", help="processes decoding images (0: none)"),
@@ -176,7 +181,7 @@ def detect_predict_cmd(
     from machinegaze.device import autocast
 
     set_threads(threads)
-    cfg = PredictConfig(face_check=face_check, margin=margin, min_face=min_face, batch_size=batch_size, workers=workers)
+    cfg = PredictConfig(face_check, margin, min_face, detect_size, batch_size, workers)
     dev, prec = resolve(device, precision)
     world = distributed.init(dev)
     det = zoo.load_detector(model, device=dev)

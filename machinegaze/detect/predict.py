@@ -43,8 +43,8 @@ Box = tuple[int, int, int, int]
 class PredictConfig:
     face_check: bool = True  # find faces first (MTCNN); False: every image is one pre-cropped face
     margin: float = 0.25  # the crop is the face box's long side grown by this fraction on every side
-    min_face: float = 40.0  # smallest face looked for, in pixels of the detection image
-    detect_max_side: int = 1024  # faces are looked for on a copy shrunk to this longest side
+    min_face: float = 32.0  # smallest face looked for, in pixels of the detection copy
+    detect_max_side: int = 640  # faces are looked for on a copy shrunk to this longest side (crops are native)
     batch_size: int = 32  # images per chunk: their faces are classified together (torchrun deals whole chunks)
     workers: int = 1  # DataLoader processes decoding images (0: decode in this process)
 
@@ -57,6 +57,8 @@ class PredictConfig:
             raise GazeError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.workers < 0:
             raise GazeError(f"--workers must be >= 0, got {self.workers}")
+        if self.detect_max_side < 64:
+            raise GazeError(f"--detect-size must be >= 64 px, got {self.detect_max_side}")
 
 
 @dataclass(frozen=True)

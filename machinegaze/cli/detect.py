@@ -157,7 +157,7 @@ def detect_predict_cmd(
         "--face-check/--no-face-check",
         help="find faces first (MTCNN) and classify each; --no-face-check: every image is one pre-cropped face",
     ),
-    margin: float = typer.Option(0.25, "--margin", help="face crop: the box's long side plus this much on each side"),
+    margin: float = typer.Option(0.4, "--margin", help="face crop: the box's long side plus this much on each side"),
     min_face: float = typer.Option(
         32.0, "--min-face", help="smallest face looked for, in pixels of the detection copy"
     ),

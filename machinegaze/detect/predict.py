@@ -42,7 +42,7 @@ Box = tuple[int, int, int, int]
 @dataclass(frozen=True)
 class PredictConfig:
     face_check: bool = True  # find faces first (MTCNN); False: every image is one pre-cropped face
-    margin: float = 0.25  # the crop is the face box's long side grown by this fraction on every side
+    margin: float = 0.4  # the crop is the face box's long side grown by this fraction on every side
     min_face: float = 32.0  # smallest face looked for, in pixels of the detection copy
     detect_max_side: int = 640  # faces are looked for on a copy shrunk to this longest side (crops are native)
     batch_size: int = 32  # images per chunk: their faces are classified together (torchrun deals whole chunks)

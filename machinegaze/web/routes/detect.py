@@ -43,7 +43,7 @@ class DetectOut(BaseModel):
     },
 )
 def detect(
-    file: Optional[UploadFile] = File(None, description="a face photo"),
+    file: Optional[UploadFile] = File(None, description="a photo"),
     item_id: Optional[str] = Form(None, pattern=ID_PATTERN, description="or a gallery item"),
     face_check: bool = Form(True, description="find faces first; false: the whole image is one pre-cropped face"),
     lab: Lab = Depends(get_lab),

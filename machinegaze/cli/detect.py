@@ -166,7 +166,7 @@ def detect_predict_cmd(
     ),
     resume: bool = typer.Option(False, "--resume", help="skip files already in the --out CSV and append the rest"),
     batch_size: int = typer.Option(32, "--batch-size", help="images per chunk (torchrun deals whole chunks)"),
-    workers: int = typer.Option(1, "--workers", help="processes decoding images (0: none)"),
+    workers: int = typer.Option(1, "--workers", help="processes decoding images and finding faces (0: this one)"),
     threads: Optional[int] = typer.Option(None, "--threads"),
     device: Optional[str] = DeviceOpt,
     precision: str = PrecisionOpt,

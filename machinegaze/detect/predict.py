@@ -6,9 +6,9 @@
 A photo without a face gets one `no_face` row and no probability: a coffee cup is neither a real nor a fake
 face. `face_check=False` treats every image as one pre-cropped face (the image is the crop).
 
-Folders stream: a DataLoader decodes images in worker processes, faces are found one image at a time, and
-the faces of each chunk of `batch_size` images are classified together and handed back (or appended to a
-CSV) before the next chunk is read, so memory does not grow with the folder. Under torchrun every process
+Folders stream: DataLoader worker processes decode each image, find its faces and preprocess them while this
+process classifies; the faces of each chunk of `batch_size` images are classified together and handed back
+(or appended to a CSV) before the next chunk is read, so memory does not grow with the folder. Under torchrun every process
 takes whole chunks (distributed.my_share), so each face is classified in the same batch as in one process
 and the rows are identical.
 """
@@ -192,38 +192,41 @@ def predict_image(
     return chunk.classify(fast or model, float(model.temperature), float(model.threshold)), [c for _, c in found]
 
 
-# ---------------------------------------------------------------- decoding in DataLoader workers
-class _Decode(torch.utils.data.Dataset):
-    def __init__(self, files: Sequence[Path]):
-        self.files = [str(f) for f in files]
+# ---------------------------------------------------------------- the per-image work, in DataLoader workers
+class _Faces(torch.utils.data.Dataset):
+    """Item i: decode file i, find its faces, crop and preprocess each -> (i, [(box, uint8 face)], None), or
+    (i, None, reason) when the file does not decode."""
+
+    def __init__(self, files: Sequence[Path], cfg: PredictConfig, mtcnn, pre):
+        self.files, self.cfg, self.mtcnn, self.pre = [str(f) for f in files], cfg, mtcnn, pre
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
         try:
-            return i, np.asarray(open_image(self.files[i])), None
+            img = open_image(self.files[i])
         except GazeError as e:
             return i, None, str(e)
+        return i, [(b, self.pre(c)) for b, c in faces_of(img, self.mtcnn, self.cfg)], None
 
 
 def _keep(x):
     return x
 
 
-def _decoded(files: Sequence[Path], workers: int) -> Iterator[tuple[int, Optional[Image.Image], Optional[str]]]:
-    """(index, RGB image or None, error or None) for every file, in order; decoded by `workers` processes."""
-    ds = _Decode(files)
-    workers = min(workers, max(len(files) // 8, 0))  # a handful of files is not worth starting processes
+def _per_image(files: Sequence[Path], cfg: PredictConfig, mtcnn, pre) -> Iterator[tuple]:
+    """_Faces items in file order, computed by cfg.workers processes (one torch thread each) while this process
+    classifies; with 0 workers, or a handful of files, in this process."""
+    workers = min(cfg.workers, len(files) // 8)  # a handful of files is not worth starting processes
     loader = torch.utils.data.DataLoader(
-        ds,
+        _Faces(files, cfg, mtcnn, pre),
         batch_size=None,
         num_workers=workers,
         collate_fn=_keep,
         prefetch_factor=4 if workers else None,
     )
-    for i, arr, err in loader:
-        yield i, (Image.fromarray(arr) if arr is not None else None), err
+    yield from loader
 
 
 def iter_predictions(
@@ -249,13 +252,13 @@ def iter_predictions(
     fast = fast_detector(model)
     temperature, threshold = float(model.temperature), float(model.threshold)
     chunk = _Chunk()
-    for i, img, err in _decoded(files, cfg.workers):
-        if img is None:
+    for i, found, err in _per_image(files, cfg, mtcnn, pre):
+        if found is None:
             if skipped is None:
                 raise GazeError(err)
             skipped.append((str(files[i]), err))
         else:
-            chunk.images.append((str(files[i]), [(b, pre(c)) for b, c in faces_of(img, mtcnn, cfg)]))
+            chunk.images.append((str(files[i]), found))
         if (i + 1) % cfg.batch_size == 0 or i + 1 == len(files):
             yield chunk.classify(fast, temperature, threshold)
             chunk = _Chunk()

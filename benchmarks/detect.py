@@ -122,7 +122,8 @@ def predict_suite(a, reps: int, threads: list[int]) -> None:
     )
     print(f"{'case':15s} {'threads':>7s} {'img/s':>8s} {'x old':>6s} {'faces':>6s} {'peak RSS GB':>12s}")
     old: dict[tuple[str, int], float] = {}
-    for case in ("classify-old", "classify-fast", "classify-bf16", "path-old", "path-noface", "path-faces"):
+    cases = ("classify-old", "classify-fast", "classify-bf16", "path-old", "path-noface", "path-faces")
+    for case in [c for c in cases if not a.cases or c.startswith(tuple(a.cases.split(",")))]:
         for t in threads:
             cmd = [sys.executable, __file__, "--case", case, "--size", str(a.size), "--batch", str(a.batch)]
             cmd += ["--reps", str(reps), "--threads", str(t), "--photos", photos, "--n-photos", str(a.n_photos)]
@@ -264,6 +265,7 @@ def main() -> None:
     ap.add_argument("--suite", default="all", choices=("all", "train", "predict"))
     ap.add_argument("--photos", help="folder of photos for the whole-path cases (default: ../shared ffhq1024)")
     ap.add_argument("--n-photos", type=int, default=32)
+    ap.add_argument("--cases", help="predict suite: only cases starting with these (comma-separated), e.g. classify")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--arch", default="effnet_lite0", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)

@@ -353,6 +353,7 @@ def test_save_load_predict_and_cli(tiny_run, tmp_path):
 
     runner = CliRunner()
     csv_out = tmp_path / "preds.csv"
+    n_threads = torch.get_num_threads()  # --threads 1 below sets it for this process: restored after
     r = runner.invoke(
         app,
         [
@@ -365,8 +366,11 @@ def test_save_load_predict_and_cli(tiny_run, tmp_path):
             "--out",
             str(csv_out),
             "--no-face-check",
+            "--threads",
+            "1",  # two threads crawl on a busy 2-core machine (200 images)
         ],
     )
+    torch.set_num_threads(n_threads)
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(open(csv_out)))
     assert list(rows[0]) == list(CSV_COLUMNS) and len(rows) == 1 + 200

@@ -8,9 +8,9 @@ face. `face_check=False` treats every image as one pre-cropped face (the image i
 
 Folders stream: DataLoader worker processes decode each image, find its faces and preprocess them while this
 process classifies; the faces of each chunk of `batch_size` images are classified together and handed back
-(or appended to a CSV) before the next chunk is read, so memory does not grow with the folder. Under torchrun every process
-takes whole chunks (distributed.my_share), so each face is classified in the same batch as in one process
-and the rows are identical.
+(or appended to a CSV) before the next chunk is read, so memory does not grow with the folder. Under torchrun
+every process takes whole chunks (distributed.my_share), so each face is classified in the same batch as in
+one process and the rows are identical.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class PredictConfig:
     min_face: float = 32.0  # smallest face looked for, in pixels of the detection copy
     detect_max_side: int = 640  # faces are looked for on a copy shrunk to this longest side (crops are native)
     batch_size: int = 32  # images per chunk: their faces are classified together (torchrun deals whole chunks)
-    workers: int = 1  # DataLoader processes decoding images (0: decode in this process)
+    workers: int = 1  # DataLoader processes decoding images and finding faces (0: all in this process)
 
     def __post_init__(self):
         if not 0.0 <= self.margin <= 2.0:

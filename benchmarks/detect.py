@@ -1,8 +1,18 @@
 """Detector throughput on CPU: inference images/s at batch 32, training images/s (frozen-body and unfrozen
 phases), the cost of the preprocessing policy, and peak RSS; against a same-run fp32 matmul baseline.
 
-Each case runs in a fresh process so its peak RSS is its own. Images are synthetic (the speed does not depend
-on content). Usage: python benchmarks/detect.py [--quick] [--threads N] [--size 128]
+`--suite predict` measures what `gaze detect predict` does, old and new in the same run:
+  classify-old   the classifier as predict ran it before faces-first (predict_logits: channels-last input,
+                 batches of 8, the model as trained)
+  classify-fast  the classifier as predict runs it now (detect.fast copy: BN folded, 'SAME' pads built in,
+                 in-place clamps, channels-last weights; batches of 4; inference mode)
+  classify-bf16  the same with --precision bf16 (autocast; AMX on CPUs that have it)
+  path-old       the old whole path over a folder of photos: decode, centre-crop, resize, JPEG, classify
+  path-noface    the new path with --no-face-check (DataLoader decoding, chunks, fast classifier)
+  path-faces     the new path, faces first: MTCNN on every photo, a crop per face, classify each face
+Each case runs in a fresh process so its peak RSS is its own. Classifier images are synthetic (the speed does
+not depend on content); the path cases read real photos (--photos, default ../shared ffhq1024: 1024 px).
+Usage: python benchmarks/detect.py [--suite all|train|predict] [--quick] [--threads 1,2] [--size 256]
 """
 
 from __future__ import annotations
@@ -13,6 +23,134 @@ import sys
 import time
 
 from _common import matmul_gflops, peak_rss_gb, run_child
+
+
+def _classifier_case(case: str, size: int, batch: int, reps: int) -> float:
+    """Seconds per `batch` preprocessed faces for the classify-* cases (best of `reps`)."""
+    from contextlib import nullcontext
+
+    import numpy as np
+    import torch
+
+    from machinegaze import GazeError, zoo
+    from machinegaze.detect.evaluate import predict_logits
+    from machinegaze.detect.fast import fast_detector
+    from machinegaze.detect.model import Detector, DetectorSpec
+    from machinegaze.detect.predict import classify_faces
+
+    try:
+        model = zoo.load_detector(None)
+        if model.spec.size != size:
+            raise GazeError("bundled detector has another size")
+    except GazeError:
+        model = Detector(DetectorSpec("effnet_lite0", size)).eval()
+    imgs = np.random.default_rng(0).integers(0, 255, (batch, size, size, 3), dtype=np.uint8)
+    if case == "classify-old":
+
+        def run():
+            with torch.no_grad():
+                predict_logits(model, imgs, batch_size=8)
+    else:
+        fast = fast_detector(model)
+        amp = torch.autocast("cpu", dtype=torch.bfloat16) if case == "classify-bf16" else nullcontext()
+
+        def run():
+            with amp:
+                classify_faces(fast, 1.0, imgs)
+
+    run()
+    best = float("inf")
+    for _ in range(reps):  # best of `reps`: the machine is shared, the minimum is the least disturbed
+        t = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _path_case(case: str, photos: str, n: int, reps: int) -> tuple[float, int, int]:
+    """(seconds, images, faces) for the whole predict path over the first n photos of a folder."""
+    import numpy as np
+    import torch
+
+    from machinegaze import zoo
+    from machinegaze.data import list_images, open_image
+    from machinegaze.detect.evaluate import predict_logits
+    from machinegaze.detect.predict import PredictConfig, predict_paths
+    from machinegaze.detect.sources import preprocess_of
+
+    files = list_images(photos)[:n]
+    model = zoo.load_detector(None)
+    mtcnn = zoo.load_mtcnn()
+    best, faces = float("inf"), 0
+    for _ in range(reps):
+        t = time.perf_counter()
+        if case == "path-old":  # what predict did before faces-first: every image is one face
+            pre = preprocess_of(model)
+            for i in range(0, len(files), 32):
+                arr = np.stack([pre(open_image(f)) for f in files[i : i + 32]])
+                with torch.no_grad():
+                    predict_logits(model, arr, batch_size=8)
+            faces = len(files)
+        else:
+            cfg = PredictConfig(face_check=case == "path-faces", workers=1)
+            rows = predict_paths(model, files, cfg, mtcnn=mtcnn)
+            faces = sum(r.box is not None for r in rows)
+        best = min(best, time.perf_counter() - t)
+    return best, len(files), faces
+
+
+def run_predict_case(case: str, size: int, batch: int, reps: int, threads: int, photos: str, n: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    if case.startswith("classify"):
+        dt = _classifier_case(case, size, batch, reps)
+        n_img, n_faces = batch, batch
+    else:
+        dt, n_img, n_faces = _path_case(case, photos, n, reps)
+    return dict(case=case, threads=threads, img_s=n_img / dt, faces=n_faces, images=n_img, peak_rss_gb=peak_rss_gb())
+
+
+def predict_suite(a, reps: int, threads: list[int]) -> None:
+    import os
+
+    photos = a.photos or _default_photos()
+    print(
+        f"predict benchmark: classifier at {a.size} px on {a.batch} synthetic images; whole path on the first "
+        f"{a.n_photos} photos of {photos}; best of {reps}. Load average before: {os.getloadavg()[0]:.2f} on "
+        f"{os.cpu_count()} CPUs"
+    )
+    print(f"{'case':15s} {'threads':>7s} {'img/s':>8s} {'x old':>6s} {'faces':>6s} {'peak RSS GB':>12s}")
+    old: dict[tuple[str, int], float] = {}
+    cases = ("classify-old", "classify-fast", "classify-bf16", "path-old", "path-noface", "path-faces")
+    for case in [c for c in cases if not a.cases or c.startswith(tuple(a.cases.split(",")))]:
+        for t in threads:
+            cmd = [sys.executable, __file__, "--case", case, "--size", str(a.size), "--batch", str(a.batch)]
+            cmd += ["--reps", str(reps), "--threads", str(t), "--photos", photos, "--n-photos", str(a.n_photos)]
+            d, r = run_child(cmd)
+            if d is None:
+                err = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode
+                print(f"{case:15s} {t:7d} failed: {err}")
+                continue
+            base = "classify-old" if case.startswith("classify") else "path-old"
+            old.setdefault((case, t), d["img_s"])
+            ratio = d["img_s"] / old[(base, t)] if (base, t) in old else float("nan")
+            print(
+                f"{case:15s} {t:7d} {d['img_s']:8.1f} {ratio:6.2f} {d['faces']:6d} {d['peak_rss_gb']:12.2f}",
+                flush=True,
+            )
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    print(
+        "img/s: images per second (classify: face crops already preprocessed; path: photos from disk to rows,\n"
+        "including decoding, face finding and preprocessing). x old: against the old case with the same threads.\n"
+        "faces: face rows the case classified (path-faces: faces MTCNN found)."
+    )
+
+
+def _default_photos() -> str:
+    from machinegaze.detect.sources import faces_root
+
+    return str(faces_root() / "real" / "ffhq1024")
 
 
 def run_case(case: str, arch: str, size: int, batch: int, reps: int, threads: int) -> dict:
@@ -123,12 +261,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts to measure")
-    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--size", type=int, default=None, help="input size (default: 128 train suite, 256 predict)")
+    ap.add_argument("--suite", default="all", choices=("all", "train", "predict"))
+    ap.add_argument("--photos", help="folder of photos for the whole-path cases (default: ../shared ffhq1024)")
+    ap.add_argument("--n-photos", type=int, default=32)
+    ap.add_argument("--cases", help="predict suite: only cases starting with these (comma-separated), e.g. classify")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--arch", default="effnet_lite0", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
     ap.add_argument("--reps", type=int, default=5, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.case and a.case.startswith(("classify", "path")):
+        print(json.dumps(run_predict_case(a.case, a.size, a.batch, a.reps, int(a.threads), a.photos, a.n_photos)))
+        return
     if a.case:  # child process: one case, JSON on stdout
         print(json.dumps(run_case(a.case, a.arch, a.size, a.batch, a.reps, int(a.threads))))
         return
@@ -136,6 +281,13 @@ def main() -> None:
 
     reps = 2 if a.quick else 5
     threads = [int(t) for t in str(a.threads).split(",")]
+    if a.suite in ("all", "predict"):
+        a.size = a.size or 256
+        predict_suite(a, reps, threads)
+        if a.suite == "predict":
+            return
+        a.size = None
+    a.size = a.size or 128
     cases = [
         ("inference", "effnet_lite0"),
         ("predict", "effnet_lite0"),

@@ -142,14 +142,19 @@ def direct_baseline(endpoint: str, network: str, detector: str | None, face: byt
 
     out = []
     if endpoint == "detect":
-        det = adapters.load_detector(adapters.resolve_detector(detector))
+        from machinegaze import zoo
+
+        det = zoo.load_detector(detector)
+        fast, mtcnn = adapters.fast_detector(det), zoo.load_mtcnn()
         pil = adapters.decode_image(face, 40_000_000)
         for _ in range(reps):
             t = time.perf_counter()
-            adapters.detect(det, pil)
+            adapters.detect(det, fast, mtcnn, pil)
             out.append(time.perf_counter() - t)
     else:
-        G = adapters.load_networks(adapters.resolve_network(network)).generator
+        from machinegaze import zoo
+
+        G = zoo.load_networks(zoo.resolve_network(network)).generator
         for i in range(reps):
             t = time.perf_counter()
             adapters.render(G, adapters.seed_ws(G, 10_000 + i, 0.7))

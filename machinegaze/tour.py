@@ -213,7 +213,7 @@ def stop_detect(cfg: TourConfig, G, desc: str) -> Stop:
     from machinegaze import zoo
     from machinegaze.data import make_grid, open_image, save_image
     from machinegaze.detect.evaluate import cam_overlay, grad_cam
-    from machinegaze.detect.predict import predict_paths, write_predictions_csv
+    from machinegaze.detect.predict import PredictConfig, crop_face, predict_paths, write_predictions_csv
     from machinegaze.detect.sources import detector_input
     from machinegaze.generate import GenerateConfig, generate_images
 
@@ -224,24 +224,30 @@ def stop_detect(cfg: TourConfig, G, desc: str) -> Stop:
     for i in range(imgs.shape[0]):
         save_image(imgs[i : i + 1], fdir / f"generated_{i}.png")
     paths = [fdir] + ([cfg.faces] if cfg.faces else [])
-    preds = predict_paths(model, paths)
-    write_predictions_csv(preds, cfg.outdir / "detect_predictions.csv")
-    x = detector_input(model, [open_image(p.path) for p in preds[:8]]).to(cfg.device)
-    overlay = cam_overlay(x, grad_cam(model, x))
-    save_image(make_grid(torch.cat([x, overlay]), ncols=x.shape[0]), cfg.outdir / "detect_gradcam.png")
-    n_fake = sum(p.verdict == "fake" for p in preds[:8])
+    pcfg = PredictConfig(workers=0)
+    rows = predict_paths(model, paths, pcfg, mtcnn=zoo.load_mtcnn())
+    write_predictions_csv(rows, cfg.outdir / "detect_predictions.csv")
+    gen = [r for r in rows if Path(r.path).parent == fdir]
+    mine = [r for r in rows if Path(r.path).parent != fdir]
+    found = [r for r in gen if r.box is not None][:8]
+    if found:
+        x = detector_input(model, [crop_face(open_image(r.path), r.box, pcfg.margin) for r in found]).to(cfg.device)
+        overlay = cam_overlay(x, grad_cam(model, x))
+        save_image(make_grid(torch.cat([x, overlay]), ncols=x.shape[0]), cfg.outdir / "detect_gradcam.png")
+    n_fake = sum(r.verdict == "fake" for r in gen)
     return Stop(
         "Detect",
-        f"The bundled detector's calibrated verdicts on 8 faces the bundled generator made: "
-        f"{n_fake}/8 called fake (mean P(fake) {np.mean([p.prob_fake for p in preds[:8]]):.2f})"
+        f"The bundled detector looked for faces in 8 images the bundled generator made, found {len(found)}, and "
+        f"called {n_fake} fake (mean P(fake) {np.mean([r.prob_fake for r in found]) if found else float('nan'):.2f})"
         + (
-            f"; plus {len(preds) - 8} of your faces from {cfg.faces}: "
-            f"{sum(p.verdict == 'fake' for p in preds[8:])} called fake (all verdicts in detect_predictions.csv)"
+            f"; plus {len(mine)} rows for your photos in {cfg.faces}: {sum(r.verdict == 'fake' for r in mine)} "
+            f"faces called fake, {sum(r.verdict == 'no_face' for r in mine)} photos without a face "
+            "(one row per face in detect_predictions.csv)"
             if cfg.faces
             else ""
         )
-        + ". Bottom row: Grad-CAM, red where the 'fake' score looked.",
-        ["detect_gradcam.png", "detect_predictions.csv"],
+        + ". Bottom row: Grad-CAM on each face crop, red where the 'fake' score looked.",
+        (["detect_gradcam.png"] if found else []) + ["detect_predictions.csv"],
     )
 
 

@@ -327,7 +327,7 @@ def test_save_load_predict_and_cli(tiny_run, tmp_path):
 
     from machinegaze import checkpoints
     from machinegaze.cli import app
-    from machinegaze.detect.predict import predict_paths
+    from machinegaze.detect.predict import CSV_COLUMNS, PredictConfig, predict_paths
 
     res, cfg, cache, faces, _ = tiny_run
     path = checkpoints.save_detector(tmp_path / "det.safetensors", res.model, meta={"note": "test"})
@@ -344,7 +344,7 @@ def test_save_load_predict_and_cli(tiny_run, tmp_path):
     with torch.no_grad():
         ref = res.model.eval()(x)
     assert torch.allclose(det(x), ref, atol=0.05)  # fp16 storage, same predictions
-    preds = predict_paths(det, files)
+    preds = predict_paths(det, files, PredictConfig(face_check=False))  # pre-cropped faces: one row per image
     assert [p.path for p in preds] == [str(f) for f in files]
     assert all(
         0 <= p.prob_fake <= 1 and p.verdict == ("fake" if p.prob_fake >= float(det.threshold) else "real")
@@ -353,6 +353,7 @@ def test_save_load_predict_and_cli(tiny_run, tmp_path):
 
     runner = CliRunner()
     csv_out = tmp_path / "preds.csv"
+    n_threads = torch.get_num_threads()  # --threads 1 below sets it for this process: restored after
     r = runner.invoke(
         app,
         [
@@ -364,11 +365,15 @@ def test_save_load_predict_and_cli(tiny_run, tmp_path):
             str(path),
             "--out",
             str(csv_out),
+            "--no-face-check",
+            "--threads",
+            "1",  # two threads crawl on a busy 2-core machine (200 images)
         ],
     )
+    torch.set_num_threads(n_threads)
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(open(csv_out)))
-    assert list(rows[0]) == ["path", "prob_fake", "verdict"] and len(rows) == 1 + 200
+    assert list(rows[0]) == list(CSV_COLUMNS) and len(rows) == 1 + 200
     assert rows[0]["verdict"] in ("real", "fake")
     # bad input: one line, non-zero exit, no traceback
     for args in (

@@ -98,19 +98,26 @@ def _rows(path: Path) -> list[list[str]]:
     return list(csv.reader(path.open()))
 
 
-def test_torchrun_detect_predict_same_rows(tmp_path, tiny_detector):
+def test_torchrun_detect_predict_same_rows(tmp_path, tiny_detector, shared):
     from machinegaze.data import save_image
 
+    faces = sorted((shared / "data" / "faces" / "real" / "ffhq256").glob("*.jpg"))[:9]
+    if len(faces) < 9:
+        pytest.skip("shared ffhq256 faces not found")
     d = tmp_path / "imgs"
-    for i in range(21):  # 21 = 5 batches of 4 + 1: uneven shares
+    for i in range(12):  # noise: no face
         save_image(torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(i)) * 2 - 1, d / f"{i:02d}.png")
+    for f in faces:  # 12 + 9 = 21 = 5 batches of 4 + 1: uneven shares, faces in both processes' shares
+        (d / f"f_{f.name}").symlink_to(f)
     (d / "broken.png").write_bytes(b"not a png")
     args = ["detect", "predict", str(d), "--model", str(tiny_detector), "--batch-size", "4", "--device", "cpu", "--out"]
     one, two = _one(args + [str(tmp_path / "one.csv")], tmp_path), _two(args + [str(tmp_path / "two.csv")], tmp_path)
     assert one.returncode == 1 and two.returncode == 1  # the broken file is reported by both, after the CSV
     assert "1 of 22 files could not be read" in one.stderr and "1 of 22 files could not be read" in two.stderr
     a, b = _rows(tmp_path / "one.csv"), _rows(tmp_path / "two.csv")
-    assert len(a) == 22 and a == b
+    assert a[0] == ["path", "face", "box", "prob_fake", "verdict"] and a == b
+    assert [r[4] for r in a[1:]].count("no_face") == 12 and len(a) == 1 + 12 + 9
+    assert not list(tmp_path.glob("two.csv.part*"))  # the processes' part files were merged and removed
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ def test_quick_tour_runs_every_stop_with_real_files(tmp_path, shared):
             assert p.exists() and (p.is_dir() or p.stat().st_size > 0), f
             assert f'"{f}"' in page  # linked or embedded
     csv_rows = (tmp_path / "tour" / "detect_predictions.csv").read_text().strip().splitlines()
-    assert csv_rows[0] == "path,prob_fake,verdict" and len(csv_rows) == 1 + 8 + 2
+    assert csv_rows[0] == "path,face,box,prob_fake,verdict" and len(csv_rows) == 1 + 8 + 2
     # the bundled generator's faces are called fake, the two real photos real (measured facts of the detector)
     verdicts = [r.rsplit(",", 1)[1] for r in csv_rows[1:]]
     assert verdicts[:8] == ["fake"] * 8 and verdicts[8:] == ["real", "real"]

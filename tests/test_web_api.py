@@ -227,13 +227,40 @@ def test_detect_verdict_and_gradcam(client, face_bytes):
     r = client.post("/api/detect", files={"file": ("face.jpg", face_bytes, "image/jpeg")})
     assert r.status_code == 200, r.text
     j = r.json()
-    assert 0.0 <= j["prob_fake"] <= 1.0 and j["verdict"] in ("real", "fake")
+    assert 0.0 <= j["prob_fake"] <= 1.0 and j["verdict"] in ("real", "fake") and j["face_check"] is True
+    assert len(j["faces"]) == 1 and j["faces"][0]["prob_fake"] == j["prob_fake"]
+    w, h = j["image_size"]
+    x0, y0, x1, y1 = j["faces"][0]["box"]
+    assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h and (x1 - x0) > w / 3  # one portrait: a big face
     assert j["verdict"] == ("fake" if j["prob_fake"] >= j["threshold"] else "real")
     assert j["item"]["kind"] == "gradcam" and j["item"]["parents"][0]["id"] == j["upload"]["id"]
     cam = client.get(j["item"]["image_url"])
     assert is_png(cam.content) and Image.open(io.BytesIO(cam.content)).size == (32, 32)
     again = client.post("/api/detect", data={"item_id": j["upload"]["id"]}).json()
     assert again["prob_fake"] == pytest.approx(j["prob_fake"]) and again["item"]["id"] == j["item"]["id"]
+    whole = client.post("/api/detect", data={"item_id": j["upload"]["id"], "face_check": "false"}).json()
+    assert whole["faces"][0]["box"] == [0, 0, w, h] and whole["item"]["id"] != j["item"]["id"]
+
+
+def test_detect_no_face_and_two_faces(client, shared):
+    import skimage.data
+
+    buf = io.BytesIO()
+    Image.fromarray(skimage.data.coffee()).save(buf, format="JPEG")
+    j = client.post("/api/detect", files={"file": ("coffee.jpg", buf.getvalue(), "image/jpeg")}).json()
+    assert (j["verdict"], j["prob_fake"], j["faces"], j["item"]) == ("no_face", None, [], None)
+    assert j["image_size"] == [600, 400] and j["upload"]["kind"] == "upload"
+    faces = sorted((shared / "data" / "faces" / "real" / "ffhq256").glob("*.jpg"))[:2]
+    canvas = Image.new("RGB", (540, 280), (90, 90, 90))
+    for k, f in enumerate(faces):
+        canvas.paste(Image.open(f).convert("RGB"), (10 + 270 * k, 12))
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    j = client.post("/api/detect", files={"file": ("two.png", buf.getvalue(), "image/png")}).json()
+    boxes = [f["box"] for f in j["faces"]]
+    assert len(boxes) == 2 and boxes[0][2] <= 270 <= boxes[1][0], boxes  # left face first, each in its half
+    assert j["prob_fake"] == max(f["prob_fake"] for f in j["faces"])
+    assert j["verdict"] == ("fake" if any(f["verdict"] == "fake" for f in j["faces"]) else "real")
 
 
 # ---------------------------------------------------------------- jobs

@@ -208,6 +208,41 @@ def test_detect_upload_gives_verdict(page, server, face, artifacts):
     assert not page.errors, page.errors
 
 
+def test_detect_draws_a_box_per_face(page, server, shared, tmp_path, artifacts):
+    """A canvas with two real faces (pasted from ../shared here) gets two boxes with verdicts; a coffee cup none."""
+    import skimage.data
+    from PIL import Image
+
+    faces = sorted((shared / "data" / "faces" / "real" / "ffhq256").glob("*.jpg"))[2:4]
+    canvas = Image.new("RGB", (560, 300), (60, 60, 60))
+    for k, f in enumerate(faces):
+        canvas.paste(Image.open(f).convert("RGB"), (16 + 288 * k, 22))
+    canvas.save(tmp_path / "two.png")
+    Image.fromarray(skimage.data.coffee()).save(tmp_path / "coffee.jpg")
+    open_tab(page, server.url, "detect")
+    page.set_input_files("#detect-file", str(tmp_path / "two.png"))
+    page.click("#detect-run")
+    page.wait_for_selector("#detect-photo-box .facebox >> nth=1")
+    page.wait_for_function("() => document.getElementById('detect-photo').naturalWidth === 560")
+    boxes = page.locator("#detect-photo-box .facebox")
+    assert boxes.count() == 2
+    labels = [boxes.nth(k).inner_text() for k in range(2)]
+    assert all(t.split(" ")[1] in ("real", "fake") for t in labels), labels
+    assert page.inner_text("#detect-summary").startswith("2 faces")
+    photo = page.locator("#detect-photo").bounding_box()
+    left, right = (boxes.nth(k).bounding_box() for k in range(2))
+    mid = photo["x"] + photo["width"] / 2  # drawn over the photo: one box in each half
+    assert photo["x"] <= left["x"] < left["x"] + left["width"] <= mid <= right["x"] <= photo["x"] + photo["width"]
+    page.screenshot(path=str(artifacts / "detect-two-faces.png"), full_page=True)
+    page.set_input_files("#detect-file", str(tmp_path / "coffee.jpg"))
+    page.click("#detect-run")
+    page.wait_for_selector("#detect-noface:not([hidden])")
+    assert page.inner_text("#detect-verdict") == "no face" and boxes.count() == 0
+    assert page.is_hidden("#detect-overlay-fig")
+    page.screenshot(path=str(artifacts / "detect-no-face.png"), full_page=True)
+    assert not page.errors, page.errors
+
+
 def test_detect_tab_unavailable_without_a_detector(browser, network, tmp_path, artifacts):
     # `--detector none` is what a build without the bundled detector looks like to the page
     s = Server(

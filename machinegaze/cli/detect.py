@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -187,58 +188,69 @@ def detect_eval_cmd(
 def detect_predict_cmd(
     paths: list[Path] = typer.Argument(..., help="image files and/or folders"),
     model: str = typer.Option("default", "--model", help="detector file or name (default: the bundled one)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write a CSV with columns path,prob_fake,verdict"),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="CSV with one row per face: path,face,box,prob_fake,verdict (written as it goes)"
+    ),
+    face_check: bool = typer.Option(
+        True,
+        "--face-check/--no-face-check",
+        help="find faces first (MTCNN) and classify each; --no-face-check: every image is one pre-cropped face",
+    ),
+    margin: float = typer.Option(0.4, "--margin", help="face crop: the box's long side plus this much on each side"),
+    min_face: float = typer.Option(
+        32.0, "--min-face", help="smallest face looked for, in pixels of the detection copy"
+    ),
+    detect_size: int = typer.Option(
+        640, "--detect-size", help="faces are looked for on a copy shrunk to this long side; crops use every pixel"
+    ),
+    resume: bool = typer.Option(False, "--resume", help="skip files already in the --out CSV and append the rest"),
+    batch_size: int = typer.Option(32, "--batch-size", help="images per chunk (torchrun deals whole chunks)"),
+    workers: int = typer.Option(1, "--workers", help="processes decoding images and finding faces (0: this one)"),
     threads: Optional[int] = typer.Option(None, "--threads"),
     device: Optional[str] = DeviceOpt,
     precision: str = PrecisionOpt,
 ):
-    """P(fake) and a verdict (by the detector's calibrated threshold) for every image. Under torchrun every
-    process predicts its share of the files and rank 0 writes the table and the CSV."""
-    from contextlib import nullcontext
-
+    """Find the faces in every image and give each a calibrated P(fake) and a verdict (by the detector's
+    threshold); an image without a face gets one `no_face` row. Under torchrun every process predicts its
+    share of the files and rank 0 writes the table and the CSV."""
     from rich.table import Table
 
     from machinegaze import distributed, zoo
-    from machinegaze.detect.predict import expand_paths, predict_paths, write_predictions_csv
+    from machinegaze.detect.predict import NO_FACE, PredictConfig, run_predict
     from machinegaze.device import autocast
 
     set_threads(threads)
+    cfg = PredictConfig(face_check, margin, min_face, detect_size, batch_size, workers)
     dev, prec = resolve(device, precision)
     world = distributed.init(dev)
     det = zoo.load_detector(model, device=dev)
-    files = expand_paths(paths)
-    mine = distributed.my_share(files, world, batch_size)
-    preds: list = []
-    skipped: list[tuple[str, str]] = []
-    failed = None
+    mtcnn = zoo.load_mtcnn() if face_check else None
     with progress_bar("predict") if world.main else nullcontext() as cb, autocast(dev, prec):
-        try:
-            preds = predict_paths(det, mine, batch_size=batch_size, progress=cb, skipped=skipped) if mine else []
-        except GazeError as e:  # none of this share was readable: counted below, so no rank waits forever
-            failed = str(e)
-    parts = distributed.gather_to_main((preds, skipped, failed), world)
+        run = run_predict(det, paths, cfg, out, resume, world, mtcnn, cb)
     distributed.finish()
-    if not world.main:
+    if run is None:  # not rank 0
         return
-    preds = [p for part in parts for p in part[0]]
-    skipped = [s for part in parts for s in part[1]]
-    if not preds:
-        raise GazeError(next((part[2] for part in parts if part[2]), f"none of the {len(files)} files could be read"))
-    table = Table("path", "P(fake)", "verdict", title=f"threshold {float(det.threshold):.3f}")
-    for p in preds:
-        table.add_row(p.path, f"{p.prob_fake:.3f}", p.verdict)
-    Console().print(table)
-    n_fake = sum(p.verdict == "fake" for p in preds)
-    print(f"{len(preds)} images: {n_fake} fake, {len(preds) - n_fake} real")
+    rows = run.rows
+    if len(rows) <= 50:
+        table = Table("path", "face", "box", "P(fake)", "verdict", title=f"threshold {float(det.threshold):.3f}")
+        for r in rows:
+            table.add_row(*r.row()[:3], "" if r.prob_fake is None else f"{r.prob_fake:.3f}", r.verdict)
+        Console().print(table)
+    n_img = len({r.path for r in rows})
+    n_fake = sum(r.verdict == "fake" for r in rows)
+    n_none = sum(r.verdict == NO_FACE for r in rows)
+    resumed = f" ({run.n_resumed} already in {out})" if run.n_resumed else ""
+    print(
+        f"{n_img} images{resumed}: {len(rows) - n_none} faces ({n_fake} fake, {len(rows) - n_none - n_fake} real), "
+        f"{n_none} images without a face"
+    )
     if out is not None:
-        write_predictions_csv(preds, out)
         print(f"wrote {out}")
-    if skipped:  # the readable images were still predicted; the exit status says not all of them were
-        for _, reason in skipped:
+    if run.skipped:  # the readable images were still predicted; the exit status says not all of them were
+        for _, reason in run.skipped:
             print(f"skipped: {reason}", file=sys.stderr)
         print(
-            f"error: {len(skipped)} of {len(skipped) + len(preds)} files could not be read (listed above)",
+            f"error: {len(run.skipped)} of {len(run.skipped) + n_img} files could not be read (listed above)",
             file=sys.stderr,
         )
         raise typer.Exit(1)

@@ -152,24 +152,41 @@ def breed(G, w_a: torch.Tensor, w_b: torch.Tensor, genes: dict[str, float]) -> t
 # ================================================================ detect
 @dataclass
 class Detection:
-    prob_fake: float
-    verdict: str
+    faces: list[dict]  # [{box: [x0, y0, x1, y1], prob_fake, verdict}], left to right
+    image_size: tuple[int, int]  # (width, height) of the photo the boxes are in
+    verdict: str  # "fake" if any face is, "real" if every face is, "no_face" without one
+    prob_fake: Optional[float]  # the most suspicious face's calibrated P(fake); None without a face
     threshold: float
-    overlay: torch.Tensor  # [1, 3, S, S] in [-1, 1]: the detector's input with its Grad-CAM heat map
+    overlay: Optional[torch.Tensor]  # [1, 3, S, S]: that face's detector input with its Grad-CAM; None
 
 
-def detect(det, pil) -> Detection:
-    """Calibrated P(fake), the verdict by the detector's calibrated threshold, and a Grad-CAM overlay, for one
-    image preprocessed exactly as the detector was trained (detect.sources.Preprocess)."""
+def fast_detector(det):
+    from machinegaze.detect.fast import fast_detector as fast
+
+    return fast(det)
+
+
+def detect(det, fast, mtcnn, pil, face_check: bool = True) -> Detection:
+    """Faces found (MTCNN) and classified one by one (detect.predict.predict_image), and a Grad-CAM overlay of
+    the most suspicious face; with face_check off the whole image is one face."""
     from machinegaze.detect.evaluate import cam_overlay, grad_cam
+    from machinegaze.detect.predict import PredictConfig, predict_image
     from machinegaze.detect.sources import detector_input
 
-    x = detector_input(det, [pil]).to(next(det.parameters()).device)
-    prob = float(det.prob_fake(x)[0])
+    rows, crops = predict_image(det, pil, PredictConfig(face_check=face_check, workers=0), mtcnn, fast)
     thr = float(det.threshold)
+    faces = [
+        {"box": list(r.box), "prob_fake": float(r.prob_fake), "verdict": r.verdict} for r in rows if r.box is not None
+    ]
+    if not faces:
+        return Detection([], pil.size, rows[0].verdict, None, thr, None)
+    top = max(range(len(faces)), key=lambda k: faces[k]["prob_fake"])
+    x = detector_input(det, [crops[top]]).to(next(det.parameters()).device)
     return Detection(
-        prob_fake=prob,
-        verdict="fake" if prob >= thr else "real",
+        faces=faces,
+        image_size=pil.size,
+        verdict="fake" if any(f["verdict"] == "fake" for f in faces) else "real",
+        prob_fake=faces[top]["prob_fake"],
         threshold=thr,
         overlay=cam_overlay(x, grad_cam(det, x, target=1)),
     )

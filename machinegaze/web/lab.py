@@ -136,6 +136,14 @@ class Lab:
         path = self.detector_path
         return self.cached("detector", lambda: (zoo.load_detector(path, device=self.device), sha256_file(path)))
 
+    def fast_detector(self):
+        """The detector's inference copy (detect.fast), made once."""
+        return self.cached("detector_fast", lambda: adapters.fast_detector(self.detector()[0]))
+
+    def mtcnn(self):
+        """The face finder the Detect tab looks for faces with."""
+        return self.cached("mtcnn", zoo.load_mtcnn)
+
     def lpips(self, net: str):
         av = adapters.lpips_availability(net)
         if not av.available:

@@ -1,11 +1,12 @@
-"""POST /api/detect: is this face real? P(fake), the verdict and a Grad-CAM overlay (a gallery item)."""
+"""POST /api/detect: are the faces in this photo real? One box, P(fake) and verdict per face, and a Grad-CAM
+overlay of the most suspicious face (a gallery item)."""
 
 from __future__ import annotations
 
 from typing import Optional
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from machinegaze.web import adapters
 from machinegaze.web.gallery import ID_PATTERN
@@ -14,13 +15,22 @@ from machinegaze.web.lab import Lab, get_lab
 router = APIRouter(tags=["detect"])
 
 
-class DetectOut(BaseModel):
+class FaceOut(BaseModel):
+    box: list[int] = Field(description="x0, y0, x1, y1 in the photo's pixels (x1, y1 exclusive)")
     prob_fake: float
-    verdict: str
+    verdict: str = Field(description="fake | real, by the detector's calibrated threshold")
+
+
+class DetectOut(BaseModel):
+    verdict: str = Field(description="fake if any face is fake, real if every face is real, no_face without a face")
+    prob_fake: Optional[float] = Field(description="the most suspicious face's calibrated P(fake); null without a face")
     threshold: float
     detector: str
+    faces: list[FaceOut] = Field(description="every face found, left to right")
+    image_size: list[int] = Field(description="[width, height] of the photo the boxes are in")
+    face_check: bool
     upload: dict
-    item: dict
+    item: Optional[dict] = Field(description="Grad-CAM of the most suspicious face (a gallery item); null without one")
 
 
 @router.post(
@@ -33,12 +43,14 @@ class DetectOut(BaseModel):
     },
 )
 def detect(
-    file: Optional[UploadFile] = File(None, description="a face photo"),
+    file: Optional[UploadFile] = File(None, description="a photo"),
     item_id: Optional[str] = Form(None, pattern=ID_PATTERN, description="or a gallery item"),
+    face_check: bool = Form(True, description="find faces first; false: the whole image is one pre-cropped face"),
     lab: Lab = Depends(get_lab),
 ):
-    """Is this face real? Calibrated P(fake), the verdict by the detector's calibrated threshold, and a
-    Grad-CAM overlay (stored in the gallery as a child of the upload)."""
+    """Are the faces in this photo real? Finds the faces (MTCNN) and gives each a box, a calibrated P(fake) and
+    a verdict by the detector's calibrated threshold; a photo without a face says so (verdict no_face). The
+    Grad-CAM overlay of the most suspicious face is stored in the gallery as a child of the upload."""
     if file is not None and not item_id:  # refuse what is not an image before anything else
         data = lab.read_upload(file)
         pil = lab.decode(data)
@@ -48,29 +60,27 @@ def detect(
         det, det_sha = lab.detector()
         src = lab.image_source(file, item_id, "detect")
         pil = adapters.open_stored_image(lab.gallery.image_path(src))
+    fast, mtcnn = lab.fast_detector(), (lab.mtcnn() if face_check else None)
     with lab.gate, lab.lock("detector"):
-        d = adapters.detect(det, pil)
-    params = {
-        "prob_fake": d.prob_fake,
+        d = adapters.detect(det, fast, mtcnn, pil, face_check)
+    out = {
         "verdict": d.verdict,
+        "prob_fake": d.prob_fake,
         "threshold": d.threshold,
         "detector": lab.detector_path.name,
-        "detector_sha256": det_sha,
+        "faces": d.faces,
+        "image_size": list(d.image_size),
+        "face_check": face_check,
     }
-    cam = lab.gallery.add(
-        "gradcam",
-        write_image=adapters.image_writer(d.overlay),
-        size=adapters.image_size(d.overlay),
-        params=params,
-        parents=[(src.id, "input")],
-        title=f"{d.verdict} (P(fake) {d.prob_fake:.2f})",
-        dedupe=f"gradcam:{det_sha[:20]}:{src.id}",
-    )
-    return {
-        "prob_fake": d.prob_fake,
-        "verdict": d.verdict,
-        "threshold": d.threshold,
-        "detector": lab.detector_path.name,
-        "upload": src.to_dict(),
-        "item": cam.to_dict(),
-    }
+    cam = None
+    if d.overlay is not None:
+        cam = lab.gallery.add(
+            "gradcam",
+            write_image=adapters.image_writer(d.overlay),
+            size=adapters.image_size(d.overlay),
+            params={**out, "detector_sha256": det_sha},
+            parents=[(src.id, "input")],
+            title=f"{d.verdict}: {len(d.faces)} face(s), most suspicious P(fake) {d.prob_fake:.2f}",
+            dedupe=f"gradcam:{det_sha[:20]}:{src.id}:{int(face_check)}",
+        )
+    return {**out, "upload": src.to_dict(), "item": cam.to_dict() if cam is not None else None}

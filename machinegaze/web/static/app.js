@@ -118,6 +118,26 @@ async function startJob(prefix, url, form, onDone) {
 }
 
 // ------------------------------------------------------------------ Detect
+function drawFaces(j) {
+  const wrap = $("detect-photo-box");
+  wrap.querySelectorAll(".facebox").forEach((b) => b.remove());
+  const [w, h] = j.image_size;
+  j.faces.forEach((f, k) => {
+    const [x0, y0, x1, y1] = f.box;
+    const box = document.createElement("div");
+    box.className = `facebox ${f.verdict}`;
+    Object.assign(box.style, {
+      left: `${(100 * x0) / w}%`, top: `${(100 * y0) / h}%`, width: `${(100 * (x1 - x0)) / w}%`, height: `${(100 * (y1 - y0)) / h}%`,
+    });
+    box.dataset.verdict = f.verdict;
+    box.dataset.prob = f.prob_fake;
+    const label = document.createElement("span");
+    label.textContent = `${k + 1}: ${f.verdict} ${f.prob_fake.toFixed(2)}`;
+    box.appendChild(label);
+    wrap.appendChild(box);
+  });
+}
+
 async function runDetect(itemId) {
   showError("detect", null);
   const form = new FormData();
@@ -127,15 +147,25 @@ async function runDetect(itemId) {
     if (!f) { showError("detect", new Error("choose a photo first")); return; }
     form.append("file", f);
   }
+  form.append("face_check", $("detect-whole").checked ? "false" : "true");
   $("detect-run").disabled = true;
   try {
     const j = await (await api("/api/detect", { method: "POST", body: form })).json();
-    $("detect-verdict").textContent = j.verdict;
+    const n = j.faces.length;
+    $("detect-verdict").textContent = j.verdict === "no_face" ? "no face" : j.verdict;
     $("detect-verdict").className = j.verdict;
-    $("detect-prob").textContent = j.prob_fake.toFixed(3);
+    const nFake = j.faces.filter((f) => f.verdict === "fake").length;
+    $("detect-summary").textContent = n ? `${n} face${n > 1 ? "s" : ""}: ${nFake} fake, ${n - nFake} real.` : "";
+    $("detect-prob-line").hidden = !n;
+    $("detect-noface").hidden = !!n;
+    $("detect-prob").textContent = n ? j.prob_fake.toFixed(3) : "";
     $("detect-threshold").textContent = j.threshold.toFixed(3);
-    $("detect-overlay").src = j.item.image_url;
-    $("detect-item-link").onclick = (ev) => { ev.preventDefault(); selectTab("gallery"); showItem(j.item.id); };
+    $("detect-photo").src = j.upload.image_url;
+    drawFaces(j);
+    $("detect-overlay-fig").hidden = !j.item;
+    if (j.item) $("detect-overlay").src = j.item.image_url;
+    const target = j.item || j.upload;
+    $("detect-item-link").onclick = (ev) => { ev.preventDefault(); selectTab("gallery"); showItem(target.id); };
     $("detect-result").hidden = false;
   } catch (e) { showError("detect", e); } finally { $("detect-run").disabled = !!(STATUS && !STATUS.tabs.detect.available); }
 }

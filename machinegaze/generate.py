@@ -186,15 +186,16 @@ GRID_MAX = 64  # grid.png shows the first 64 seeds (a grid of 100,000 faces help
 PNG_LEVEL = 1  # zlib level for written PNGs: lossless at every level; 1 encodes several times faster than 6
 
 
-def images_to_uint8(images: torch.Tensor) -> np.ndarray:
+def images_to_uint8(images: torch.Tensor, out: Optional[np.ndarray] = None) -> np.ndarray:
     """[N, C, H, W] float -> [N, H, W, C] uint8 with NVlabs' rounding (x * 127.5 + 128, clamped, truncated): the
     same bytes as data.to_uint8. Scales `images` in place (a float32 input is consumed) and writes the result
-    once, with no full-size temporaries."""
+    once, into `out` if given, with no full-size temporaries."""
     x = images.detach().float()
     x.mul_(127.5).add_(128).clamp_(0, 255)
-    out = torch.empty(x.shape[0], x.shape[2], x.shape[3], x.shape[1], dtype=torch.uint8)
-    out.copy_(x.permute(0, 2, 3, 1))  # float -> uint8 truncates, as .to(torch.uint8) does
-    return out.numpy()
+    n, c, h, w = x.shape
+    dst = torch.empty(n, h, w, c, dtype=torch.uint8) if out is None else torch.from_numpy(out)
+    dst.copy_(x.permute(0, 2, 3, 1))  # float -> uint8 truncates, as .to(torch.uint8) does
+    return dst.numpy()
 
 
 class PngWriter:
@@ -274,15 +275,22 @@ def generate_to_dir(
     batch = max(1, min(cfg.batch_size, images_per_chunk(G)))
     start, stop = distributed.shard_batches(len(seeds), batch, world.rank, world.size)
     first = list(seeds[:GRID_MAX])
-    res = G.img_resolution
-    grid = GridCanvas(len(first), res, res, G.img_channels) if len(first) > 1 and world.main else None
+    res, ch = G.img_resolution, G.img_channels
+    # Everything that outlives a batch is allocated here, before the first activation: the grid, and two
+    # batches' worth of uint8 tiles used in turn (a batch's tiles are rewritten only after the writer, which
+    # holds at most one batch, has finished them). Buffers made between batches would split the allocator's
+    # free space and grow the heap by an activation's size at 1024 px.
+    grid = GridCanvas(len(first), res, res, ch) if len(first) > 1 and world.main else None
+    slots = np.empty((2, batch, res, res, ch), dtype=np.uint8)
     ws_parts = [torch.empty(0, G.num_ws, G.w_dim)]
-    with PngWriter() as writer:
+    with PngWriter(pending=batch) as writer:
         for i in range(start, stop, batch):
             chunk = list(seeds[i : min(i + batch, stop)])
             ws = seeds_to_ws(G, chunk, cfg.trunc, cfg.trunc_cutoff, cfg.class_idx, cfg.seed_convention)
             with input_transform(G, cfg.translate, cfg.rotate):
-                tiles = images_to_uint8(synthesize_batch(G, ws, cfg.noise_mode, precision).cpu())
+                images = synthesize_batch(G, ws, cfg.noise_mode, precision).cpu()
+            tiles = images_to_uint8(images, out=slots[(i - start) // batch % 2, : len(chunk)])
+            del images
             for j, (s, tile) in enumerate(zip(chunk, tiles)):
                 writer.submit(tile, outdir / f"seed{s:04d}.png")
                 if grid is not None and i + j < len(first):

@@ -175,9 +175,10 @@ class SynthesisLayer(nn.Module):
             peak = styles.abs().amax(dim=1, keepdim=True)
             styles, out_scale = styles / peak, out_scale * peak
         y = modulated_conv(x, self.weight, styles, out_scale, self.bias * g, up=self.up == 2, f=self.resample_filter)
-        noise = self.noise(y, noise_mode)
         in_place = _inference()
-        if noise is not None:
+        if in_place and noise_mode == "const" and self.use_noise:  # one fused pass, no noise-sized temporaries
+            y = y.addcmul_(self.noise_const.to(y.dtype), (self.noise_strength * g).to(y.dtype))
+        elif (noise := self.noise(y, noise_mode)) is not None:
             y = y.add_(noise * g) if in_place else y + noise * g
         y = activate(y, self.activation, inplace=in_place)
         if self.conv_clamp is not None:

@@ -99,3 +99,18 @@ def test_png_writer_is_lossless_and_reports_errors(tmp_path):
     w.submit(a, tmp_path / "blocker" / "x.png")
     with pytest.raises(OSError):
         w.close()
+
+
+def test_synthesize_batch_at_512_px_trims_without_changing_pixels():
+    """At >= 512 px the CPU path hands free heap pages back before the last block (a forward pre-hook); the
+    images are those of the plain synthesis network, and no hook is left behind."""
+    from machinegaze.generate import synthesize_batch
+
+    torch.manual_seed(1)
+    g = Generator(8, 0, 8, 512, 3, dict(num_layers=1), dict(channel_base=512, channel_max=2)).eval()
+    ws = seeds_to_ws(g, [0, 1])
+    with torch.no_grad():
+        want = g.synthesis(ws, noise_mode="const")
+    got = synthesize_batch(g, ws)
+    assert torch.equal(got, want)
+    assert not g.synthesis.b512._forward_pre_hooks

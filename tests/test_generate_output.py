@@ -111,6 +111,6 @@ def test_synthesize_batch_at_512_px_trims_without_changing_pixels():
     ws = seeds_to_ws(g, [0, 1])
     with torch.no_grad():
         want = g.synthesis(ws, noise_mode="const")
-    got = synthesize_batch(g, ws)
+        got = synthesize_batch(g, ws)
     assert torch.equal(got, want)
     assert not g.synthesis.b512._forward_pre_hooks

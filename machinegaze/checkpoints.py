@@ -516,7 +516,10 @@ class _FileTensor:
         self.storage, self.offset, self.shape, self.stride = storage, offset, size, stride
 
     def materialize(self) -> torch.Tensor:
-        return _view_of(self.storage.tensor(), self.offset, self.shape, self.stride)
+        try:
+            return _view_of(self.storage.tensor(), self.offset, self.shape, self.stride)
+        except (RuntimeError, ValueError, OSError) as e:  # a view outside its storage, an unreadable file
+            raise GazeError(f"tensor storage: {type(e).__name__}: {str(e)[:120]}") from None
 
 
 class _ViewReader:

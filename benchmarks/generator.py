@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -89,7 +90,6 @@ def run_case(name: str, batch: int, threads: int, reps: int, compiled: bool, tun
 
 def end_to_end(name: str, threads: int) -> dict:
     """What a user feels: `gaze generate` in a fresh process, load + 8 seeds + PNG writing, wall time."""
-    import os
     import tempfile
 
     import torch
@@ -171,7 +171,8 @@ def main() -> None:
             f"alloc {'tuned' if x['tuned_alloc'] else 'plain'}  {x['img_s']:7.3f} img/s  "
             f"{x['gflop_per_img']:6.1f} GFLOP/img  {x['gflop_s']:6.1f} GFLOP/s  matmul {x['matmul_gflop_s']:6.1f}  "
             f"eff {100 * x['efficiency']:5.1f}%  peak RSS {x['peak_rss_gb']:.2f} GB"
-            + (f"  compile {x['compile_s']:.1f}s" if x["compiled"] else ""),
+            + (f"  compile {x['compile_s']:.1f}s" if x["compiled"] else "")
+            + f"  (load average {os.getloadavg()[0]:.1f})",
             flush=True,
         )
     if a.e2e:

@@ -7,7 +7,7 @@ e.g. a clone of NVlabs/stylegan2-ada-pytorch; nothing is fetched here, nothing o
 On CPU their custom ops fall back to their reference PyTorch paths. Our side is `gaze generate`.
 The pickle is written by their own classes (a real snapshot: G, D, G_ema with embedded source), random init.
 
-usage: python benchmarks/vs_nvlabs.py --nvlabs-dir PATH [--res 1024] [--threads 2] [--seeds 8] [--workdir DIR]
+usage: python benchmarks/vs_nvlabs.py --nvlabs-dir PATH [--res 1024] [--threads 2] [--seeds 8] [--repeats 3] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--res", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=1, help="alternate the two sides this many times")
+    ap.add_argument("--repeats", type=int, default=3, help="alternate the two sides this many times")
     ap.add_argument("--workdir", type=Path)
     a = ap.parse_args()
     nv = a.nvlabs_dir.resolve()
@@ -138,16 +138,22 @@ def main() -> None:
                     if r["rc"]:
                         raise SystemExit(f"gaze generate exited with {r['rc']}")
                 rows[side].append((dt, r["rss_gb"]))
-                print(f"  {side:6s} run {rep}: {dt:6.1f} s  peak RSS {r['rss_gb']:.2f} GB", flush=True)
+                load = os.getloadavg()[0]
+                print(f"  {side:6s} run {rep}: {dt:6.1f} s  peak RSS {r['rss_gb']:.2f} GB  (load average {load:.1f})")
+            ratio = rows["nvlabs"][-1][0] / rows["gaze"][-1][0]
+            print(f"  pair {rep}: gaze {ratio:.2f}x faster", flush=True)
         worst, frac = png_diff(tmp / "nvlabs0", tmp / "gaze0", a.seeds)
-    t_nv, t_gz = (min(t for t, _ in rows[s]) for s in ("nvlabs", "gaze"))
-    m_nv, m_gz = (max(m for _, m in rows[s]) for s in ("nvlabs", "gaze"))
-    print(
-        f"\n| {a.res} px config-f, load + {a.seeds} seeds + PNGs, {a.threads} threads | wall s (best) | peak RSS GB |"
-    )
+    t_nv, t_gz = (float(np.median([t for t, _ in rows[s]])) for s in ("nvlabs", "gaze"))
+    m_nv, m_gz = (float(np.median([m for _, m in rows[s]])) for s in ("nvlabs", "gaze"))
+    ratios = [n[0] / g[0] for n, g in zip(rows["nvlabs"], rows["gaze"])]
+    rss = [g[1] / n[1] for n, g in zip(rows["nvlabs"], rows["gaze"])]
+    head = f"{a.res} px config-f, load + {a.seeds} seeds + PNGs, {a.threads} threads, median of {a.repeats}"
+    print(f"\n| {head} | wall s | peak RSS GB |")
     print("|---|---|---|")
     print(f"| NVIDIA stylegan2-ada-pytorch (reference ops) | {t_nv:.1f} | {m_nv:.2f} |")
-    print(f"| gaze generate | {t_gz:.1f} ({t_nv / t_gz:.2f}x faster) | {m_gz:.2f} ({m_gz / m_nv:.2f}x) |")
+    print(f"| gaze generate | {t_gz:.1f} | {m_gz:.2f} |")
+    print(f"paired speed-up: median {np.median(ratios):.2f}x (runs: {', '.join(f'{r:.2f}' for r in ratios)})")
+    print(f"paired RSS ratio gaze/NVIDIA: median {np.median(rss):.2f} (runs: {', '.join(f'{r:.2f}' for r in rss)})")
     print(f"PNG agreement: max |diff| {worst} (uint8), at most {100 * frac:.3f} % of values differ per image")
 
 

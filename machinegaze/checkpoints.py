@@ -285,15 +285,21 @@ def _numpy_reconstruct(cls, shape, typecode):
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    if isinstance(storage, _FileStorage):  # left in the file until a network that is built asks for it
+        return _FileTensor(storage, int(storage_offset), tuple(size), tuple(stride))
     if not isinstance(storage, torch.Tensor):
         raise RefusedGlobal("tensor rebuilt from something that is not a storage")
-    view = torch.as_strided(storage, tuple(size), tuple(stride), int(storage_offset))
+    return _view_of(storage, int(storage_offset), tuple(size), tuple(stride))
+
+
+def _view_of(storage: torch.Tensor, offset: int, size: tuple, stride: tuple) -> torch.Tensor:
+    view = torch.as_strided(storage, tuple(int(v) for v in size), tuple(int(v) for v in stride), offset)
     # the usual case, a tensor that is its whole storage, is used as is (no second copy of the weights)
     return view if view.numel() == storage.numel() and view.is_contiguous() else view.clone()
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *args):
-    if not isinstance(data, torch.Tensor):
+    if not isinstance(data, (torch.Tensor, _FileTensor)):
         raise RefusedGlobal("parameter rebuilt from a non-tensor")
     return data
 
@@ -325,10 +331,28 @@ class _RestrictedUnpickler(pickle._Unpickler):
         (size,) = struct.unpack(size_format, self.read(width))
         if size > sys.maxsize:
             raise pickle.UnpicklingError("BINBYTES exceeds system's maximum size")
+        if self.source is not None and size >= _LAZY_MIN_BYTES and self._at_file_position():
+            # shapes only for now: remember where the payload lies and step over it
+            offset = self.source.tell()
+            if offset + size > os.fstat(self.source.fileno()).st_size:
+                raise EOFError("truncated tensor payload")
+            self.source.seek(size, io.SEEK_CUR)
+            self.append(_FileSpan(self.source, offset, size))
+            return
         buf = bytearray(size)
         if self.readinto(buf) != size:
             raise EOFError("truncated tensor payload")
         self.append(buf)
+
+    def _at_file_position(self) -> bool:
+        """True when the next byte the unpickler reads is the file's next byte (not inside a read-ahead frame)."""
+        frame = self._unframer.current_frame
+        if frame is None:
+            return True
+        pos = frame.tell()
+        end = frame.seek(0, io.SEEK_END)
+        frame.seek(pos)
+        return pos == end
 
     dispatch[pickle.BINBYTES[0]] = lambda self: self._load_big_bytes("<I", 4)
     dispatch[pickle.BINBYTES8[0]] = lambda self: self._load_big_bytes("<Q", 8)
@@ -348,9 +372,10 @@ class _RestrictedUnpickler(pickle._Unpickler):
         ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
     }
 
-    def __init__(self, f, what: str):
+    def __init__(self, f, what: str, lazy: bool = False):
         super().__init__(f)
         self.what = what
+        self.source = f if lazy and f.seekable() else None
 
     def find_class(self, module, name):
         fn = self.ALLOWED.get((module, name))
@@ -369,6 +394,7 @@ class _StorageUnpickler(_RestrictedUnpickler):
 
     def __init__(self, f):
         super().__init__(f, "tensor storage")
+        self.source = None
         self.storages: dict[str, tuple[torch.dtype, int]] = {}
 
     def find_class(self, module, name):
@@ -386,33 +412,115 @@ class _StorageUnpickler(_RestrictedUnpickler):
         return ("__storage__", key)
 
 
-def _load_legacy_storage(data: bytes) -> torch.Tensor:
-    """Parse a legacy (non-zip) torch.save stream holding one storage; return it as a 1-D tensor."""
+def _storage_header(data) -> tuple[torch.dtype, int, int]:
+    """The header of a legacy (non-zip) torch.save stream holding one storage: (dtype, element count, the byte
+    offset where its raw data starts)."""
+    f = _ViewReader(data)
+    try:
+        magic = _StorageUnpickler(f).load()
+        if magic != _LEGACY_MAGIC:
+            raise GazeError("tensor storage: bad magic number (not a torch storage)")
+        _StorageUnpickler(f).load()  # protocol version
+        _StorageUnpickler(f).load()  # sys info
+        up = _StorageUnpickler(f)
+        root = up.load()
+        keys = _StorageUnpickler(f).load()
+        if (
+            not (isinstance(root, tuple) and root[:1] == ("__storage__",))
+            or not isinstance(keys, list)
+            or len(keys) != 1
+        ):
+            raise GazeError("tensor storage: unexpected layout")
+        dtype, numel = up.storages[root[1]]
+        (count,) = struct.unpack("<q", f.read(8))
+        pos = f.pos
+    finally:
+        f.view.release()
+    if count != numel or count < 0:
+        raise GazeError("tensor storage: truncated data")
+    return dtype, count, pos
+
+
+def _load_legacy_storage(data) -> torch.Tensor:
+    """Parse a legacy torch.save stream holding one storage; return it as a 1-D tensor (or, for a payload left
+    in the file, a _FileStorage that reads it when asked)."""
+    if isinstance(data, _FileSpan):
+        head = data.read(0, min(data.size, _HEADER_PROBE))
+        try:
+            dtype, count, pos = _storage_header(head)
+        except (EOFError, struct.error, pickle.UnpicklingError):  # a header longer than the probe: read it all
+            dtype, count, pos = _storage_header(data.read(0, data.size))
+        if data.size - pos < count * _itemsize(dtype):
+            raise GazeError("tensor storage: truncated data")
+        return _FileStorage(data, pos, dtype, count)
     if not isinstance(data, (bytes, bytearray)):
         raise RefusedGlobal("tensor storage: payload is not bytes")
-    f = _ViewReader(data)
-    magic = _StorageUnpickler(f).load()
-    if magic != _LEGACY_MAGIC:
-        raise GazeError("tensor storage: bad magic number (not a torch storage)")
-    _StorageUnpickler(f).load()  # protocol version
-    _StorageUnpickler(f).load()  # sys info
-    up = _StorageUnpickler(f)
-    root = up.load()
-    keys = _StorageUnpickler(f).load()
-    if not (isinstance(root, tuple) and root[:1] == ("__storage__",)) or not isinstance(keys, list) or len(keys) != 1:
-        raise GazeError("tensor storage: unexpected layout")
-    dtype, numel = up.storages[root[1]]
-    (count,) = struct.unpack("<q", f.read(8))
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if count != numel or count < 0 or len(data) - f.pos < count * itemsize:
+    dtype, count, pos = _storage_header(data)
+    nbytes = count * _itemsize(dtype)
+    if len(data) - pos < nbytes:
         raise GazeError("tensor storage: truncated data")
     out = torch.empty(count, dtype=dtype)
     if count:
-        out.view(torch.uint8).numpy()[:] = np.frombuffer(data, dtype=np.uint8, count=count * itemsize, offset=f.pos)
+        out.view(torch.uint8).numpy()[:] = np.frombuffer(data, dtype=np.uint8, count=nbytes, offset=pos)
     if isinstance(data, bytearray):
-        f.view.release()
         data.clear()  # this payload's memory goes back now, not when the whole pickle is done
     return out
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+_LAZY_MIN_BYTES = 1 << 16  # payloads this large are written outside pickle frames, so they can be stepped over
+_HEADER_PROBE = 4096  # a storage header (a few small pickles) is a few hundred bytes
+
+
+class _FileSpan:
+    """A tensor payload left in the (still open) pickle file: its byte offset and size."""
+
+    def __init__(self, f, offset: int, size: int):
+        self.f, self.offset, self.size = f, offset, size
+
+    def read(self, start: int, n: int) -> bytes:
+        return os.pread(self.f.fileno(), n, self.offset + start)
+
+    def read_into(self, start: int, out: memoryview) -> None:
+        """Fill `out` straight from the file (no intermediate copy of the bytes)."""
+        done = 0
+        while done < len(out):
+            got = os.preadv(self.f.fileno(), [out[done:]], self.offset + start + done)
+            if got <= 0:
+                raise GazeError("tensor storage: truncated data")
+            done += got
+
+
+class _FileStorage:
+    """A storage whose bytes are still in the file; read (once, into a tensor we own) when first needed."""
+
+    def __init__(self, span: _FileSpan, pos: int, dtype: torch.dtype, count: int):
+        self.span, self.pos, self.dtype, self.count = span, pos, dtype, count
+        self._tensor: Optional[torch.Tensor] = None
+
+    def tensor(self) -> torch.Tensor:
+        if self._tensor is None:
+            t = torch.empty(self.count, dtype=self.dtype)
+            if self.count:
+                self.span.read_into(self.pos, memoryview(t.view(torch.uint8).numpy()).cast("B"))
+            self._tensor = t
+        return self._tensor
+
+
+class _FileTensor:
+    """A tensor rebuilt from a _FileStorage: shape and strides now, values on materialize()."""
+
+    def __init__(self, storage: _FileStorage, offset: int, size: tuple, stride: tuple):
+        self.storage, self.offset, self.shape, self.stride = storage, offset, size, stride
+
+    def materialize(self) -> torch.Tensor:
+        try:
+            return _view_of(self.storage.tensor(), self.offset, self.shape, self.stride)
+        except (RuntimeError, ValueError, OSError) as e:  # a view outside its storage, an unreadable file
+            raise GazeError(f"tensor storage: {type(e).__name__}: {str(e)[:120]}") from None
 
 
 class _ViewReader:
@@ -455,6 +563,8 @@ def _collect_tensors(rec: PersistentRecord, prefix: str = "") -> dict[str, torch
         for name, t in (st.get(key) or {}).items():
             if t is None:
                 continue
+            if isinstance(t, _FileTensor):
+                t = t.materialize()
             if not isinstance(t, torch.Tensor):
                 raise GazeError(f"{prefix}{name}: expected a tensor, got {type(t).__name__}")
             if name in (st.get("_non_persistent_buffers_set") or set()):
@@ -556,29 +666,36 @@ def read_nvlabs_pickle(path: str | os.PathLike) -> dict:
     """Unpickle an NVlabs snapshot with the restricted unpickler: a dict of PersistentRecords and metadata."""
     path = Path(path)
     with open(path, "rb") as f:
-        head = f.read(4)
-        f.seek(0)
-        if head[:2] == b"PK":
-            raise GazeError(f"{path}: this is a torch.save zip archive, not an NVlabs network pickle")
-        if not head or head[0] != 0x80:
-            raise GazeError(f"{path}: not a pickle file (no pickle protocol header)")
-        try:
-            data = _RestrictedUnpickler(f, str(path)).load()
-        except GazeError:
-            raise
-        except (
-            EOFError,
-            pickle.UnpicklingError,
-            struct.error,
-            ValueError,
-            TypeError,
-            AttributeError,
-            IndexError,
-            KeyError,
-            RecursionError,
-            MemoryError,
-        ) as e:
-            raise GazeError(f"{path}: truncated or corrupt pickle ({type(e).__name__}: {str(e)[:120]})") from None
+        return _unpickle_snapshot(f, path)
+
+
+def _unpickle_snapshot(f, path: Path, lazy: bool = False) -> dict:
+    """The snapshot dict from an open pickle file. lazy=True leaves large tensor payloads in the file (shapes
+    only; a network's tensors are read when it is built), so `f` must stay open while networks are built."""
+    head = f.read(4)
+    f.seek(0)
+    if head[:2] == b"PK":
+        raise GazeError(f"{path}: this is a torch.save zip archive, not an NVlabs network pickle")
+    if not head or head[0] != 0x80:
+        raise GazeError(f"{path}: not a pickle file (no pickle protocol header)")
+    try:
+        data = _RestrictedUnpickler(f, str(path), lazy=lazy).load()
+    except GazeError:
+        raise
+    except (
+        EOFError,
+        pickle.UnpicklingError,
+        struct.error,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        RecursionError,
+        MemoryError,
+        OSError,
+    ) as e:
+        raise GazeError(f"{path}: truncated or corrupt pickle ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(data, dict):
         raise GazeError(f"{path}: not an NVlabs snapshot (expected a dict with G, D, G_ema)")
     return data
@@ -604,19 +721,38 @@ class Networks:
 
 
 def load_nvlabs_pickle(path: str | os.PathLike, roles: Optional[tuple[str, ...]] = None) -> Networks:
-    """The networks of an NVlabs snapshot (only `roles` if given); parameters are the unpickled tensors."""
+    """The networks of an NVlabs snapshot (only `roles` if given). Tensors are read from the file straight into
+    buffers that become the parameters; those of networks not asked for are never read."""
     path = Path(path)
-    data = read_nvlabs_pickle(path)
-    nets, taken = {}, set()
-    for key in ("G", "D", "G_ema"):
-        rec = data.pop(key, None)
-        wanted = roles is None or key in roles
-        nets[key] = _network_from_record(rec, f"{path.name}:{key}", taken) if wanted else None
-        del rec  # a role not asked for is freed here
+    with open(path, "rb") as f:
+        data = _unpickle_snapshot(f, path, lazy=True)
+        nets, taken = {}, set()
+        for key in ("G", "D", "G_ema"):
+            rec = data.pop(key, None)
+            wanted = roles is None or key in roles
+            nets[key] = _network_from_record(rec, f"{path.name}:{key}", taken) if wanted else None
+            del rec
     if not any(nets.values()):
         raise GazeError(f"{path}: no G, D or G_ema network in this pickle")
     meta = {"source_format": "nvlabs-pkl", "training_set_kwargs": _safe_meta(data.get("training_set_kwargs"))}
+    del data
+    release_free_memory()
     return Networks(G_ema=nets["G_ema"], G=nets["G"], D=nets["D"], meta=meta, source=path)
+
+
+def release_free_memory() -> bool:
+    """Ask glibc to hand freed heap pages back to the OS (malloc_trim(0)); loading leaves large freed buffers
+    behind. A no-op returning False elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))
 
 
 def _safe_meta(v):

@@ -112,8 +112,27 @@ def synthesize_batch(
     ctx = (
         devmod.autocast(dev, precision) if devmod.uses_autocast_for_synthesis(G.synthesis, precision) else nullcontext()
     )
-    with ctx:
+    with ctx, _lean_last_block(G.synthesis):
         return G.synthesis(ws.to(dev), noise_mode=noise_mode, **kwargs).float()
+
+
+@contextlib.contextmanager
+def _lean_last_block(synthesis):
+    """On the CPU at 512 px and above, hand the heap's free pages back to the OS (malloc_trim) just before the
+    last block runs: the lower blocks' freed buffers are too small for its activations and would otherwise stay
+    resident beside them. The pages come back as cheap page faults when the next image reuses them."""
+    blocks = synthesis.blocks() if hasattr(synthesis, "blocks") else []
+    on_cpu = next(synthesis.parameters()).device.type == "cpu"
+    if not blocks or not on_cpu or synthesis.img_resolution < 512:
+        yield
+        return
+    from machinegaze.checkpoints import release_free_memory
+
+    hook = blocks[-1].register_forward_pre_hook(lambda module, args: release_free_memory() and None)
+    try:
+        yield
+    finally:
+        hook.remove()
 
 
 @torch.no_grad()
@@ -183,6 +202,70 @@ def _read_png(path: Path) -> np.ndarray:
 
 
 GRID_MAX = 64  # grid.png shows the first 64 seeds (a grid of 100,000 faces helps nobody)
+PNG_LEVEL = 1  # zlib level for written PNGs: lossless at every level; 1 encodes several times faster than 6
+
+
+def images_to_uint8(images: torch.Tensor, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """[N, C, H, W] float -> [N, H, W, C] uint8 with NVlabs' rounding (x * 127.5 + 128, clamped, truncated): the
+    same bytes as data.to_uint8. Scales `images` in place (a float32 input is consumed) and writes the result
+    once, into `out` if given, with no full-size temporaries."""
+    x = images.detach().float()
+    x.mul_(127.5).add_(128).clamp_(0, 255)
+    n, c, h, w = x.shape
+    dst = torch.empty(n, h, w, c, dtype=torch.uint8) if out is None else torch.from_numpy(out)
+    dst.copy_(x.permute(0, 2, 3, 1))  # float -> uint8 truncates, as .to(torch.uint8) does
+    return dst.numpy()
+
+
+class PngWriter:
+    """Writes uint8 [H, W, C] arrays as PNGs (atomically) on one background thread, so encoding overlaps the
+    next batch's synthesis. At most `pending` images wait at a time; close() waits for all of them and
+    re-raises the first error."""
+
+    def __init__(self, level: int = PNG_LEVEL, pending: int = 4):
+        from concurrent.futures import ThreadPoolExecutor
+        from threading import BoundedSemaphore
+
+        self.level, self._pool, self._slots, self._futures = level, ThreadPoolExecutor(1), BoundedSemaphore(pending), []
+
+    def submit(self, array: np.ndarray, path: str | os.PathLike) -> None:
+        self._slots.acquire()
+        self._futures.append(self._pool.submit(self._write, array, Path(path)))
+
+    def _write(self, array: np.ndarray, path: Path) -> None:
+        from PIL import Image
+
+        try:
+            im = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+            with atomic_path(path) as tmp:
+                im.save(tmp, format="PNG", compress_level=self.level)
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for f in self._futures:
+            f.result()
+
+    def __enter__(self) -> PngWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class GridCanvas:
+    """The grid of the first n tiles, filled in place in uint8 (row-major, ceil(sqrt(n)) columns, empty cells
+    white): the pixels of data.make_grid(images) through to_uint8, without a float copy of the grid."""
+
+    def __init__(self, n: int, h: int, w: int, c: int):
+        self.cols = int(np.ceil(np.sqrt(n)))
+        self.h, self.w = h, w
+        self.pixels = np.full(((n + self.cols - 1) // self.cols * h, self.cols * w, c), 255, dtype=np.uint8)
+
+    def put(self, i: int, tile: np.ndarray) -> None:
+        r, col = divmod(i, self.cols)
+        self.pixels[r * self.h : (r + 1) * self.h, col * self.w : (col + 1) * self.w] = tile
 
 
 @torch.no_grad()
@@ -199,7 +282,8 @@ def generate_to_dir(
 
     Under torchrun (`world` from distributed.init) each rank takes a contiguous run of whole batches and
     writes its PNGs; rank 0 gathers the latents and writes ws.npz and grid.png. Every image is computed in
-    the same batch as in one process, so the files are identical. Returns the images this process wrote."""
+    the same batch as in one process, so the files are identical. PNGs are encoded on a background thread
+    while the next batch is synthesised. Returns the images this process wrote."""
     from machinegaze import distributed
 
     if cfg.noise_mode not in NOISE_MODES:
@@ -209,26 +293,39 @@ def generate_to_dir(
     outdir.mkdir(parents=True, exist_ok=True)
     batch = max(1, min(cfg.batch_size, images_per_chunk(G)))
     start, stop = distributed.shard_batches(len(seeds), batch, world.rank, world.size)
+    first = list(seeds[:GRID_MAX])
+    res, ch = G.img_resolution, G.img_channels
+    # Everything that outlives a batch is allocated here, before the first activation: the grid, and two
+    # batches' worth of uint8 tiles used in turn (a batch's tiles are rewritten only after the writer, which
+    # holds at most one batch, has finished them). Buffers made between batches would split the allocator's
+    # free space and grow the heap by an activation's size at 1024 px.
+    grid = GridCanvas(len(first), res, res, ch) if len(first) > 1 and world.main else None
+    slots = np.empty((2, batch, res, res, ch), dtype=np.uint8)
     ws_parts = [torch.empty(0, G.num_ws, G.w_dim)]
-    for i in range(start, stop, batch):
-        chunk = list(seeds[i : min(i + batch, stop)])
-        ws = seeds_to_ws(G, chunk, cfg.trunc, cfg.trunc_cutoff, cfg.class_idx, cfg.seed_convention)
-        with input_transform(G, cfg.translate, cfg.rotate):
-            images = synthesize_batch(G, ws, cfg.noise_mode, precision).cpu()
-        for s, img in zip(chunk, images):
-            save_image(img[None], outdir / f"seed{s:04d}.png")
-        ws_parts.append(ws.cpu())
-        report(progress, i + len(chunk) - start, stop - start)
-    parts = distributed.gather_to_main(torch.cat(ws_parts), world)
-    distributed.barrier(world)  # every rank's PNGs are on disk before rank 0 reads the first ones back
-    if world.main:
-        save_w(outdir / "ws.npz", torch.cat(parts))
-        first = list(seeds[:GRID_MAX])
-        if len(first) > 1:
-            tiles = np.stack([_read_png(outdir / f"seed{s:04d}.png") for s in first])
-            # (v - 127.5) / 127.5 maps back to v + 0.5 under to_uint8's truncation: the same bytes, robustly
-            grid = make_grid(torch.from_numpy(tiles).permute(0, 3, 1, 2).float().sub(127.5).div(127.5))
-            save_image(grid, outdir / "grid.png")
+    with PngWriter(pending=batch) as writer:
+        for i in range(start, stop, batch):
+            chunk = list(seeds[i : min(i + batch, stop)])
+            ws = seeds_to_ws(G, chunk, cfg.trunc, cfg.trunc_cutoff, cfg.class_idx, cfg.seed_convention)
+            with input_transform(G, cfg.translate, cfg.rotate):
+                images = synthesize_batch(G, ws, cfg.noise_mode, precision).cpu()
+            tiles = images_to_uint8(images, out=slots[(i - start) // batch % 2, : len(chunk)])
+            del images
+            for j, (s, tile) in enumerate(zip(chunk, tiles)):
+                writer.submit(tile, outdir / f"seed{s:04d}.png")
+                if grid is not None and i + j < len(first):
+                    grid.put(i + j, tile)
+            ws_parts.append(ws.cpu())
+            report(progress, i + len(chunk) - start, stop - start)
+        parts = distributed.gather_to_main(torch.cat(ws_parts), world)
+        if world.main:
+            save_w(outdir / "ws.npz", torch.cat(parts))
+    distributed.barrier(world)  # every rank's PNGs are on disk before rank 0 reads the other ranks' back
+    if grid is not None:
+        for i, s in enumerate(first):
+            if not start <= i < stop:  # a tile another rank computed
+                grid.put(i, _read_png(outdir / f"seed{s:04d}.png"))
+        with PngWriter() as writer:
+            writer.submit(grid.pixels, outdir / "grid.png")
     return stop - start
 
 

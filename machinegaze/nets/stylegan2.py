@@ -175,9 +175,10 @@ class SynthesisLayer(nn.Module):
             peak = styles.abs().amax(dim=1, keepdim=True)
             styles, out_scale = styles / peak, out_scale * peak
         y = modulated_conv(x, self.weight, styles, out_scale, self.bias * g, up=self.up == 2, f=self.resample_filter)
-        noise = self.noise(y, noise_mode)
         in_place = _inference()
-        if noise is not None:
+        if in_place and noise_mode == "const" and self.use_noise:  # one fused pass, no noise-sized temporaries
+            y = y.addcmul_(self.noise_const.to(y.dtype), (self.noise_strength * g).to(y.dtype))
+        elif (noise := self.noise(y, noise_mode)) is not None:
             y = y.add_(noise * g) if in_place else y + noise * g
         y = activate(y, self.activation, inplace=in_place)
         if self.conv_clamp is not None:
@@ -333,8 +334,13 @@ class SynthesisNetwork(nn.Module):
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}")
         if _inference() and ws.shape[0] > 1 and self.img_resolution >= 128:
             # large maps: one image at a time keeps the activations of a single image alive and each conv a
-            # plain (ungrouped) one; only the 3-channel results are joined
-            return torch.cat([self(ws[i : i + 1], noise_mode, force_fp32) for i in range(ws.shape[0])])
+            # plain (ungrouped) one. The output is allocated before the first image, so no result is left between
+            # two images' activations to split the allocator's free space (which grows the heap at 1024 px)
+            r = self.img_resolution
+            out = torch.empty([ws.shape[0], self.img_channels, r, r], device=ws.device)  # images are float32
+            for i in range(ws.shape[0]):
+                out[i : i + 1] = self(ws[i : i + 1], noise_mode, force_fp32)
+            return out
         x = img = None
         for block, block_ws in zip(self.blocks(), self.block_ws(ws.float())):
             x, img = block(x, img, block_ws, noise_mode=noise_mode, force_fp32=force_fp32)

@@ -28,8 +28,8 @@ def phases(network: str, n_seeds: int, threads: int, outdir: str) -> dict:
     import torch
     from _common import peak_rss_gb
 
+    from machinegaze import data, zoo
     from machinegaze import generate as gen
-    from machinegaze import zoo
     from machinegaze.perf import tune_allocator
 
     tune_allocator()  # as the CLI does
@@ -57,7 +57,7 @@ def phases(network: str, n_seeds: int, threads: int, outdir: str) -> dict:
             images = gen.synthesize_batch(G, ws, cfg.noise_mode)
             mark("synthesis", t)
             t = time.perf_counter()
-            tiles = gen.images_to_uint8(images)
+            tiles = data.images_to_uint8(images)
             del images
             mark("to_uint8", t)
             t = time.perf_counter()

@@ -149,12 +149,22 @@ def load_image(
 
 # ---------------------------------------------------------------- encoding
 def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """[N, C, H, W] in [-1, 1] -> [N, H, W, C] uint8 with NVlabs' rounding (x*127.5+128, clamp, truncate)."""
-    x = img.detach().float().cpu()
-    if x.ndim == 3:
-        x = x.unsqueeze(0)
-    x = (x.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-    return x.numpy()
+    """[N, C, H, W] in [-1, 1] -> [N, H, W, C] uint8 with NVlabs' rounding (x*127.5+128, clamp, truncate).
+    Leaves `img` as it is (images_to_uint8 on a copy)."""
+    x = img.detach().float().cpu().clone()
+    return images_to_uint8(x.unsqueeze(0) if x.ndim == 3 else x)
+
+
+def images_to_uint8(images: torch.Tensor, out: np.ndarray | None = None) -> np.ndarray:
+    """[N, C, H, W] float -> [N, H, W, C] uint8 with NVlabs' rounding (x * 127.5 + 128, clamped, truncated): the
+    same bytes as to_uint8. Scales `images` in place (a float32 input is consumed) and writes the result
+    once, into `out` if given, with no full-size temporaries."""
+    x = images.detach().float()
+    x.mul_(127.5).add_(128).clamp_(0, 255)
+    n, c, h, w = x.shape
+    dst = torch.empty(n, h, w, c, dtype=torch.uint8) if out is None else torch.from_numpy(out)
+    dst.copy_(x.permute(0, 2, 3, 1))  # float -> uint8 truncates, as .to(torch.uint8) does
+    return dst.numpy()
 
 
 def tensor_to_pil(img: torch.Tensor) -> Image.Image:

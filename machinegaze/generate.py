@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from machinegaze import GazeError
-from machinegaze.data import atomic_path, make_grid, save_image, to_uint8
+from machinegaze.data import atomic_path, images_to_uint8, make_grid, save_image, to_uint8
 from machinegaze.nets.stylegan2 import NOISE_MODES, Generator
 from machinegaze.progress import ProgressFn, report
 
@@ -203,18 +203,6 @@ def _read_png(path: Path) -> np.ndarray:
 
 GRID_MAX = 64  # grid.png shows the first 64 seeds (a grid of 100,000 faces helps nobody)
 PNG_LEVEL = 1  # zlib level for written PNGs: lossless at every level; 1 encodes several times faster than 6
-
-
-def images_to_uint8(images: torch.Tensor, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """[N, C, H, W] float -> [N, H, W, C] uint8 with NVlabs' rounding (x * 127.5 + 128, clamped, truncated): the
-    same bytes as data.to_uint8. Scales `images` in place (a float32 input is consumed) and writes the result
-    once, into `out` if given, with no full-size temporaries."""
-    x = images.detach().float()
-    x.mul_(127.5).add_(128).clamp_(0, 255)
-    n, c, h, w = x.shape
-    dst = torch.empty(n, h, w, c, dtype=torch.uint8) if out is None else torch.from_numpy(out)
-    dst.copy_(x.permute(0, 2, 3, 1))  # float -> uint8 truncates, as .to(torch.uint8) does
-    return dst.numpy()
 
 
 class PngWriter:

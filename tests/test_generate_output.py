@@ -9,13 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from machinegaze.data import make_grid, to_uint8
+from machinegaze.data import images_to_uint8, make_grid, to_uint8
 from machinegaze.generate import (
     GenerateConfig,
     GridCanvas,
     PngWriter,
     generate_to_dir,
-    images_to_uint8,
     seeds_to_ws,
     synthesize,
 )

@@ -27,9 +27,11 @@ def worker(report_dir: str, argv: list[str]) -> None:
 
     def dump():
         ru = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # DataLoader workers, once joined
         rank = os.environ.get("RANK", "0")
+        cpu = ru.ru_utime + ru.ru_stime + kids.ru_utime + kids.ru_stime
         Path(report_dir, f"rank{rank}.json").write_text(
-            json.dumps({"rank": int(rank), "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": ru.ru_maxrss / 1024})
+            json.dumps({"rank": int(rank), "cpu_s": cpu, "peak_rss_mb": ru.ru_maxrss / 1024})
         )
 
     atexit.register(dump)

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from machinegaze import GazeError
+from machinegaze.nets.projected import HEAD_NORMS
 from machinegaze.progress import ProgressFn, report
 
 SNAPSHOT_PREFIX = "snapshot-"
@@ -91,7 +92,8 @@ class TrainConfig:
     cbase: int = 0
     cmax: int = 0
     mbstd_group: int = 4
-    lr: float = 0.0025  # Adam, G and D
+    lr: float = 0.0025  # Adam, G (and D unless dlr is set)
+    dlr: Optional[float] = None  # Adam learning rate of D; None = lr
     beta1: float = 0.0
     beta2: float = 0.99
     gamma: Optional[float] = None  # R1 weight; None = NVlabs' auto 0.0002 * res^2 / batch
@@ -111,6 +113,8 @@ class TrainConfig:
     threads: int = 0  # torch threads per process; 0 = CPU count / processes
     resume: bool = False  # continue from the latest snapshot in outdir
     d_arch: str = "stylegan"  # discriminator: stylegan | projected (nets/projected.py)
+    d_norm: str = "group"  # projected D: norm after each head conv (none | group | batch)
+    d_backbone_res: int = 0  # projected D: resize images to this size for the frozen backbone (0 = as trained)
 
     def __post_init__(self):
         if self.cfg not in PRESETS:
@@ -128,6 +132,14 @@ class TrainConfig:
             raise GazeError(f"--augment: unknown op '{bad[0]}' (choose from: {', '.join(AUGMENT_OPS)})")
         if self.d_arch not in D_ARCHS:
             raise GazeError(f"--d-arch: unknown discriminator '{self.d_arch}' (choose from: {', '.join(D_ARCHS)})")
+        if self.d_norm not in HEAD_NORMS:
+            raise GazeError(f"--d-norm: unknown norm '{self.d_norm}' (choose from: {', '.join(HEAD_NORMS)})")
+        if self.dlr is not None and not self.dlr > 0:
+            raise GazeError(f"--dlr: {self.dlr} must be > 0")
+        if not self.lr > 0:
+            raise GazeError(f"--lr: {self.lr} must be > 0")
+        if self.d_backbone_res < 0:
+            raise GazeError(f"--d-backbone-res: {self.d_backbone_res} must be >= 0")
         if not 0.0 <= self.style_mixing <= 1.0:
             raise GazeError(f"--style-mixing: {self.style_mixing} is not in [0, 1]")
 
@@ -150,6 +162,8 @@ class TrainConfig:
 
 # Fields that may change when a run is resumed (run length and I/O); everything else must match the snapshot.
 RESUMABLE_CHANGES = ("data", "outdir", "kimg", "tick_kimg", "snap_kimg", "threads", "resume")
+# Values of fields added later, for snapshots saved before they existed (projected heads had no norm then).
+LEGACY_FIELDS = {"d_norm": "none"}
 
 
 def build_networks(cfg: TrainConfig, img_channels: int = 3):
@@ -184,7 +198,7 @@ def build_projected_discriminator(cfg: TrainConfig):
     from machinegaze import zoo
     from machinegaze.nets.projected import ProjectedDiscriminator
 
-    D = ProjectedDiscriminator(img_resolution=cfg.res)
+    D = ProjectedDiscriminator(img_resolution=cfg.res, backbone_res=cfg.d_backbone_res, head_norm=cfg.d_norm)
     D.fill_backbone(zoo.load_efficientnet_lite0().state_dict())
     return D
 
@@ -386,9 +400,9 @@ class State:
     dataset: dict = field(default_factory=dict)
 
 
-def _adam(params, cfg: TrainConfig, interval: Optional[int]) -> torch.optim.Adam:
+def _adam(params, cfg: TrainConfig, interval: Optional[int], lr: float) -> torch.optim.Adam:
     ratio = interval / (interval + 1) if interval else 1.0  # lazy regularisation correction (NVlabs)
-    return torch.optim.Adam(params, lr=cfg.lr * ratio, betas=(cfg.beta1**ratio, cfg.beta2**ratio), eps=1e-8)
+    return torch.optim.Adam(params, lr=lr * ratio, betas=(cfg.beta1**ratio, cfg.beta2**ratio), eps=1e-8)
 
 
 def new_state(cfg: TrainConfig, img_channels: int = 3, device: torch.device = torch.device("cpu")) -> State:
@@ -399,9 +413,12 @@ def new_state(cfg: TrainConfig, img_channels: int = 3, device: torch.device = to
     G, D = build_networks(cfg, img_channels)
     G, D = G.to(device), D.to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_G = _adam(G.parameters(), cfg, cfg.pl_interval if cfg.pl_weight > 0 else None)
+    opt_G = _adam(G.parameters(), cfg, cfg.pl_interval if cfg.pl_weight > 0 else None, cfg.lr)
     opt_D = _adam(
-        [p for p in D.parameters() if p.requires_grad], cfg, cfg.r1_interval if cfg.resolved_gamma() > 0 else None
+        [p for p in D.parameters() if p.requires_grad],
+        cfg,
+        cfg.r1_interval if cfg.resolved_gamma() > 0 else None,
+        cfg.dlr if cfg.dlr is not None else cfg.lr,
     )
     return State(
         cfg, G.requires_grad_(False), D.requires_grad_(False), G_ema, opt_G, opt_D, torch.zeros([], device=device)
@@ -472,7 +489,7 @@ def load_snapshot(
     meta = nets.meta
     if meta.get("kind") != "machinegaze-training-snapshot" or nets.G is None or nets.D is None:
         raise GazeError(f"{path}: not a machinegaze training snapshot (no training state to resume from)")
-    saved = dict(meta["config"])
+    saved = {**LEGACY_FIELDS, **meta["config"]}
     if cfg is not None:
         mine = asdict(cfg)
         diff = [k for k in saved if k not in RESUMABLE_CHANGES and saved[k] != mine.get(k)]

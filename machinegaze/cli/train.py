@@ -104,7 +104,8 @@ def train_cmd(
     pl_weight: str = typer.Option("0", "--pl-weight", help="path-length regularisation weight (0 = off)"),
     augment: str = typer.Option("color,translation,cutout", "--augment", help="DiffAugment ops, or 'none'"),
     mirror: bool = typer.Option(True, "--mirror/--no-mirror", help="random x-flips of real images"),
-    lr: str = typer.Option("0.0025", "--lr", help="Adam learning rate (G and D)"),
+    lr: str = typer.Option("0.0025", "--lr", help="Adam learning rate of G (and of D without --dlr)"),
+    dlr: Optional[str] = typer.Option(None, "--dlr", help="Adam learning rate of D (default: --lr)"),
     seed: int = typer.Option(0, "--seed"),
     tick_kimg: float = typer.Option(1.0, "--tick-kimg", help="write a metrics line every this many kimg"),
     snap_kimg: float = typer.Option(5.0, "--snap-kimg", help="write a snapshot every this many kimg"),
@@ -112,6 +113,10 @@ def train_cmd(
     resume: bool = typer.Option(False, "--resume", help="continue from the latest snapshot in --outdir"),
     d_arch: str = typer.Option(
         "stylegan", "--d-arch", help="discriminator: stylegan (logistic + R1) | projected (frozen EfficientNet, hinge)"
+    ),
+    d_norm: str = typer.Option("group", "--d-norm", help="projected D: norm in the heads: group | batch | none"),
+    d_backbone_res: int = typer.Option(
+        0, "--d-backbone-res", help="projected D: resize images to this size for EfficientNet (0 = --res)"
     ),
     device: Optional[str] = DeviceOpt,
 ):
@@ -134,12 +139,15 @@ def train_cmd(
         augment=augment,
         mirror=mirror,
         lr=parse_float(lr, "lr"),
+        dlr=parse_float(dlr, "dlr") if dlr is not None else None,
         seed=seed,
         tick_kimg=tick_kimg,
         snap_kimg=snap_kimg,
         threads=threads,
         resume=resume,
         d_arch=d_arch,
+        d_norm=d_norm,
+        d_backbone_res=d_backbone_res,
     )
     if int(os.environ.get("RANK", "0")) != 0:
         train(conf, device=dev)

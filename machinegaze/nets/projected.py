@@ -8,8 +8,9 @@ heads judge its activations at four scales.
     c_l      = P_l f_l                      cross-channel mixing (CCM): a fixed random 1x1 projection
     p_4      = c_4,   p_l = c_l + Q_l up2(p_{l+1})    cross-scale mixing (CSM): a top-down pyramid, Q_l a
                                             fixed random 1x1 projection, up2 bilinear upsampling
-    logits_l = H_l(p_l)                     a few strided 4x4 convs with spectral normalisation and leaky ReLU,
-                                            then a 4x4 conv to one channel: a map of patch logits per scale
+    logits_l = H_l(p_l)                     a few strided 4x4 convs with spectral normalisation, a normalisation
+                                            layer and leaky ReLU, then a 4x4 conv to one channel: a map of patch
+                                            logits per scale
 
 The projections P, Q are random and never trained (the paper finds fixed random mixing works as well as a learnt
 one and keeps D from collapsing onto a few features); they are buffers, so a saved D is the same D. Only the
@@ -66,18 +67,32 @@ class SNConv2d(nn.Module):
         return F.conv2d(x, self.normalised_weight(), self.bias, self.stride, self.padding)
 
 
-class PatchHead(nn.Module):
-    """Strided 4x4 SN convs (leaky ReLU 0.2) from `size` down to 8 px (or the input size if smaller), channels
-    doubling up to `cmax`, then a 4x4 conv to one channel (zero-padded below 8 px, so every scale of 2 px or
-    more gives 5x5 patches and weighs the same in the loss): [N, c_in, size, size] -> [N, P] patch logits."""
+HEAD_NORMS = ("none", "group", "batch")
 
-    def __init__(self, c_in: int, size: int, width: int, cmax: int):
+
+def _norm_layers(kind: str, channels: int) -> list[nn.Module]:
+    """The normalisation after each strided head conv: batch norm as in the paper's down blocks, group norm
+    (16 channels a group) when batches are small or split across processes, or none (no layer, so heads saved
+    before norms existed keep their parameter names)."""
+    if kind == "batch":
+        return [nn.BatchNorm2d(channels)]
+    if kind == "group":
+        return [nn.GroupNorm(max(1, channels // 16), channels)]
+    return []
+
+
+class PatchHead(nn.Module):
+    """Strided 4x4 SN convs (then `norm`, leaky ReLU 0.2) from `size` down to 8 px (or the input size if smaller),
+    channels doubling up to `cmax`, then a 4x4 conv to one channel (zero-padded below 8 px, so every scale of 2 px
+    or more gives 5x5 patches and weighs the same in the loss): [N, c_in, size, size] -> [N, P] patch logits."""
+
+    def __init__(self, c_in: int, size: int, width: int, cmax: int, norm: str = "none"):
         super().__init__()
         layers: list[nn.Module] = []
         c = c_in
         ch = min(width, cmax)
         while size > 8:
-            layers += [SNConv2d(c, ch, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            layers += [SNConv2d(c, ch, 4, stride=2, padding=1), *_norm_layers(norm, ch), nn.LeakyReLU(0.2)]
             c, size, ch = ch, size // 2, min(ch * 2, cmax)
         self.body = nn.Sequential(*layers)
         self.out = SNConv2d(c, 1, 4, stride=1, padding=max(0, (8 - size) // 2))  # 5x5 patches at every scale
@@ -96,7 +111,7 @@ class ProjectedDiscriminator(nn.Module):
 
     img_resolution: training resolution; backbone_res: resize images to this size before the backbone
     (0 = as given); proj_channels: CCM width at the finest scale (doubling per scale); head_width / head_cmax:
-    the heads' first and largest channel counts."""
+    the heads' first and largest channel counts; head_norm: none | group | batch, after each strided head conv."""
 
     def __init__(
         self,
@@ -107,10 +122,13 @@ class ProjectedDiscriminator(nn.Module):
         proj_channels: int = 64,
         head_width: int = 64,
         head_cmax: int = 256,
+        head_norm: str = "none",
     ):
         super().__init__()
         if c_dim != 0 or img_channels != 3:
             raise GazeError("the projected discriminator is unconditional and takes RGB images (c_dim 0, 3 channels)")
+        if head_norm not in HEAD_NORMS:
+            raise GazeError(f"unknown head norm '{head_norm}' (choose from: {', '.join(HEAD_NORMS)})")
         size = backbone_res or img_resolution
         if size < 32:
             raise GazeError(f"the projected discriminator needs images of at least 32 px (got {size})")
@@ -122,6 +140,7 @@ class ProjectedDiscriminator(nn.Module):
             proj_channels=proj_channels,
             head_width=head_width,
             head_cmax=head_cmax,
+            head_norm=head_norm,
         )
         self.c_dim, self.img_resolution, self.img_channels = c_dim, img_resolution, img_channels
         self.backbone_res = backbone_res
@@ -132,7 +151,7 @@ class ProjectedDiscriminator(nn.Module):
             if i + 1 < len(widths):
                 self.register_buffer(f"csm{i}", _random_projection(widths[i + 1], c_out))
         sizes = [math.ceil(size / s) for s in TAP_STRIDES]
-        self.heads = nn.ModuleList(PatchHead(c, s, head_width, head_cmax) for c, s in zip(widths, sizes))
+        self.heads = nn.ModuleList(PatchHead(c, s, head_width, head_cmax, head_norm) for c, s in zip(widths, sizes))
 
     # ---------------------------------------------------------------- frozen parts stay frozen
     def train(self, mode: bool = True) -> ProjectedDiscriminator:

@@ -65,7 +65,8 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
 # ---------------------------------------------------------------- FIR resampling
 def setup_filter(taps: Sequence[float] = (1, 3, 3, 1), normalize: bool = True) -> torch.Tensor:
     """1-D taps -> their 2-D outer product (a 2-D input is used as is), normalised to sum 1."""
-    k = torch.as_tensor(taps, dtype=torch.float32)
+    # Built on the CPU even inside a meta-device build: a meta op here imports torch._dynamo (about 1 s).
+    k = torch.as_tensor(taps, dtype=torch.float32, device="cpu")
     k = torch.outer(k, k) if k.ndim == 1 else k
     return k / k.sum() if normalize else k
 
@@ -238,7 +239,9 @@ class EqualLinear(nn.Module):
     ):
         super().__init__()
         self.activation = check_activation(activation)
-        self.weight = nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
+        self.weight = nn.Parameter(
+            torch.randn([out_features, in_features]).div_(lr_multiplier)
+        )  # in place: no meta-op cost
         self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
         self.weight_gain = lr_multiplier / math.sqrt(in_features)
         self.bias_gain = lr_multiplier

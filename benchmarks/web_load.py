@@ -143,9 +143,10 @@ def direct_baseline(endpoint: str, network: str, detector: str | None, face: byt
     out = []
     if endpoint == "detect":
         from machinegaze import zoo
+        from machinegaze.detect.fast import fast_detector
 
         det = zoo.load_detector(detector)
-        fast, mtcnn = adapters.fast_detector(det), zoo.load_mtcnn()
+        fast, mtcnn = fast_detector(det), zoo.load_mtcnn()
         pil = adapters.decode_image(face, 40_000_000)
         for _ in range(reps):
             t = time.perf_counter()

@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from machinegaze import GazeError
+from machinegaze import GazeError, perf
 from machinegaze.nets.projected import ProjectedDiscriminator
 from machinegaze.nets.stylegan2 import Discriminator, Generator
 from machinegaze.nets.stylegan3 import StyleGAN3Generator
@@ -736,23 +736,8 @@ def load_nvlabs_pickle(path: str | os.PathLike, roles: Optional[tuple[str, ...]]
         raise GazeError(f"{path}: no G, D or G_ema network in this pickle")
     meta = {"source_format": "nvlabs-pkl", "training_set_kwargs": _safe_meta(data.get("training_set_kwargs"))}
     del data
-    release_free_memory()
+    perf.release_free_memory()
     return Networks(G_ema=nets["G_ema"], G=nets["G"], D=nets["D"], meta=meta, source=path)
-
-
-def release_free_memory() -> bool:
-    """Ask glibc to hand freed heap pages back to the OS (malloc_trim(0)); loading leaves large freed buffers
-    behind. A no-op returning False elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return False
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return bool(trim(0))
 
 
 def _safe_meta(v):

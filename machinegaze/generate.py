@@ -126,7 +126,7 @@ def _lean_last_block(synthesis):
     if not blocks or not on_cpu or synthesis.img_resolution < 512:
         yield
         return
-    from machinegaze.checkpoints import release_free_memory
+    from machinegaze.perf import release_free_memory
 
     hook = blocks[-1].register_forward_pre_hook(lambda module, args: release_free_memory() and None)
     try:

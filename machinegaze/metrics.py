@@ -44,28 +44,30 @@ class MetricsConfig:
             raise GazeError("--num-gen must be >= 2 and --batch >= 1")
 
 
-def _resize(x: torch.Tensor) -> torch.Tensor:
-    if x.shape[-2:] == (FEATURE_SIZE, FEATURE_SIZE):
-        return x
-    return F.interpolate(x, size=(FEATURE_SIZE, FEATURE_SIZE), mode="bilinear", align_corners=False, antialias=True)
+def _embed_batches(images: torch.Tensor, net, batch: int, precision: str, size: int, featurize) -> list[torch.Tensor]:
+    """Run `featurize(net, x)` over [N, 3, H, W] images in [-1, 1], resized to size x size, in batches on the net's
+    device (autocast at `precision`); float64 CPU features per batch."""
+    from machinegaze.device import autocast
+
+    dev = next(net.parameters()).device
+    out = []
+    with torch.no_grad(), autocast(dev, precision):
+        for i in range(0, len(images), batch):
+            x = images[i : i + batch].to(dev).float().clamp(-1, 1)
+            if x.shape[-2:] != (size, size):
+                x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            out.append(featurize(net, x).float().cpu().double())
+    return out
 
 
-@torch.no_grad()
 def embed(images: torch.Tensor, net=None, batch: int = 32, precision: str = "fp32") -> np.ndarray:
     """[N, 3, H, W] in [-1, 1] -> [N, 1280] float64 EfficientNet-Lite0 features (at 224 px), computed on the
     net's device (autocast at `precision`, see device.py)."""
-    from machinegaze.device import autocast
-
     if net is None:
         from machinegaze import zoo
 
         net = zoo.load_efficientnet_lite0()
-    dev = next(net.parameters()).device
-    out = []
-    with autocast(dev, precision):
-        for i in range(0, len(images), batch):
-            x = _resize(images[i : i + batch].to(dev).float().clamp(-1, 1))
-            out.append(net.features(x).float().cpu().double())
+    out = _embed_batches(images, net, batch, precision, FEATURE_SIZE, lambda n, x: n.features(x))
     return torch.cat(out).numpy() if out else np.zeros((0, 1280))
 
 
@@ -228,26 +230,20 @@ VGG_LAYER = "relu5_3"
 FEATURE_LABEL = {"effnet": "EffNetLite0", "vgg16": "VGG16"}
 
 
-@torch.no_grad()
 def embed_vgg16(images: torch.Tensor, net=None, batch: int = 32, precision: str = "fp32") -> np.ndarray:
     """[N, 3, H, W] in [-1, 1] -> [N, 512] float64: VGG16 relu5_3 averaged over positions, at VGG_FEATURE_SIZE px."""
-    from machinegaze.device import autocast
     from machinegaze.nets.lpips import imagenet_normalize
 
     if net is None:
         from machinegaze import zoo
 
         net = zoo.vgg16_features()
-    dev = next(net.parameters()).device
-    size = (VGG_FEATURE_SIZE, VGG_FEATURE_SIZE)
-    out = []
-    with autocast(dev, precision):
-        for i in range(0, len(images), batch):
-            x = images[i : i + batch].to(dev).float().clamp(-1, 1)
-            if x.shape[-2:] != size:
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-            (f,) = net.taps(imagenet_normalize(x), [VGG_LAYER])
-            out.append(f.float().mean(dim=(2, 3)).cpu().double())
+
+    def featurize(n, x):
+        (f,) = n.taps(imagenet_normalize(x), [VGG_LAYER])
+        return f.float().mean(dim=(2, 3))
+
+    out = _embed_batches(images, net, batch, precision, VGG_FEATURE_SIZE, featurize)
     return torch.cat(out).numpy() if out else np.zeros((0, 512))
 
 

@@ -17,7 +17,7 @@ def tune_allocator(threshold_bytes: int = 1 << 30) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _libc()
         # M_MMAP_THRESHOLD cannot exceed 32 MB on 64-bit glibc, so large blocks would still be mmap'd:
         # turn mmap off for malloc (heap only) and raise the trim threshold so the heap is kept.
         ok1 = libc.mallopt(_M_MMAP_MAX, ctypes.c_int(0))
@@ -25,3 +25,20 @@ def tune_allocator(threshold_bytes: int = 1 << 30) -> bool:
         return bool(ok1 and ok2)
     except (OSError, AttributeError):
         return False
+
+
+def _libc():
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def release_free_memory() -> bool:
+    """Ask glibc to hand freed heap pages back to the OS (malloc_trim(0)): loading a network leaves large freed
+    buffers behind. A no-op returning False elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = _libc().malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))

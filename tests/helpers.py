@@ -8,6 +8,23 @@ import torch
 from machinegaze import GazeError, zoo
 
 
+def tiny_generator(res: int = 16, dim: int = 16, channel_base: int = 128, channel_max: int = 32, seed: int = 0):
+    """A small random StyleGAN2 generator (2 mapping layers, no classes), in eval mode, built after
+    torch.manual_seed(seed)."""
+    from machinegaze.nets.stylegan2 import Generator
+
+    torch.manual_seed(seed)
+    return Generator(
+        z_dim=dim,
+        c_dim=0,
+        w_dim=dim,
+        img_resolution=res,
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=2),
+        synthesis_kwargs=dict(channel_base=channel_base, channel_max=channel_max),
+    ).eval()
+
+
 def single_thread():
     """Body of the modules' `one_thread` fixtures: torch on one intra-op thread, the old setting restored afterwards.
     The machine is shared: tiny ops (MTCNN, tiny nets, one request at a time) crawl with two contending threads.

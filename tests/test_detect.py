@@ -32,6 +32,7 @@ from machinegaze.detect.sources import (
     to_tensor,
 )
 from machinegaze.detect.train import TrainConfig, _discriminative, _random_crops, fit, sample_weights, train_detector
+from tests.helpers import tiny_generator
 
 # ---------------------------------------------------------------- metrics vs hand computation
 Y = np.array([0, 0, 1, 1, 0, 1])
@@ -477,19 +478,8 @@ def test_labels_are_real_zero_fake_one():
 
 def test_generator_source_renders_seeds_on_the_fly(tmp_path):
     from machinegaze.checkpoints import save_networks
-    from machinegaze.nets.stylegan2 import Generator
 
-    torch.manual_seed(0)
-    G = Generator(
-        z_dim=16,
-        c_dim=0,
-        w_dim=16,
-        img_resolution=16,
-        img_channels=3,
-        mapping_kwargs=dict(num_layers=2),
-        synthesis_kwargs=dict(channel_base=128, channel_max=32),
-    )
-    net = save_networks(tmp_path / "g.safetensors", {"G_ema": G.eval()})
+    net = save_networks(tmp_path / "g.safetensors", {"G_ema": tiny_generator()})
     src = parse_source(f"stylegan2:{net}", n_generated=12)
     items = src.items()
     assert len(items) == 12 and all(it.label == FAKE and it.seed is not None for it in items)

@@ -19,23 +19,14 @@ from machinegaze.generate import (
     synthesize,
 )
 from machinegaze.nets.stylegan2 import Generator
-from tests.helpers import single_thread
+from tests.helpers import single_thread, tiny_generator
 
 one_thread = pytest.fixture(single_thread, scope="module", autouse=True)
 
 
 @pytest.fixture(scope="module")
 def G():
-    torch.manual_seed(0)
-    g = Generator(
-        z_dim=16,
-        c_dim=0,
-        w_dim=16,
-        img_resolution=16,
-        img_channels=3,
-        mapping_kwargs=dict(num_layers=2),
-        synthesis_kwargs=dict(channel_base=64, channel_max=16),
-    ).eval()
+    g = tiny_generator(channel_base=64, channel_max=16)
     with torch.no_grad():  # a wide output range, so clamping at both ends is exercised
         g.synthesis.b16.torgb.weight.mul_(8)
     return g

@@ -160,12 +160,6 @@ class Detection:
     overlay: Optional[torch.Tensor]  # [1, 3, S, S]: that face's detector input with its Grad-CAM; None
 
 
-def fast_detector(det):
-    from machinegaze.detect.fast import fast_detector as fast
-
-    return fast(det)
-
-
 def detect(det, fast, mtcnn, pil, face_check: bool = True) -> Detection:
     """Faces found (MTCNN) and classified one by one (detect.predict.predict_image), and a Grad-CAM overlay of
     the most suspicious face; with face_check off the whole image is one face."""

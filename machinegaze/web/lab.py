@@ -138,7 +138,9 @@ class Lab:
 
     def fast_detector(self):
         """The detector's inference copy (detect.fast), made once."""
-        return self.cached("detector_fast", lambda: adapters.fast_detector(self.detector()[0]))
+        from machinegaze.detect.fast import fast_detector
+
+        return self.cached("detector_fast", lambda: fast_detector(self.detector()[0]))
 
     def mtcnn(self):
         """The face finder the Detect tab looks for faces with."""

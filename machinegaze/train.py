@@ -115,6 +115,7 @@ class TrainConfig:
     d_arch: str = "stylegan"  # discriminator: stylegan | projected (nets/projected.py)
     d_norm: str = "group"  # projected D: norm after each head conv (none | group | batch)
     d_backbone_res: int = 0  # projected D: resize images to this size for the frozen backbone (0 = as trained)
+    init_from: str = ""  # start from a network (name or file), often of a lower resolution: see init_from_network
 
     def __post_init__(self):
         if self.cfg not in PRESETS:
@@ -161,9 +162,9 @@ class TrainConfig:
 
 
 # Fields that may change when a run is resumed (run length and I/O); everything else must match the snapshot.
-RESUMABLE_CHANGES = ("data", "outdir", "kimg", "tick_kimg", "snap_kimg", "threads", "resume")
+RESUMABLE_CHANGES = ("data", "outdir", "kimg", "tick_kimg", "snap_kimg", "threads", "init_from", "resume")
 # Values of fields added later, for snapshots saved before they existed (projected heads had no norm then).
-LEGACY_FIELDS = {"d_norm": "none"}
+LEGACY_FIELDS = {"d_norm": "none", "init_from": ""}
 
 
 def build_networks(cfg: TrainConfig, img_channels: int = 3):
@@ -423,6 +424,47 @@ def new_state(cfg: TrainConfig, img_channels: int = 3, device: torch.device = to
     return State(
         cfg, G.requires_grad_(False), D.requires_grad_(False), G_ema, opt_G, opt_D, torch.zeros([], device=device)
     )
+
+
+def _copy_matching(dst: torch.nn.Module, src: Optional[torch.nn.Module]) -> list[str]:
+    """Copy every parameter and buffer of src whose name and shape dst shares; the names copied."""
+    if src is None:
+        return []
+    theirs = dict(src.state_dict())
+    done = []
+    with torch.no_grad():
+        for name, t in dst.state_dict().items():
+            if name in theirs and theirs[name].shape == t.shape:
+                t.copy_(theirs[name].to(t.dtype))
+                done.append(name)
+    return done
+
+
+def init_from_network(state: State, name_or_path: str) -> dict[str, int]:
+    """Start a run from a trained network, as progressive growing's next stage would: every tensor of its
+    G_ema (into G and G_ema) and D whose name and shape match is copied. A generator of a lower resolution
+    gains new top blocks; their toRGB starts at zero, so the grown G first draws exactly the old images,
+    upsampled, and learns the new detail from there. D's new top block (and its fromRGB) start fresh."""
+    from machinegaze import zoo
+
+    nets = zoo.load_networks(name_or_path)
+    src_g = nets.G_ema if nets.G_ema is not None else nets.G
+    if src_g is None:
+        raise GazeError(f"--init-from {name_or_path}: holds no generator")
+    G, G_ema, D = state.G, state.G_ema, state.D
+    if (src_g.z_dim, src_g.w_dim) != (G.z_dim, G.w_dim) or src_g.img_resolution > G.img_resolution:
+        raise GazeError(
+            f"--init-from {name_or_path}: a {src_g.img_resolution} px generator with z {src_g.z_dim}, w {src_g.w_dim} "
+            f"cannot start a {G.img_resolution} px one with z {G.z_dim}, w {G.w_dim} (choose the same --cfg)"
+        )
+    copied = _copy_matching(G, src_g)
+    with torch.no_grad():
+        for block in G.synthesis.blocks():
+            if block.resolution > src_g.img_resolution and block.num_torgb:
+                block.torgb.weight.zero_()
+                block.torgb.bias.zero_()
+    G_ema.load_state_dict(G.state_dict())
+    return {"G": len(copied), "D": len(_copy_matching(D, nets.D))}
 
 
 def _opt_tensors(prefix: str, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -756,6 +798,8 @@ def _open_run(cfg: TrainConfig, device: torch.device, dist: Dist) -> tuple[Train
     if state is None:
         state = new_state(cfg, images.shape[1], device)
         state.dataset = dsinfo
+        if cfg.init_from:
+            init_from_network(state, cfg.init_from)
     elif state.dataset.get("sha256_16") not in (None, dsinfo["sha256_16"]):
         raise GazeError(
             f"--resume: {cfg.data} is not the dataset this run was trained on "

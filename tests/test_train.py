@@ -355,6 +355,34 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(faces, tmp_path):
     assert not [k for k in ta if not torch.equal(ta[k], tb[k])]
 
 
+def test_init_from_grows_a_lower_resolution_run(faces, tmp_path):
+    """A 16 px run grown to 32 px: the grown G first draws the 16 px images upsampled (toRGB of the new block
+    at zero), matching D tensors are copied, training moves on from there and resumes as any run."""
+    from machinegaze.nets.ops import setup_filter, upsample2d
+    from machinegaze.train import init_from_network, new_state
+
+    small = train(tiny(faces, tmp_path / "small", kimg=0.016, pl_weight=0.0))
+    cfg = tiny(faces, tmp_path / "big", res=32, kimg=0.016, pl_weight=0.0, init_from=str(small))
+    st = new_state(cfg)
+    counts = init_from_network(st, str(small))
+    src = checkpoints.load_networks(small)
+    assert counts["G"] == len(src.G_ema.state_dict()) and counts["D"] > 0
+    z = torch.randn(3, st.G.z_dim)
+    with torch.no_grad():
+        grown = st.G_ema(z, noise_mode="const")
+        old = upsample2d(src.G_ema(z, noise_mode="const"), setup_filter([1, 3, 3, 1]))
+    assert grown.shape == (3, 3, 32, 32) and torch.allclose(grown, old, atol=1e-5)
+    assert torch.equal(st.D.b8.conv0.weight, src.D.b8.conv0.weight)
+    last = train(cfg)
+    nets = checkpoints.load_networks(last)
+    assert nets.meta["config"]["init_from"] == str(small)
+    assert nets.G_ema.synthesis.b32.torgb.weight.abs().sum() > 0  # the new block learned
+    resumed = train(tiny(faces, tmp_path / "big", res=32, kimg=0.032, pl_weight=0.0, resume=True))
+    assert resumed.name == "snapshot-000000032.safetensors"
+    with pytest.raises(GazeError, match="cannot start"):
+        init_from_network(new_state(tiny(faces, tmp_path / "x", res=8)), str(small))
+
+
 def test_export_networks_fp16_without_training_state(faces, tmp_path):
     from machinegaze.train import export_networks
 

@@ -118,6 +118,9 @@ def train_cmd(
     d_backbone_res: int = typer.Option(
         0, "--d-backbone-res", help="projected D: resize images to this size for EfficientNet (0 = --res)"
     ),
+    init_from: str = typer.Option(
+        "", "--init-from", help="start from a network (name or file), e.g. faces64 to grow it to --res 128"
+    ),
     device: Optional[str] = DeviceOpt,
 ):
     """Train a StyleGAN2 (NVlabs recipe + DiffAugment). Runs under `torchrun --nproc_per_node N -m machinegaze.cli train`
@@ -148,6 +151,7 @@ def train_cmd(
         d_arch=d_arch,
         d_norm=d_norm,
         d_backbone_res=d_backbone_res,
+        init_from=init_from,
     )
     if int(os.environ.get("RANK", "0")) != 0:
         train(conf, device=dev)

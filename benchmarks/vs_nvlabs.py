@@ -7,7 +7,12 @@ e.g. a clone of NVlabs/stylegan2-ada-pytorch; nothing is fetched here, nothing o
 On CPU their custom ops fall back to their reference PyTorch paths. Our side is `gaze generate`.
 The pickle is written by their own classes (a real snapshot: G, D, G_ema with embedded source), random init.
 
-usage: python benchmarks/vs_nvlabs.py --nvlabs-dir PATH [--res 1024] [--threads 2] [--seeds 8] [--repeats 3] [--workdir DIR]
+With --fp16-res 4 the pickle flags the four highest resolutions for fp16 with conv_clamp 256, as NVIDIA's
+config-f training does; their side still runs fp32 (force_fp32=True: fp16 is a GPU plan), ours once per
+--precision (fp32, and mixed: those blocks in bfloat16 on this CPU).
+
+usage: python benchmarks/vs_nvlabs.py --nvlabs-dir PATH [--res 1024] [--threads 2] [--seeds 8] [--repeats 3]
+       [--fp16-res 0] [--precision fp32[,mixed]] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -30,17 +35,19 @@ MAKE_PICKLE = r"""
 import copy, json, pickle, sys, torch
 sys.path.insert(0, sys.argv[1])
 from training import networks
-res, out = int(sys.argv[2]), sys.argv[3]
+res, out, fp16_res = int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+clamp = 256 if fp16_res else None
 torch.manual_seed(0)
 common = dict(c_dim=0, img_resolution=res, img_channels=3)
 G = networks.Generator(z_dim=512, w_dim=512, mapping_kwargs=dict(num_layers=8),
-                       synthesis_kwargs=dict(channel_base=32768, channel_max=512, num_fp16_res=0, conv_clamp=None),
+                       synthesis_kwargs=dict(channel_base=32768, channel_max=512, num_fp16_res=fp16_res,
+                                             conv_clamp=clamp),
                        **common).eval().requires_grad_(False)
 with torch.no_grad():
     for p in G.parameters():            # biases, noise strengths and w_avg away from 0, so every term matters
         p.add_(0.1 * torch.randn_like(p))
     G.mapping.w_avg.normal_()
-D = networks.Discriminator(channel_base=32768, channel_max=512, num_fp16_res=0, conv_clamp=None,
+D = networks.Discriminator(channel_base=32768, channel_max=512, num_fp16_res=fp16_res, conv_clamp=clamp,
                            epilogue_kwargs=dict(mbstd_group_size=4), **common).eval().requires_grad_(False)
 snap = dict(training_set_kwargs=None, G=G, D=D, G_ema=copy.deepcopy(G), augment_pipe=None)
 with open(out, 'wb') as f:
@@ -62,7 +69,7 @@ t_load = time.perf_counter() - t0
 label = torch.zeros([1, G.c_dim])
 for seed in range(n):
     z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim))
-    img = G(z, label, truncation_psi=1, noise_mode='const')
+    img = G(z, label, truncation_psi=1, noise_mode='const', force_fp32=True)
     img = (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
     PIL.Image.fromarray(img[0].numpy(), 'RGB').save(f'{outdir}/seed{seed:04d}.png')
 print(json.dumps(dict(load_s=t_load, rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)))
@@ -70,8 +77,8 @@ print(json.dumps(dict(load_s=t_load, rss_gb=resource.getrusage(resource.RUSAGE_S
 
 GAZE_GENERATE = r"""
 import json, resource, runpy, sys
-pkl, outdir, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-sys.argv = ['gaze', 'generate', '--network', pkl, '--seeds', f'0-{n - 1}', '--outdir', outdir]
+pkl, outdir, n, precision = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+sys.argv = ['gaze', 'generate', '--network', pkl, '--seeds', f'0-{n - 1}', '--outdir', outdir, '--precision', precision]
 code = 0
 try:
     runpy.run_module('machinegaze.cli', run_name='__main__')
@@ -92,15 +99,16 @@ def child(args: list[str], threads: int, cwd: Path) -> tuple[dict, float]:
 
 
 def png_diff(a: Path, b: Path, n: int) -> tuple[int, float]:
+    """(largest |difference| of a uint8 value, PSNR in dB over all images; inf when identical)."""
     from PIL import Image
 
-    worst, frac = 0, 0.0
+    worst, sq = 0, 0.0
     for s in range(n):
-        x = np.asarray(Image.open(a / f"seed{s:04d}.png"), dtype=np.int16)
-        y = np.asarray(Image.open(b / f"seed{s:04d}.png"), dtype=np.int16)
+        x = np.asarray(Image.open(a / f"seed{s:04d}.png"), dtype=np.float64)
+        y = np.asarray(Image.open(b / f"seed{s:04d}.png"), dtype=np.float64)
         d = np.abs(x - y)
-        worst, frac = max(worst, int(d.max())), max(frac, float((d > 0).mean()))
-    return worst, frac
+        worst, sq = max(worst, int(d.max())), sq + float(np.square(d).mean()) / n
+    return worst, (10 * np.log10(255**2 / sq) if sq > 0 else float("inf"))
 
 
 def main() -> None:
@@ -111,6 +119,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3, help="alternate the two sides this many times")
     ap.add_argument("--workdir", type=Path)
+    ap.add_argument("--fp16-res", type=int, default=0, help="blocks the pickle flags for fp16 (config-f: 4)")
+    ap.add_argument("--precision", default="fp32", help="our --precision values, comma-separated (e.g. fp32,mixed)")
     a = ap.parse_args()
     nv = a.nvlabs_dir.resolve()
     if not (nv / "legacy.py").is_file() or not (nv / "training" / "networks.py").is_file():
@@ -118,15 +128,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=a.workdir) as tmp:
         tmp = Path(tmp)
         pkl = tmp / f"configf_{a.res}.pkl"
-        made, dt = child([MAKE_PICKLE, str(nv), str(a.res), str(pkl)], a.threads, tmp)
+        made, dt = child([MAKE_PICKLE, str(nv), str(a.res), str(pkl), str(a.fp16_res)], a.threads, tmp)
         print(
             f"config-f {a.res} px pickle (G, D, G_ema) by NVIDIA's classes: {pkl.stat().st_size / 1e6:.0f} MB, "
             f"G {made['params_G'] / 1e6:.1f} M params, written in {dt:.0f} s",
             flush=True,
         )
-        rows = {"nvlabs": [], "gaze": []}
+        precisions = [p.strip() for p in a.precision.split(",") if p.strip()]
+        sides = ["nvlabs"] + [f"gaze-{p}" for p in precisions]
+        rows: dict[str, list] = {side: [] for side in sides}
         for rep in range(a.repeats):
-            for side in ("nvlabs", "gaze"):
+            for side in sides:
                 out = tmp / f"{side}{rep}"
                 out.mkdir()
                 if side == "nvlabs":
@@ -134,27 +146,33 @@ def main() -> None:
                         [NVLABS_GENERATE, str(nv), str(pkl), str(out), str(a.seeds), str(a.threads)], a.threads, tmp
                     )
                 else:
-                    r, dt = child([GAZE_GENERATE, str(pkl), str(out), str(a.seeds)], a.threads, REPO)
+                    prec = side.split("-", 1)[1]
+                    r, dt = child([GAZE_GENERATE, str(pkl), str(out), str(a.seeds), prec], a.threads, REPO)
                     if r["rc"]:
                         raise SystemExit(f"gaze generate exited with {r['rc']}")
                 rows[side].append((dt, r["rss_gb"]))
                 load = os.getloadavg()[0]
-                print(f"  {side:6s} run {rep}: {dt:6.1f} s  peak RSS {r['rss_gb']:.2f} GB  (load average {load:.1f})")
-            ratio = rows["nvlabs"][-1][0] / rows["gaze"][-1][0]
-            print(f"  pair {rep}: gaze {ratio:.2f}x faster", flush=True)
-        worst, frac = png_diff(tmp / "nvlabs0", tmp / "gaze0", a.seeds)
-    t_nv, t_gz = (float(np.median([t for t, _ in rows[s]])) for s in ("nvlabs", "gaze"))
-    m_nv, m_gz = (float(np.median([m for _, m in rows[s]])) for s in ("nvlabs", "gaze"))
-    ratios = [n[0] / g[0] for n, g in zip(rows["nvlabs"], rows["gaze"])]
-    rss = [g[1] / n[1] for n, g in zip(rows["nvlabs"], rows["gaze"])]
-    head = f"{a.res} px config-f, load + {a.seeds} seeds + PNGs, {a.threads} threads, median of {a.repeats}"
-    print(f"\n| {head} | wall s | peak RSS GB |")
-    print("|---|---|---|")
-    print(f"| NVIDIA stylegan2-ada-pytorch (reference ops) | {t_nv:.1f} | {m_nv:.2f} |")
-    print(f"| gaze generate | {t_gz:.1f} | {m_gz:.2f} |")
-    print(f"paired speed-up: median {np.median(ratios):.2f}x (runs: {', '.join(f'{r:.2f}' for r in ratios)})")
-    print(f"paired RSS ratio gaze/NVIDIA: median {np.median(rss):.2f} (runs: {', '.join(f'{r:.2f}' for r in rss)})")
-    print(f"PNG agreement: max |diff| {worst} (uint8), at most {100 * frac:.3f} % of values differ per image")
+                print(f"  {side:11s} run {rep}: {dt:6.1f} s  peak RSS {r['rss_gb']:.2f} GB  (load average {load:.1f})")
+            for side in sides[1:]:
+                print(f"  pair {rep}: {side} {rows['nvlabs'][-1][0] / rows[side][-1][0]:.2f}x faster", flush=True)
+        agree = {side: png_diff(tmp / "nvlabs0", tmp / f"{side}0", a.seeds) for side in sides[1:]}
+    head = (
+        f"{a.res} px config-f (num_fp16_res {a.fp16_res}), load + {a.seeds} seeds + PNGs, {a.threads} threads, "
+        f"median of {a.repeats}"
+    )
+    print(f"\n| {head} | wall s | peak RSS GB | paired speed-up | RSS ratio | max diff | PSNR dB |")
+    print("|---|---|---|---|---|---|---|")
+    t_nv, m_nv = (float(np.median([v[i] for v in rows["nvlabs"]])) for i in (0, 1))
+    print(f"| NVIDIA stylegan2-ada-pytorch (reference ops, fp32) | {t_nv:.1f} | {m_nv:.2f} | 1 | 1 | | |")
+    for side in sides[1:]:
+        t, m = (float(np.median([v[i] for v in rows[side]])) for i in (0, 1))
+        ratios = [n[0] / g[0] for n, g in zip(rows["nvlabs"], rows[side])]
+        rss = [g[1] / n[1] for n, g in zip(rows["nvlabs"], rows[side])]
+        worst, psnr = agree[side]
+        print(
+            f"| gaze generate --precision {side.split('-', 1)[1]} | {t:.1f} | {m:.2f} | {np.median(ratios):.2f}x "
+            f"({', '.join(f'{r:.2f}' for r in ratios)}) | {np.median(rss):.2f} | {worst} | {psnr:.1f} |"
+        )
 
 
 if __name__ == "__main__":

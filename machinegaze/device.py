@@ -3,11 +3,13 @@
     device     auto | cpu | cuda | cuda:N | mps       (or the GAZE_DEVICE environment variable)
                auto picks CUDA, then Apple MPS, then the CPU. Under torchrun a bare `cuda` means
                cuda:LOCAL_RANK, so every process gets its own GPU.
-    precision  auto | fp32 | fp16 | bf16
-               auto is fp32 on the CPU and MPS (bit-exact with the golden files) and mixed on CUDA:
-               StyleGAN2 runs fp16 in the blocks its checkpoint flags (num_fp16_res, clamped by conv_clamp),
-               the other networks (detector, LPIPS, dream nets) run under bf16 autocast where the GPU has
-               bf16, fp16 autocast otherwise.
+    precision  auto | fp32 | fp16 | bf16 | mixed
+               auto is fp32 on the CPU and MPS (bit-exact with the golden files) and mixed on CUDA.
+               mixed: StyleGAN2 runs its reduced precision in the blocks its checkpoint flags (num_fp16_res,
+               clamped by conv_clamp): fp16 on CUDA, bfloat16 on a CPU (fast where it has AMX or AVX512-BF16
+               units, about 2x at 1024 px; pixels differ from fp32 by a few levels, as NVIDIA's fp16 ones
+               do). The other networks (detector, LPIPS, dream nets) run under bf16 autocast on a GPU with bf16,
+               fp16 autocast on other GPUs, and fp32 on a CPU.
 
 Library functions take a ready `torch.device` and a precision string; only entry points (CLI, web, benchmarks)
 call `resolve_device`.
@@ -26,7 +28,7 @@ import torch
 from machinegaze import GazeError
 
 DEVICE_CHOICES = "auto | cpu | cuda | cuda:N | mps"
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "mixed")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -98,12 +100,22 @@ def resolve_precision(precision: Optional[str], device: torch.device) -> str:
     return p
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AMX tiles or AVX512-BF16): there `mixed`
+    (a StyleGAN checkpoint's own reduced-precision blocks, in bfloat16) pays, about 2x at 1024 px."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # an older torch without the probes
+        return False
+
+
 def autocast_dtype(device: torch.device, precision: str) -> Optional[torch.dtype]:
-    """The autocast dtype for the non-StyleGAN networks, or None for plain fp32."""
+    """The autocast dtype for the non-StyleGAN networks, or None for plain fp32. 'mixed' on a CPU leaves them
+    in fp32 (it only switches on StyleGAN's own bfloat16 blocks)."""
     if precision in _DTYPES:
         return _DTYPES[precision]
-    if precision == "mixed":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "mixed" and device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return None
 
 

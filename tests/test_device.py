@@ -11,6 +11,7 @@ from machinegaze import GazeError
 from machinegaze.device import (
     autocast,
     autocast_dtype,
+    cpu_has_fast_bf16,
     resolve_device,
     resolve_precision,
     synthesis_kwargs,
@@ -60,6 +61,9 @@ def test_precision_policy_on_cpu():
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == "fp32"
     assert resolve_precision(None, cpu) == "fp32"
+    assert resolve_precision("mixed", cpu) == "mixed"
+    assert isinstance(cpu_has_fast_bf16(), bool)
+    assert autocast_dtype(cpu, "mixed") is None  # on a CPU, mixed leaves the other networks in fp32
     assert resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(GazeError, match="--precision"):
         resolve_precision("fp8", cpu)

@@ -52,6 +52,9 @@ def main() -> None:
     ap.add_argument("--num-gen", type=int, default=500)
     ap.add_argument("--max-real", type=int, default=0, help="at most this many held-out reals (0 = all)")
     ap.add_argument("--ref", action="store_true", help="a real-vs-real row per held-out set")
+    ap.add_argument(
+        "--real-res", type=int, default=0, help="held-out reals at this size for the features (0 = the model's)"
+    )
     a = ap.parse_args()
     torch.set_num_threads(1)
     nets = {
@@ -67,27 +70,36 @@ def main() -> None:
         t0 = time.time()
         G = zoo.load_generator(zoo.resolve_network(network))
         res = G.img_resolution
-        if heldout not in cache:
-            reals = metrics.real_images(heldout, res, max_images=a.max_real)
-            cache[heldout] = (reals, {k: fn(reals, net) for k, (fn, net) in nets.items()})
-            rows[f"reals {res}px (held-out)"] = {
+        rres = a.real_res or res
+        key = f"{heldout}@{rres}"
+        if key not in cache:
+            reals = metrics.real_images(heldout, rres, max_images=a.max_real)
+            cache[key] = (reals, {k: fn(reals, net) for k, (fn, net) in nets.items()})
+            rows[f"reals {rres}px (held-out)"] = {
                 "face_share": metrics.face_share(reals, with_mtcnn["mtcnn"]),
                 "num": len(reals),
             }
             if a.ref:
-                ref = metrics.real_images(heldout.replace("_heldout", "_train"), res, max_images=a.num_gen)
-                rows[f"real-vs-real {res}px"] = measure(ref, cache[heldout][1], with_mtcnn)
-        reals, rf = cache[heldout]
+                ref = metrics.real_images(heldout.replace("_heldout", "_train"), rres, max_images=a.num_gen)
+                rows[f"real-vs-real {rres}px"] = measure(ref, cache[key][1], with_mtcnn)
+        reals, rf = cache[key]
         fakes = metrics.generate_images(G, a.num_gen, seed=0)
         row = measure(fakes, rf, with_mtcnn)
         D = checkpoints.load_networks(zoo.resolve_network(network), roles=("D",)).D
         if D is not None:
-            lr, lf = d_logits(D, reals), d_logits(D, fakes)
+            d_reals = reals if reals.shape[-1] == res else metrics.real_images(heldout, res, max_images=a.max_real)
+            lr, lf = d_logits(D, d_reals), d_logits(D, fakes)
             row.update(
                 D_real=float(lr.mean()), D_fake=float(lf.mean()), D_gap=float(lr.mean() - lf.mean()), D_auc=auc(lr, lf)
             )
         meta = checkpoints.load_networks(zoo.resolve_network(network), roles=()).meta
-        row.update(resolution=res, kimg=meta.get("kimg"), wall_s=meta.get("wall_s"), measure_s=round(time.time() - t0))
+        row.update(
+            resolution=res,
+            real_res=rres,
+            kimg=meta.get("kimg"),
+            wall_s=meta.get("wall_s"),
+            measure_s=round(time.time() - t0),
+        )
         rows[name] = row
         print(name, json.dumps(row), flush=True)
         with open(a.out, "w") as f:

@@ -17,7 +17,9 @@ DeviceOpt = typer.Option(
     None, "--device", help=f"{DEVICE_CHOICES} (default: $GAZE_DEVICE, else auto: CUDA, then MPS, then CPU)"
 )
 PrecisionOpt = typer.Option(
-    "auto", "--precision", help="auto | fp32 | fp16 | bf16 (auto: mixed on CUDA, fp32 elsewhere)"
+    "auto",
+    "--precision",
+    help="auto | fp32 | fp16 | bf16 | mixed (auto: mixed on CUDA, fp32 elsewhere; mixed: a checkpoint's own fp16 blocks, as bf16 on a CPU)",
 )
 
 

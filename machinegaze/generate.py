@@ -202,6 +202,7 @@ def _read_png(path: Path) -> np.ndarray:
 
 
 GRID_MAX = 64  # grid.png shows the first 64 seeds (a grid of 100,000 faces helps nobody)
+GRID_TILE = 256  # grid.png is an overview: larger images are shrunk (box filter) to at most this size per tile
 PNG_LEVEL = 1  # zlib level for written PNGs: lossless at every level; 1 encodes several times faster than 6
 
 
@@ -244,14 +245,23 @@ class PngWriter:
 
 class GridCanvas:
     """The grid of the first n tiles, filled in place in uint8 (row-major, ceil(sqrt(n)) columns, empty cells
-    white): the pixels of data.make_grid(images) through to_uint8, without a float copy of the grid."""
+    white): the pixels of data.make_grid(images) through to_uint8, without a float copy of the grid. Tiles
+    larger than max_tile are shrunk by an integer factor (the mean of each f x f box, rounded), so a grid of
+    1024 px faces is an overview of 256 px tiles and not a 30-megapixel PNG."""
 
-    def __init__(self, n: int, h: int, w: int, c: int):
+    def __init__(self, n: int, h: int, w: int, c: int, max_tile: int = GRID_TILE):
         self.cols = int(np.ceil(np.sqrt(n)))
-        self.h, self.w = h, w
-        self.pixels = np.full(((n + self.cols - 1) // self.cols * h, self.cols * w, c), 255, dtype=np.uint8)
+        f = max(1, -(-max(h, w) // max_tile))
+        while h % f or w % f:
+            f += 1
+        self.f, self.h, self.w = f, h // f, w // f
+        self.pixels = np.full(((n + self.cols - 1) // self.cols * self.h, self.cols * self.w, c), 255, dtype=np.uint8)
 
     def put(self, i: int, tile: np.ndarray) -> None:
+        if self.f > 1:
+            f = self.f
+            boxes = tile.reshape(self.h, f, self.w, f, tile.shape[-1]).sum(axis=(1, 3), dtype=np.uint32)
+            tile = ((boxes + f * f // 2) // (f * f)).astype(np.uint8)
         r, col = divmod(i, self.cols)
         self.pixels[r * self.h : (r + 1) * self.h, col * self.w : (col + 1) * self.w] = tile
 

@@ -57,6 +57,18 @@ def test_grid_canvas_is_make_grid_in_uint8(n):
     assert np.array_equal(canvas.pixels, to_uint8(make_grid(images.clamp(-1, 1)))[0])
 
 
+def test_grid_canvas_shrinks_large_tiles_by_box_means():
+    rng = np.random.default_rng(0)
+    tiles = rng.integers(0, 256, size=(3, 1024, 512, 3), dtype=np.uint8)
+    canvas = GridCanvas(3, 1024, 512, 3)
+    assert (canvas.f, canvas.h, canvas.w) == (4, 256, 128) and canvas.pixels.shape == (512, 256, 3)
+    for i, t in enumerate(tiles):
+        canvas.put(i, t)
+    want = tiles[2].reshape(256, 4, 128, 4, 3).astype(float).mean(axis=(1, 3))
+    assert np.abs(canvas.pixels[256:, :128].astype(float) - want).max() <= 0.5
+    assert (canvas.pixels[256:, 128:] == 255).all()  # the empty cell stays white
+
+
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_generate_to_dir_pixels_equal_the_reference(G, tmp_path, batch_size):
     seeds = [7, 0, 3, 12, 5]

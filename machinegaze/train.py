@@ -458,6 +458,12 @@ def init_from_network(state: State, name_or_path: str) -> dict[str, int]:
             f"cannot start a {G.img_resolution} px one with z {G.z_dim}, w {G.w_dim} (choose the same --cfg)"
         )
     copied = _copy_matching(G, src_g)
+    total = len(src_g.state_dict())
+    if len(copied) < total:
+        raise GazeError(
+            f"--init-from {name_or_path}: only {len(copied)} of its {total} generator tensors fit this --cfg "
+            f"(use the preset it was trained with)"
+        )
     with torch.no_grad():
         for block in G.synthesis.blocks():
             if block.resolution > src_g.img_resolution and block.num_torgb:

@@ -381,6 +381,8 @@ def test_init_from_grows_a_lower_resolution_run(faces, tmp_path):
     assert resumed.name == "snapshot-000000032.safetensors"
     with pytest.raises(GazeError, match="cannot start"):
         init_from_network(new_state(tiny(faces, tmp_path / "x", res=8)), str(small))
+    with pytest.raises(GazeError, match="fit this --cfg"):
+        init_from_network(new_state(tiny(faces, tmp_path / "y", res=32, cmax=16)), str(small))
 
 
 def test_export_networks_fp16_without_training_state(faces, tmp_path):

@@ -529,8 +529,9 @@ def latest_snapshot(outdir: str | os.PathLike) -> Optional[Path]:
 def load_snapshot(
     path: str | os.PathLike, cfg: Optional[TrainConfig] = None, device: torch.device = torch.device("cpu")
 ) -> State:
-    """A State from a snapshot. With cfg, only the RESUMABLE_CHANGES fields of cfg are taken; the rest must
-    equal the snapshot's."""
+    """A State from a snapshot. With cfg, its RESUMABLE_CHANGES fields are taken; every other field is the
+    snapshot's, and one that cfg sets to a value other than its default must equal the snapshot's (so
+    `gaze train --resume --outdir RUN --data DATA` continues any run without repeating its flags)."""
     from machinegaze import checkpoints
 
     nets = checkpoints.load_networks(path)
@@ -539,8 +540,10 @@ def load_snapshot(
         raise GazeError(f"{path}: not a machinegaze training snapshot (no training state to resume from)")
     saved = {**LEGACY_FIELDS, **meta["config"]}
     if cfg is not None:
-        mine = asdict(cfg)
-        diff = [k for k in saved if k not in RESUMABLE_CHANGES and saved[k] != mine.get(k)]
+        mine, default = asdict(cfg), asdict(TrainConfig())
+        diff = [
+            k for k in saved if k not in RESUMABLE_CHANGES and mine.get(k) != default.get(k) and saved[k] != mine.get(k)
+        ]
         if diff:
             k = diff[0]
             raise GazeError(

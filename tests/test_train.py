@@ -156,6 +156,11 @@ def test_resume_refuses_changed_architecture_and_missing_snapshot(faces, tmp_pat
         train(tiny(faces, tmp_path / "r", kimg=0.032, pl_weight=0.0, batch=4, resume=True))
     st = load_snapshot(latest_snapshot(tmp_path / "r"))
     assert st.step == 2 and st.cfg.batch == 8
+    # flags left at their defaults come from the run: --resume needs only --outdir and --data
+    plain = TrainConfig(data=str(faces), outdir=str(tmp_path / "r"), kimg=0.032, resume=True)
+    last = train(plain)
+    assert last.name == "snapshot-000000032.safetensors"
+    assert checkpoints.load_networks(last).meta["config"]["res"] == RES
 
 
 def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

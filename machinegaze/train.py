@@ -426,17 +426,17 @@ def new_state(cfg: TrainConfig, img_channels: int = 3, device: torch.device = to
     )
 
 
-def _copy_matching(dst: torch.nn.Module, src: Optional[torch.nn.Module]) -> list[str]:
-    """Copy every parameter and buffer of src whose name and shape dst shares; the names copied."""
+def _copy_matching(dst: torch.nn.Module, src: Optional[torch.nn.Module]) -> int:
+    """Copy every parameter and buffer of src whose name and shape dst shares; how many were copied."""
     if src is None:
-        return []
-    theirs = dict(src.state_dict())
-    done = []
+        return 0
+    theirs = src.state_dict()
+    done = 0
     with torch.no_grad():
         for name, t in dst.state_dict().items():
             if name in theirs and theirs[name].shape == t.shape:
                 t.copy_(theirs[name].to(t.dtype))
-                done.append(name)
+                done += 1
     return done
 
 
@@ -459,9 +459,9 @@ def init_from_network(state: State, name_or_path: str) -> dict[str, int]:
         )
     copied = _copy_matching(G, src_g)
     total = len(src_g.state_dict())
-    if len(copied) < total:
+    if copied < total:
         raise GazeError(
-            f"--init-from {name_or_path}: only {len(copied)} of its {total} generator tensors fit this --cfg "
+            f"--init-from {name_or_path}: only {copied} of its {total} generator tensors fit this --cfg "
             f"(use the preset it was trained with)"
         )
     with torch.no_grad():
@@ -470,7 +470,7 @@ def init_from_network(state: State, name_or_path: str) -> dict[str, int]:
                 block.torgb.weight.zero_()
                 block.torgb.bias.zero_()
     G_ema.load_state_dict(G.state_dict())
-    return {"G": len(copied), "D": len(_copy_matching(D, nets.D))}
+    return {"G": copied, "D": _copy_matching(D, nets.D)}
 
 
 def _opt_tensors(prefix: str, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

@@ -63,6 +63,13 @@ def main() -> None:
     }
     with_mtcnn = dict(nets, mtcnn=zoo.load_mtcnn())
     cache: dict[str, tuple[torch.Tensor, dict]] = {}
+    loaded: dict[tuple[str, int], torch.Tensor] = {}
+
+    def reals_at(path: str, size: int) -> torch.Tensor:
+        if (path, size) not in loaded:
+            loaded[path, size] = metrics.real_images(path, size, max_images=a.max_real)
+        return loaded[path, size]
+
     rows = {}
     for spec in a.models:
         name, rest = spec.split("=", 1)
@@ -73,7 +80,7 @@ def main() -> None:
         rres = a.real_res or res
         key = f"{heldout}@{rres}"
         if key not in cache:
-            reals = metrics.real_images(heldout, rres, max_images=a.max_real)
+            reals = reals_at(heldout, rres)
             cache[key] = (reals, {k: fn(reals, net) for k, (fn, net) in nets.items()})
             rows[f"reals {rres}px (held-out)"] = {
                 "face_share": metrics.face_share(reals, with_mtcnn["mtcnn"]),
@@ -87,8 +94,7 @@ def main() -> None:
         row = measure(fakes, rf, with_mtcnn)
         D = checkpoints.load_networks(zoo.resolve_network(network), roles=("D",)).D
         if D is not None:
-            d_reals = reals if reals.shape[-1] == res else metrics.real_images(heldout, res, max_images=a.max_real)
-            lr, lf = d_logits(D, d_reals), d_logits(D, fakes)
+            lr, lf = d_logits(D, reals_at(heldout, res)), d_logits(D, fakes)
             row.update(
                 D_real=float(lr.mean()), D_fake=float(lf.mean()), D_gap=float(lr.mean() - lf.mean()), D_auc=auc(lr, lf)
             )

@@ -116,6 +116,7 @@ class TrainConfig:
     d_norm: str = "group"  # projected D: norm after each head conv (none | group | batch)
     d_backbone_res: int = 0  # projected D: resize images to this size for the frozen backbone (0 = as trained)
     init_from: str = ""  # start from a network (name or file), often of a lower resolution: see init_from_network
+    d_warmup_kimg: float = 0.0  # train D alone (G frozen) for the first this many kimg, e.g. after --init-from
 
     def __post_init__(self):
         if self.cfg not in PRESETS:
@@ -139,6 +140,8 @@ class TrainConfig:
             raise GazeError(f"--dlr: {self.dlr} must be > 0")
         if not self.lr > 0:
             raise GazeError(f"--lr: {self.lr} must be > 0")
+        if not self.d_warmup_kimg >= 0:
+            raise GazeError(f"--d-warmup-kimg: {self.d_warmup_kimg} must be >= 0")
         if self.d_backbone_res < 0:
             raise GazeError(f"--d-backbone-res: {self.d_backbone_res} must be >= 0")
         if not 0.0 <= self.style_mixing <= 1.0:
@@ -164,7 +167,7 @@ class TrainConfig:
 # Fields that may change when a run is resumed (run length and I/O); everything else must match the snapshot.
 RESUMABLE_CHANGES = ("data", "outdir", "kimg", "tick_kimg", "snap_kimg", "threads", "init_from", "resume")
 # Values of fields added later, for snapshots saved before they existed (projected heads had no norm then).
-LEGACY_FIELDS = {"d_norm": "none", "init_from": ""}
+LEGACY_FIELDS = {"d_norm": "none", "init_from": "", "d_warmup_kimg": 0.0}
 
 
 def build_networks(cfg: TrainConfig, img_channels: int = 3):
@@ -646,17 +649,19 @@ class Trainer:
         G, D = s.G, s.D
         lazy_pl = cfg.pl_weight > 0 and cfg.pl_interval > 1
         lazy_r1 = self.gamma > 0 and cfg.r1_interval > 1
-        G.requires_grad_(True)
-        s.opt_G.zero_grad(set_to_none=True)
-        w_sum = self._g_main()
-        if cfg.pl_weight > 0 and not lazy_pl:
-            self._g_pl(gain=1)
-        self._sync_step(G, s.opt_G)
-        if lazy_pl and s.step % cfg.pl_interval == 0:
+        train_g = s.step * cfg.batch >= cfg.d_warmup_kimg * 1000  # during D's warm-up G (and G_ema) stay put
+        if train_g:
+            G.requires_grad_(True)
             s.opt_G.zero_grad(set_to_none=True)
-            self._g_pl(gain=cfg.pl_interval)
+            w_sum = self._g_main()
+            if cfg.pl_weight > 0 and not lazy_pl:
+                self._g_pl(gain=1)
             self._sync_step(G, s.opt_G)
-        G.requires_grad_(False)
+            if lazy_pl and s.step % cfg.pl_interval == 0:
+                s.opt_G.zero_grad(set_to_none=True)
+                self._g_pl(gain=cfg.pl_interval)
+                self._sync_step(G, s.opt_G)
+            G.requires_grad_(False)
         D.requires_grad_(True)
         s.opt_D.zero_grad(set_to_none=True)
         self._d_main()
@@ -668,10 +673,12 @@ class Trainer:
             self._d_r1(gain=cfg.r1_interval)
             self._sync_step(D, s.opt_D)
         D.requires_grad_(False)
+        s.step += 1
+        if not train_g:
+            return
         # w_avg (the truncation centre) from this step's mapping outputs, then G_ema
         self.dist.all_reduce_(w_sum)
         G.mapping.w_avg.copy_((w_sum / cfg.batch).float().lerp(G.mapping.w_avg, G.mapping.w_avg_beta))
-        s.step += 1
         nimg = s.step * cfg.batch
         ema_nimg = cfg.resolved_ema_kimg() * 1000
         if cfg.ema_rampup is not None and cfg.ema_rampup > 0:

@@ -390,6 +390,34 @@ def test_init_from_grows_a_lower_resolution_run(faces, tmp_path):
         init_from_network(new_state(tiny(faces, tmp_path / "y", res=32, cmax=16)), str(small))
 
 
+def test_d_warmup_keeps_g_still_then_trains_both(faces, tmp_path):
+    """--d-warmup-kimg: the first steps move D only (G, G_ema and w_avg keep their values), later steps both;
+    a resumed warm-up run matches an uninterrupted one."""
+    from machinegaze.train import Trainer, init_dist, load_training_images, new_state
+
+    cfg = tiny(faces, tmp_path / "w", kimg=0.032, pl_weight=0.0, d_warmup_kimg=0.016)  # batch 8: 2 warm-up steps
+    images, _ = load_training_images(cfg)
+    st = new_state(cfg)
+    g0 = {k: v.clone() for k, v in st.G.state_dict().items()}
+    e0 = {k: v.clone() for k, v in st.G_ema.state_dict().items()}
+    d0 = [p.clone() for p in st.D.parameters()]
+    tr = Trainer(st, images, init_dist())
+    tr.step()
+    tr.step()
+    assert all(torch.equal(v, g0[k]) for k, v in st.G.state_dict().items())
+    assert all(torch.equal(v, e0[k]) for k, v in st.G_ema.state_dict().items())
+    assert any(not torch.equal(p, q) for p, q in zip(st.D.parameters(), d0))
+    tr.step()
+    assert any(not torch.equal(v, g0[k]) for k, v in st.G.state_dict().items() if v.is_floating_point())
+    full = train(cfg)
+    train(tiny(faces, tmp_path / "r", kimg=0.016, pl_weight=0.0, d_warmup_kimg=0.016))
+    resumed = train(tiny(faces, tmp_path / "r", kimg=0.032, pl_weight=0.0, d_warmup_kimg=0.016, resume=True))
+    a, b = tensors(full), tensors(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(GazeError, match="d-warmup-kimg"):
+        tiny(faces, tmp_path / "x", d_warmup_kimg=-1.0)
+
+
 def test_export_networks_fp16_without_training_state(faces, tmp_path):
     from machinegaze.train import export_networks
 

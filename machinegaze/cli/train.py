@@ -121,6 +121,9 @@ def train_cmd(
     init_from: str = typer.Option(
         "", "--init-from", help="start from a network (name or file), e.g. faces64 to grow it to --res 128"
     ),
+    d_warmup_kimg: str = typer.Option(
+        "0", "--d-warmup-kimg", help="train D alone (G frozen) for the first this many kimg, e.g. after --init-from"
+    ),
     device: Optional[str] = DeviceOpt,
 ):
     """Train a StyleGAN2 (NVlabs recipe + DiffAugment). Runs under `torchrun --nproc_per_node N -m machinegaze.cli train`
@@ -152,6 +155,7 @@ def train_cmd(
         d_norm=d_norm,
         d_backbone_res=d_backbone_res,
         init_from=init_from,
+        d_warmup_kimg=parse_float(d_warmup_kimg, "d-warmup-kimg"),
     )
     if int(os.environ.get("RANK", "0")) != 0:
         train(conf, device=dev)

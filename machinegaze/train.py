@@ -117,6 +117,7 @@ class TrainConfig:
     d_backbone_res: int = 0  # projected D: resize images to this size for the frozen backbone (0 = as trained)
     init_from: str = ""  # start from a network (name or file), often of a lower resolution: see init_from_network
     d_warmup_kimg: float = 0.0  # train D alone (G frozen) for the first this many kimg, e.g. after --init-from
+    g_freeze_below: int = 0  # G trains only its synthesis blocks of at least this resolution (0 = all of G)
 
     def __post_init__(self):
         if self.cfg not in PRESETS:
@@ -140,6 +141,10 @@ class TrainConfig:
             raise GazeError(f"--dlr: {self.dlr} must be > 0")
         if not self.lr > 0:
             raise GazeError(f"--lr: {self.lr} must be > 0")
+        if self.g_freeze_below < 0 or self.g_freeze_below > self.res:
+            raise GazeError(f"--g-freeze-below: {self.g_freeze_below} is not between 0 and --res {self.res}")
+        if self.g_freeze_below and self.pl_weight > 0:
+            raise GazeError("--g-freeze-below freezes the mapping network, which --pl-weight needs: use --pl-weight 0")
         if not self.d_warmup_kimg >= 0:
             raise GazeError(f"--d-warmup-kimg: {self.d_warmup_kimg} must be >= 0")
         if self.d_backbone_res < 0:
@@ -167,7 +172,7 @@ class TrainConfig:
 # Fields that may change when a run is resumed (run length and I/O); everything else must match the snapshot.
 RESUMABLE_CHANGES = ("data", "outdir", "kimg", "tick_kimg", "snap_kimg", "threads", "init_from", "resume")
 # Values of fields added later, for snapshots saved before they existed (projected heads had no norm then).
-LEGACY_FIELDS = {"d_norm": "none", "init_from": "", "d_warmup_kimg": 0.0}
+LEGACY_FIELDS = {"d_norm": "none", "init_from": "", "d_warmup_kimg": 0.0, "g_freeze_below": 0}
 
 
 def build_networks(cfg: TrainConfig, img_channels: int = 3):
@@ -651,7 +656,7 @@ class Trainer:
         lazy_r1 = self.gamma > 0 and cfg.r1_interval > 1
         train_g = s.step * cfg.batch >= cfg.d_warmup_kimg * 1000  # during D's warm-up G (and G_ema) stay put
         if train_g:
-            G.requires_grad_(True)
+            self._g_trainable(G)
             s.opt_G.zero_grad(set_to_none=True)
             w_sum = self._g_main()
             if cfg.pl_weight > 0 and not lazy_pl:
@@ -689,6 +694,15 @@ class Trainer:
                 p_ema.copy_(p.lerp(p_ema, beta))
             for b_ema, b in zip(s.G_ema.buffers(), G.buffers()):
                 b_ema.copy_(b)
+
+    def _g_trainable(self, G) -> None:
+        """requires_grad on the parts of G that train: all of it, or with --g-freeze-below R only the synthesis
+        blocks of resolution >= R (the mapping network and lower blocks keep their values; Adam skips them)."""
+        res = self.s.cfg.g_freeze_below
+        G.requires_grad_(res == 0)
+        if res:
+            for block in G.synthesis.blocks():
+                block.requires_grad_(block.resolution >= res)
 
     def _g_main(self) -> torch.Tensor:
         """G loss softplus(-D(aug(G(z)))), gradients accumulated; returns the sum of this process's w's."""

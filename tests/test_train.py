@@ -418,6 +418,23 @@ def test_d_warmup_keeps_g_still_then_trains_both(faces, tmp_path):
         tiny(faces, tmp_path / "x", d_warmup_kimg=-1.0)
 
 
+def test_g_freeze_below_trains_only_the_top_blocks(faces, tmp_path):
+    from machinegaze.train import Trainer, init_dist, load_training_images, new_state
+
+    cfg = tiny(faces, tmp_path / "f", pl_weight=0.0, g_freeze_below=RES)
+    images, _ = load_training_images(cfg)
+    st = new_state(cfg)
+    before = {k: v.clone() for k, v in st.G.named_parameters()}
+    Trainer(st, images, init_dist()).step()
+    top = f"synthesis.b{RES}."
+    moved = {k for k, v in st.G.named_parameters() if not torch.equal(v, before[k])}
+    assert moved and all(k.startswith(top) for k in moved)  # mapping and lower blocks keep their values
+    with pytest.raises(GazeError, match="g-freeze-below"):
+        tiny(faces, tmp_path / "x", g_freeze_below=RES * 2)
+    with pytest.raises(GazeError, match="pl-weight"):
+        tiny(faces, tmp_path / "y", g_freeze_below=RES, pl_weight=2.0)
+
+
 def test_export_networks_fp16_without_training_state(faces, tmp_path):
     from machinegaze.train import export_networks
 

@@ -124,6 +124,9 @@ def train_cmd(
     d_warmup_kimg: str = typer.Option(
         "0", "--d-warmup-kimg", help="train D alone (G frozen) for the first this many kimg, e.g. after --init-from"
     ),
+    g_freeze_below: int = typer.Option(
+        0, "--g-freeze-below", help="train only G's synthesis blocks of at least this resolution (0 = all of G)"
+    ),
     device: Optional[str] = DeviceOpt,
 ):
     """Train a StyleGAN2 (NVlabs recipe + DiffAugment). Runs under `torchrun --nproc_per_node N -m machinegaze.cli train`
@@ -156,6 +159,7 @@ def train_cmd(
         d_backbone_res=d_backbone_res,
         init_from=init_from,
         d_warmup_kimg=parse_float(d_warmup_kimg, "d-warmup-kimg"),
+        g_freeze_below=g_freeze_below,
     )
     if int(os.environ.get("RANK", "0")) != 0:
         train(conf, device=dev)

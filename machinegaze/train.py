@@ -496,8 +496,12 @@ def _load_opt(prefix: str, opt: torch.optim.Optimizer, extra: dict[str, torch.Te
         if k.startswith(prefix + "."):
             _, idx, name = k.split(".", 2)
             state.setdefault(int(idx), {})[name] = v.clone()
-    n_params = len(sd["param_groups"][0]["params"])
-    if state and set(state) != set(range(n_params)):
+    params = [p for group in opt.param_groups for p in group["params"]]
+    # parameters that never stepped (frozen by --g-freeze-below) have no state; every other entry must fit its own
+    if any(
+        i >= len(params) or any(t.dim() and t.shape != params[i].shape for t in entry.values())
+        for i, entry in state.items()
+    ):
         raise GazeError(f"snapshot: optimiser state '{prefix}' does not match the networks")
     opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
 

@@ -57,33 +57,30 @@ def reference_pair(nvlabs_dir: str, G, D):
     return ref_g, ref_d
 
 
-def one_step(G, D, z: torch.Tensor, reals: torch.Tensor, label) -> dict:
-    """Images, logits, losses and per-parameter gradients of one G phase, one D phase and one R1 phase."""
+def one_step(G, D, z: torch.Tensor, reals: torch.Tensor, c: torch.Tensor) -> dict:
+    """Images, logits, losses and per-parameter gradients of one G phase, one D phase and one R1 phase.
+    Both sides take (input, conditioning); c is an empty [N, 0] label."""
 
-    def d(x):
-        return D(x) if label is None else D(x, label)
-
-    fake = G(z, label, noise_mode="const") if label is not None else G(z, noise_mode="const")
-    loss_g = F.softplus(-d(fake)).mean()
+    fake = G(z, c, noise_mode="const")
+    loss_g = F.softplus(-D(fake, c)).mean()
     grads_g = torch.autograd.grad(loss_g, list(G.parameters()))
-    fake_logits, real_logits = d(fake.detach()), d(reals)
+    fake_logits, real_logits = D(fake.detach(), c), D(reals, c)
     loss_d = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
     grads_d = torch.autograd.grad(loss_d, list(D.parameters()))
     x = reals.detach().requires_grad_(True)
-    (gx,) = torch.autograd.grad(d(x).sum(), x, create_graph=True)
+    (gx,) = torch.autograd.grad(D(x, c).sum(), x, create_graph=True)
     r1 = gx.square().sum([1, 2, 3]).mean()
     params = list(D.parameters())
     grads_r1 = torch.autograd.grad(r1, params, allow_unused=True)  # D's last bias does not move its input gradient
     grads_r1 = [torch.zeros_like(p) if g is None else g for g, p in zip(grads_r1, params)]
-    names = lambda net: [n for n, _ in net.named_parameters()]  # noqa: E731
     return dict(
         fake=fake.detach(),
         fake_logits=fake_logits.detach(),
         real_logits=real_logits.detach(),
         losses=torch.stack([loss_g, loss_d, r1]).detach(),
-        G=dict(zip(names(G), grads_g)),
-        D=dict(zip(names(D), grads_d)),
-        R1=dict(zip(names(D), grads_r1)),
+        G=dict(zip([n for n, _ in G.named_parameters()], grads_g)),
+        D=dict(zip([n for n, _ in D.named_parameters()], grads_d)),
+        R1=dict(zip([n for n, _ in D.named_parameters()], grads_r1)),
     )
 
 
@@ -112,7 +109,8 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(args.batch, G.z_dim, generator=gen)
     reals = torch.rand(args.batch, G.img_channels, G.img_resolution, G.img_resolution, generator=gen) * 2 - 1
-    ours, theirs = one_step(G, D, z, reals, None), one_step(ref_g, ref_d, z, reals, torch.zeros(args.batch, 0))
+    c = torch.zeros(args.batch, 0)
+    ours, theirs = one_step(G, D, z, reals, c), one_step(ref_g, ref_d, z, reals, c)
     report = {
         "network": args.network,
         "image_max_abs_diff": float((ours["fake"] - theirs["fake"]).abs().max()),

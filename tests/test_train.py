@@ -73,6 +73,21 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------- pieces
+def same_tensors(a: Path, b: Path) -> bool:
+    """Two snapshots hold the same tensor names with bit-identical values."""
+    ta, tb = tensors(a), tensors(b)
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def manual_trainer(cfg: TrainConfig):
+    """(state, trainer) of a new run, for stepping by hand."""
+    from machinegaze.train import Trainer, init_dist, load_training_images, new_state
+
+    images, _ = load_training_images(cfg)
+    st = new_state(cfg)
+    return st, Trainer(st, images, init_dist())
+
+
 def test_diff_augment_is_differentiable_and_seeded():
     x = (torch.rand(4, 3, RES, RES) * 2 - 1).requires_grad_(True)
     ops = ["color", "translation", "cutout"]
@@ -393,15 +408,11 @@ def test_init_from_grows_a_lower_resolution_run(faces, tmp_path):
 def test_d_warmup_keeps_g_still_then_trains_both(faces, tmp_path):
     """--d-warmup-kimg: the first steps move D only (G, G_ema and w_avg keep their values), later steps both;
     a resumed warm-up run matches an uninterrupted one."""
-    from machinegaze.train import Trainer, init_dist, load_training_images, new_state
-
     cfg = tiny(faces, tmp_path / "w", kimg=0.032, pl_weight=0.0, d_warmup_kimg=0.016)  # batch 8: 2 warm-up steps
-    images, _ = load_training_images(cfg)
-    st = new_state(cfg)
+    st, tr = manual_trainer(cfg)
     g0 = {k: v.clone() for k, v in st.G.state_dict().items()}
     e0 = {k: v.clone() for k, v in st.G_ema.state_dict().items()}
     d0 = [p.clone() for p in st.D.parameters()]
-    tr = Trainer(st, images, init_dist())
     tr.step()
     tr.step()
     assert all(torch.equal(v, g0[k]) for k, v in st.G.state_dict().items())
@@ -412,28 +423,22 @@ def test_d_warmup_keeps_g_still_then_trains_both(faces, tmp_path):
     full = train(cfg)
     train(tiny(faces, tmp_path / "r", kimg=0.016, pl_weight=0.0, d_warmup_kimg=0.016))
     resumed = train(tiny(faces, tmp_path / "r", kimg=0.032, pl_weight=0.0, d_warmup_kimg=0.016, resume=True))
-    a, b = tensors(full), tensors(resumed)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert same_tensors(full, resumed)
     with pytest.raises(GazeError, match="d-warmup-kimg"):
         tiny(faces, tmp_path / "x", d_warmup_kimg=-1.0)
 
 
 def test_g_freeze_below_trains_only_the_top_blocks(faces, tmp_path):
-    from machinegaze.train import Trainer, init_dist, load_training_images, new_state
-
-    cfg = tiny(faces, tmp_path / "f", pl_weight=0.0, g_freeze_below=RES)
-    images, _ = load_training_images(cfg)
-    st = new_state(cfg)
+    st, tr = manual_trainer(tiny(faces, tmp_path / "f", pl_weight=0.0, g_freeze_below=RES))
     before = {k: v.clone() for k, v in st.G.named_parameters()}
-    Trainer(st, images, init_dist()).step()
+    tr.step()
     top = f"synthesis.b{RES}."
     moved = {k for k, v in st.G.named_parameters() if not torch.equal(v, before[k])}
     assert moved and all(k.startswith(top) for k in moved)  # mapping and lower blocks keep their values
     full = train(tiny(faces, tmp_path / "full", kimg=0.032, pl_weight=0.0, g_freeze_below=RES))
     train(tiny(faces, tmp_path / "part", kimg=0.016, pl_weight=0.0, g_freeze_below=RES))
     resumed = train(tiny(faces, tmp_path / "part", kimg=0.032, pl_weight=0.0, g_freeze_below=RES, resume=True))
-    a, b = tensors(full), tensors(resumed)  # frozen parameters have no Adam state; resume is still exact
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert same_tensors(full, resumed)  # frozen parameters have no Adam state; resume is still exact
     with pytest.raises(GazeError, match="g-freeze-below"):
         tiny(faces, tmp_path / "x", g_freeze_below=RES * 2)
     with pytest.raises(GazeError, match="pl-weight"):

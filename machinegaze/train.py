@@ -36,6 +36,7 @@ training state in `extra` tensors, so `gaze generate --network snapshot-....safe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -118,6 +119,7 @@ class TrainConfig:
     init_from: str = ""  # start from a network (name or file), often of a lower resolution: see init_from_network
     d_warmup_kimg: float = 0.0  # train D alone (G frozen) for the first this many kimg, e.g. after --init-from
     g_freeze_below: int = 0  # G trains only its synthesis blocks of at least this resolution (0 = all of G)
+    g_detail_weight: float = 0.0  # with g_freeze_below: penalise the 4x4-mean colour the trainable blocks add
 
     def __post_init__(self):
         if self.cfg not in PRESETS:
@@ -145,6 +147,12 @@ class TrainConfig:
             raise GazeError(f"--g-freeze-below: {self.g_freeze_below} is not between 0 and --res {self.res}")
         if self.g_freeze_below and self.pl_weight > 0:
             raise GazeError("--g-freeze-below freezes the mapping network, which --pl-weight needs: use --pl-weight 0")
+        if not self.g_detail_weight >= 0:
+            raise GazeError(f"--g-detail-weight: {self.g_detail_weight} must be >= 0")
+        if self.g_detail_weight and not self.g_freeze_below:
+            raise GazeError(
+                "--g-detail-weight needs --g-freeze-below (it keeps the blocks below it in charge of colour)"
+            )
         if not self.d_warmup_kimg >= 0:
             raise GazeError(f"--d-warmup-kimg: {self.d_warmup_kimg} must be >= 0")
         if self.d_backbone_res < 0:
@@ -172,7 +180,7 @@ class TrainConfig:
 # Fields that may change when a run is resumed (run length and I/O); everything else must match the snapshot.
 RESUMABLE_CHANGES = ("data", "outdir", "kimg", "tick_kimg", "snap_kimg", "threads", "init_from", "resume")
 # Values of fields added later, for snapshots saved before they existed (projected heads had no norm then).
-LEGACY_FIELDS = {"d_norm": "none", "init_from": "", "d_warmup_kimg": 0.0, "g_freeze_below": 0}
+LEGACY_FIELDS = {"d_norm": "none", "init_from": "", "d_warmup_kimg": 0.0, "g_freeze_below": 0, "g_detail_weight": 0.0}
 
 
 def build_networks(cfg: TrainConfig, img_channels: int = 3):
@@ -596,6 +604,29 @@ def run_G(
     return img, ws
 
 
+@contextlib.contextmanager
+def detail_rgb(G, res: int):
+    """Collect the RGB that G's synthesis blocks of resolution >= res add to the image (their toRGB outputs) while
+    the block runs; res 0 collects nothing."""
+    added: list[torch.Tensor] = []
+    hooks = [
+        b.torgb.register_forward_hook(lambda _m, _i, out: added.append(out))
+        for b in (G.synthesis.blocks() if res else [])
+        if b.resolution >= res and b.num_torgb
+    ]
+    try:
+        yield added
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def coarse_energy(added: list[torch.Tensor], cell: int = 4) -> torch.Tensor:
+    """Per image: the mean square of each added RGB layer averaged over cell x cell pixels, summed over layers.
+    Detail (edges, texture) averages out over a cell; a colour cast or a brightness shift does not."""
+    return sum(F.avg_pool2d(rgb.float(), cell).square().mean(dim=[1, 2, 3]) for rgb in added)
+
+
 def _reals(
     images: torch.Tensor, stream: DataStream, start: int, count: int, g: torch.Generator, mirror: bool
 ) -> torch.Tensor:
@@ -716,10 +747,16 @@ class Trainer:
         for c, _ in self.chunks():
             g, host = chunk_generators(cfg.seed, s.step, "Gmain", c, self.device)
             z = torch.randn(self.bg, G.z_dim, generator=g, device=self.device)
-            img, ws = run_G(G, z, g, cfg.style_mixing, host)
+            with detail_rgb(G, cfg.g_freeze_below if cfg.g_detail_weight else 0) as added:
+                img, ws = run_G(G, z, g, cfg.style_mixing, host)
             logits = d_logits(D, diff_augment(img, self.ops, g))
             loss = g_loss(logits, cfg.d_arch)
-            loss.sum().div(cfg.batch).backward()
+            total = loss
+            if added:
+                penalty = coarse_energy(added)
+                total = loss + cfg.g_detail_weight * penalty
+                self._add(detail_penalty=penalty.detach().sum(), n_detail=self.bg)
+            total.sum().div(cfg.batch).backward()
             with torch.no_grad():
                 w_sum += G.mapping(z, None)[:, 0].to(self.acc).sum(0)
             self._add(loss_G=loss.sum(), n_G=self.bg)
@@ -889,6 +926,8 @@ def _tick_line(trainer: Trainer, state: State, batch: int, steps: int, seconds: 
     if st.get("n_pl"):
         line["pl_penalty"] = st["pl_penalty"] / st["n_pl"]
         line["pl_mean"] = float(state.pl_mean)
+    if st.get("n_detail"):
+        line["detail_penalty"] = st["detail_penalty"] / st["n_detail"]
     return line
 
 

@@ -127,6 +127,11 @@ def train_cmd(
     g_freeze_below: int = typer.Option(
         0, "--g-freeze-below", help="train only G's synthesis blocks of at least this resolution (0 = all of G)"
     ),
+    g_detail_weight: str = typer.Option(
+        "0",
+        "--g-detail-weight",
+        help="with --g-freeze-below: weight of a penalty on the 4x4-mean colour the trainable blocks add (0 = off)",
+    ),
     device: Optional[str] = DeviceOpt,
 ):
     """Train a StyleGAN2 (NVlabs recipe + DiffAugment). Runs under `torchrun --nproc_per_node N -m machinegaze.cli train`
@@ -160,6 +165,7 @@ def train_cmd(
         init_from=init_from,
         d_warmup_kimg=parse_float(d_warmup_kimg, "d-warmup-kimg"),
         g_freeze_below=g_freeze_below,
+        g_detail_weight=parse_float(g_detail_weight, "g-detail-weight"),
     )
     if int(os.environ.get("RANK", "0")) != 0:
         train(conf, device=dev)

@@ -285,6 +285,23 @@ def test_cli_train_then_generate(faces, tmp_path):
     assert e.value.code != 0
 
 
+def test_progress_without_a_terminal_prints_plain_lines():
+    import io
+
+    from rich.console import Console
+
+    from machinegaze.cli._common import progress_bar
+    from machinegaze.progress import Progress
+
+    for every_s, expect in ((1e9, ["train 1/5 kimg=0.016", "train 5/5 kimg=0.08"]), (0.0, None)):
+        log = io.StringIO()
+        with progress_bar("train", every_s=every_s, out=Console(file=log, width=200)) as cb:
+            for i in range(1, 6):
+                cb(Progress(i, 5, {"kimg": 0.016 * i}))
+        lines = log.getvalue().splitlines()  # a log file gets lines, not a bar redrawn at the end
+        assert lines == expect if expect else len(lines) == 5 and lines[2] == "train 3/5 kimg=0.048"
+
+
 # ---------------------------------------------------------------- FID / KID on EfficientNet-Lite0 features
 def test_fid_formula_on_known_gaussians():
     from machinegaze.metrics import fid_from_features, kid_from_features

@@ -60,8 +60,14 @@ def parse_float(s: str, what: str) -> float:
     return v
 
 
-def progress_bar(description: str):
-    """A Rich progress bar usable as a machinegaze.progress callback: `with progress_bar(..) as cb: f(progress=cb)`."""
+LOG_EVERY_S = 30.0  # without a terminal (nohup, CI, a log file) one plain progress line per this many seconds
+
+
+def progress_bar(description: str, every_s: float = LOG_EVERY_S, out: Optional[Console] = None):
+    """A Rich progress bar usable as a machinegaze.progress callback: `with progress_bar(..) as cb: f(progress=cb)`.
+    When the console is not a terminal (a redirected log), plain lines instead: the first step, then at most one
+    every `every_s` seconds, and the last."""
+    import time
     from contextlib import contextmanager
 
     from rich.progress import (
@@ -73,6 +79,24 @@ def progress_bar(description: str):
         TimeRemainingColumn,
     )
 
+    out = out or console
+
+    def info_of(p) -> str:
+        return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.info.items())
+
+    @contextmanager
+    def plain():
+        last = [-float("inf")]
+
+        def cb(p):
+            now = time.monotonic()
+            if now - last[0] >= every_s or (p.total and p.step >= p.total):
+                last[0] = now
+                done = f"{p.step}/{p.total}" if p.total else f"{p.step}"
+                out.print(f"{description} {done} {info_of(p)}".rstrip(), markup=False, highlight=False)
+
+        yield cb
+
     @contextmanager
     def cm():
         with Progress(
@@ -82,18 +106,17 @@ def progress_bar(description: str):
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
-            console=console,
+            console=out,
             transient=False,
         ) as bar:
             task = bar.add_task(description, total=None, info="")
 
             def cb(p):
-                info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.info.items())
-                bar.update(task, completed=p.step, total=p.total, info=info)
+                bar.update(task, completed=p.step, total=p.total, info=info_of(p))
 
             yield cb
 
-    return cm()
+    return cm() if out.is_terminal else plain()
 
 
 def set_threads(threads: Optional[int]) -> None:

@@ -119,7 +119,7 @@ class TrainConfig:
     init_from: str = ""  # start from a network (name or file), often of a lower resolution: see init_from_network
     d_warmup_kimg: float = 0.0  # train D alone (G frozen) for the first this many kimg, e.g. after --init-from
     g_freeze_below: int = 0  # G trains only its synthesis blocks of at least this resolution (0 = all of G)
-    g_detail_weight: float = 0.0  # with g_freeze_below: penalise the 4x4-mean colour the trainable blocks add
+    g_detail_weight: float = 0.0  # with g_freeze_below: penalise the colour (4x4 means, chroma) the top blocks add
 
     def __post_init__(self):
         if self.cfg not in PRESETS:
@@ -621,10 +621,16 @@ def detail_rgb(G, res: int):
             h.remove()
 
 
-def coarse_energy(added: list[torch.Tensor], cell: int = 4) -> torch.Tensor:
-    """Per image: the mean square of each added RGB layer averaged over cell x cell pixels, summed over layers.
-    Detail (edges, texture) averages out over a cell; a colour cast or a brightness shift does not."""
-    return sum(F.avg_pool2d(rgb.float(), cell).square().mean(dim=[1, 2, 3]) for rgb in added)
+def colour_energy(added: list[torch.Tensor], cell: int = 4) -> torch.Tensor:
+    """Per image, summed over the added RGB layers: the mean square of their cell x cell means (a colour cast or a
+    brightness shift) plus the mean square of their chroma (each pixel minus its grey level). Detail that only
+    sharpens, luminance edges and texture, averages out over a cell and has no chroma, so it costs nothing."""
+    total = 0
+    for rgb in added:
+        rgb = rgb.float()
+        chroma = rgb - rgb.mean(dim=1, keepdim=True)
+        total = total + F.avg_pool2d(rgb, cell).square().mean(dim=[1, 2, 3]) + chroma.square().mean(dim=[1, 2, 3])
+    return total
 
 
 def _reals(
@@ -753,7 +759,7 @@ class Trainer:
             loss = g_loss(logits, cfg.d_arch)
             total = loss
             if added:
-                penalty = coarse_energy(added)
+                penalty = colour_energy(added)
                 total = loss + cfg.g_detail_weight * penalty
                 self._add(detail_penalty=penalty.detach().sum(), n_detail=self.bg)
             total.sum().div(cfg.batch).backward()

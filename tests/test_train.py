@@ -464,11 +464,13 @@ def test_g_freeze_below_trains_only_the_top_blocks(faces, tmp_path):
 
 def test_g_detail_weight_penalises_the_colour_the_top_block_adds(faces, tmp_path):
     from machinegaze.nets.ops import upsample2d
-    from machinegaze.train import coarse_energy, detail_rgb
+    from machinegaze.train import colour_energy, detail_rgb
 
-    flat = torch.full([2, 3, 8, 8], 0.3)  # a colour cast: keeps its energy through the 4x4 means
-    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(4, 4).expand(2, 3, 8, 8)  # detail: averages out
-    assert torch.allclose(coarse_energy([flat]), torch.full([2], 0.09)) and coarse_energy([checker]).abs().max() < 1e-12
+    flat = torch.full([2, 3, 8, 8], 0.3)  # a brightness shift: keeps its energy through the 4x4 means
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(4, 4).expand(2, 3, 8, 8)  # grey detail: averages out
+    tinted = checker * torch.tensor([1.0, -1.0, 0.0]).view(1, 3, 1, 1)  # red/green detail: its chroma costs
+    assert torch.allclose(colour_energy([flat]), torch.full([2], 0.09)) and colour_energy([checker]).abs().max() < 1e-12
+    assert torch.allclose(colour_energy([tinted]), torch.full([2], 2 / 3))
 
     st, tr = manual_trainer(
         tiny(faces, tmp_path / "d", pl_weight=0.0, g_freeze_below=RES, g_detail_weight=1e4, lr=0.02)
@@ -490,7 +492,7 @@ def test_g_detail_weight_penalises_the_colour_the_top_block_adds(faces, tmp_path
     def energy(G) -> float:
         with torch.no_grad(), detail_rgb(G, RES) as out:
             G.synthesis(ws, noise_mode="const")
-        return float(coarse_energy(out).mean())
+        return float(colour_energy(out).mean())
 
     ctl_st, ctl = manual_trainer(tiny(faces, tmp_path / "c", pl_weight=0.0, g_freeze_below=RES, lr=0.02))
     start = energy(G)

@@ -130,7 +130,7 @@ def train_cmd(
     g_detail_weight: str = typer.Option(
         "0",
         "--g-detail-weight",
-        help="with --g-freeze-below: weight of a penalty on the 4x4-mean colour the trainable blocks add (0 = off)",
+        help="with --g-freeze-below: weight of a penalty on the colour the trainable blocks add: 4x4 means and chroma (0 = off)",
     ),
     device: Optional[str] = DeviceOpt,
 ):

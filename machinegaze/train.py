@@ -938,16 +938,10 @@ def _tick_line(trainer: Trainer, state: State, batch: int, steps: int, seconds: 
 
 
 def _report(progress: ProgressFn, trainer: Trainer, state: State, batch: int, total_steps: int) -> None:
-    last = getattr(trainer, "last_line", {})
-    report(
-        progress,
-        state.step * batch,
-        total_steps * batch,
-        kimg=round(state.step * batch / 1000, 2),
-        G=last.get("loss_G", float("nan")),
-        D=last.get("loss_D", float("nan")),
-        img_s=last.get("img_per_s", float("nan")),
-    )
+    last = getattr(trainer, "last_line", {})  # empty until the first tick: then only the kimg
+    shown = {"G": "loss_G", "D": "loss_D", "img_s": "img_per_s"}
+    info = {k: last[key] for k, key in shown.items() if key in last}
+    report(progress, state.step * batch, total_steps * batch, kimg=round(state.step * batch / 1000, 2), **info)
 
 
 def train(

@@ -1,6 +1,6 @@
 """Measure generators on the held-out reals at their own resolution (issue 16, item 4), as a JSON table.
 
-    python experiments/faces128/measure.py OUT.json NAME=NETWORK@HELDOUT.zip ... [--num-gen 500] [--ref]
+    python experiments/faces128/measure.py OUT.json NAME=NETWORK@HELDOUT.zip ... [--num-gen 500] [--ref] [--subsets K]
 
 For each generator: FID / KID / precision / recall (k=3) on EfficientNet-Lite0 features (224 px) and on VGG16
 relu5_3 features (128 px), the share of samples in which MTCNN finds a face, and its discriminator's logits on
@@ -34,13 +34,21 @@ def d_logits(D, images: torch.Tensor, batch: int = 32) -> np.ndarray:
     return torch.cat([D(images[i : i + batch], None)[:, 0] for i in range(0, len(images), batch)]).numpy()
 
 
-def measure(images: torch.Tensor, reals: dict, nets: dict) -> dict:
-    """All measures of a set of images against one held-out set's cached features."""
+def measure(images: torch.Tensor, reals: dict, nets: dict, subsets: int = 0) -> dict:
+    """All measures of a set of images against one held-out set's cached features. With subsets K > 1, also the
+    mean and standard deviation of each FID / precision / recall over K disjoint equal parts of the images (how
+    much a 1/K-size sample would move them: the sampling noise of a smaller protocol)."""
     row = {}
     for feat in metrics.FEATURES:
         fn, net = nets[feat]
         fake = fn(images, net)
         row.update(metrics.quality_from_features(reals[feat], fake, feat))
+        if subsets > 1:
+            parts = [metrics.quality_from_features(reals[feat], p, feat) for p in np.array_split(fake, subsets)]
+            for key in parts[0]:
+                if key.startswith(("FID", "precision", "recall")):
+                    vals = np.array([p[key] for p in parts])
+                    row[f"{key}@1/{subsets}"] = [float(vals.mean()), float(vals.std(ddof=1))]
     row["face_share"] = metrics.face_share(images, nets["mtcnn"])
     return row
 
@@ -52,6 +60,7 @@ def main() -> None:
     ap.add_argument("--num-gen", type=int, default=500)
     ap.add_argument("--max-real", type=int, default=0, help="at most this many held-out reals (0 = all)")
     ap.add_argument("--ref", action="store_true", help="a real-vs-real row per held-out set")
+    ap.add_argument("--subsets", type=int, default=0, help="also mean/sd over this many disjoint parts (noise)")
     ap.add_argument(
         "--real-res", type=int, default=0, help="held-out reals at this size for the features (0 = the model's)"
     )
@@ -91,7 +100,7 @@ def main() -> None:
                 rows[f"real-vs-real {rres}px"] = measure(ref, cache[key][1], with_mtcnn)
         reals, rf = cache[key]
         fakes = metrics.generate_images(G, a.num_gen, seed=0)
-        row = measure(fakes, rf, with_mtcnn)
+        row = measure(fakes, rf, with_mtcnn, a.subsets)
         D = checkpoints.load_networks(zoo.resolve_network(network), roles=("D",)).D
         if D is not None:
             lr, lf = d_logits(D, reals_at(heldout, res)), d_logits(D, fakes)

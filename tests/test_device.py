@@ -291,8 +291,9 @@ def test_gpu_check_runs_on_cpu_quick(tmp_path, golden_dir):
 
 def test_torchrun_detect_train_two_processes_match_one(tmp_path):
     """`gaze detect train` under torchrun: each rank trains on half of every batch and the gradients are averaged,
-    so two processes learn what one does. Head-only training (frozen body, BatchNorm in eval) differs only by the
-    head's dropout masks, which fall on other images per rank; rank 0 alone writes the file and prints."""
+    so two processes learn what one does. Head-only training (frozen body, BatchNorm in eval) without dropout (its
+    masks would fall on other images per rank) differs only by the order of the gradient sums; rank 0 alone writes
+    the file and prints."""
     from PIL import Image
 
     from machinegaze import checkpoints
@@ -307,6 +308,7 @@ def test_torchrun_detect_train_two_processes_match_one(tmp_path):
             Image.fromarray(a).resize((32, 32), Image.NEAREST).save(d / f"{i}.png")
     args = ["detect", "train", "--train", f"real:{tmp_path / 'real'},fake:{tmp_path / 'fake'}", "--arch", "smallcnn"]
     args += ["--size", "32", "--epochs", "0", "--freeze-epochs", "2", "--batch-size", "8", "--device", "cpu", "--fp32"]
+    args += ["--dropout", "0"]
     one, two = _one(args + ["--out", "one.safetensors"], tmp_path), _two(args + ["--out", "two.safetensors"], tmp_path)
     assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-3000:]
@@ -317,10 +319,10 @@ def test_torchrun_detect_train_two_processes_match_one(tmp_path):
     )
     sa, sb = a.state_dict(), b.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa if k.startswith("body."))  # frozen: untouched on every rank
-    assert float((sa["head.weight"] - sb["head.weight"]).abs().max()) < 0.02  # measured 0.0037 (dropout masks)
-    # The temperature fit on this tiny separable validation set is ill-conditioned: usually both sit at the search's
-    # lower bound (0.02), but twice in full-suite CI runs both were ~7.5 / ~19.7 and 2-3 % apart (cause open).
-    assert abs(np.log(float(a.temperature) / float(b.temperature))) < 0.1
-    assert abs(float(a.threshold) - float(b.threshold)) < 0.05
+    assert float((sa["head.weight"] - sb["head.weight"]).abs().max()) < 1e-4  # summation order only
+    # With dropout (the earlier version of this test) the head moved by 0.004 between the runs, and the temperature
+    # fit on this tiny separable validation set turned that into 2-3 % and train losses 0.01 apart in full-suite runs.
+    assert abs(np.log(float(a.temperature) / float(b.temperature))) < 1e-3
+    assert abs(float(a.threshold) - float(b.threshold)) < 1e-3
     ha, hb = (checkpoints.read_detector(tmp_path / f)[1]["history"] for f in ("one.safetensors", "two.safetensors"))
-    assert len(ha) == len(hb) == 2 and all(abs(x["train_loss"] - y["train_loss"]) < 0.01 for x, y in zip(ha, hb))
+    assert len(ha) == len(hb) == 2 and all(abs(x["train_loss"] - y["train_loss"]) < 1e-4 for x, y in zip(ha, hb))

@@ -68,6 +68,7 @@ def detect_train_cmd(
         False, "--augment/--no-augment", help="Wang et al. blur/JPEG/resize/crop augmentation while training"
     ),
     width: int = typer.Option(32, "--width", help="channel width of the smallcnn / npr bodies"),
+    dropout: float = typer.Option(0.2, "--dropout", help="dropout before the head (0: off)"),
     seed: int = typer.Option(0, "--seed"),
     data: Optional[Path] = typer.Option(
         None, "--data", help="face data folder (default: $GAZE_FACES or ../shared/data/faces)"
@@ -102,6 +103,7 @@ def detect_train_cmd(
         patch=patch,
         augment=augment,
         width=width,
+        dropout=dropout,
         lr_mult=lr_mult,
         balance_sources=balance_sources,
         seed=seed,

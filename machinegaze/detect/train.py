@@ -70,6 +70,7 @@ class TrainConfig:
     balance_sources: bool = False  # every source counts equally within its class (a small source is not drowned)
     seed: int = 0
     width: int = 32  # smallcnn width
+    dropout: float = 0.2  # before the head; 0 makes training independent of the process count (no masks)
     crop: int | None = None  # train on random crops of this size (native pixels kept); test sees the whole image
     patch: int | None = None  # native-resolution patch policy: train on patches, test by the mean patch logit
     augment: bool = False  # Wang et al. blur / JPEG / resize / crop / flip augmentation of training batches
@@ -85,12 +86,19 @@ class TrainConfig:
             raise GazeError(f"crop must be 16..size ({self.size}) px, got {self.crop}")
         if self.patch is not None and not 16 <= self.patch <= self.size:
             raise GazeError(f"patch must be 16..size ({self.size}) px, got {self.patch}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise GazeError(f"dropout must be in [0, 1), got {self.dropout}")
         _ = self.spec  # an unknown architecture is an error before any image is loaded
 
     @property
     def spec(self) -> DetectorSpec:
         return DetectorSpec(
-            self.arch, self.size, self.jpeg_quality if self.policy else None, self.width, patch=self.patch
+            self.arch,
+            self.size,
+            self.jpeg_quality if self.policy else None,
+            self.width,
+            dropout=self.dropout,
+            patch=self.patch,
         )
 
     @property

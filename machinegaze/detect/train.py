@@ -322,8 +322,10 @@ def fit(
                 amp.step(opt)
                 sched.step()
                 step += 1
-                seen += len(mine)
-                loss_sum += loss.detach().to(loss_sum.dtype) * len(mine)
+                # A batch too small to share is trained whole on every rank: count it once across the ranks.
+                n_mine = len(mine) if len(mine) < len(idx) else len(idx) / world.size
+                seen += n_mine
+                loss_sum += loss.detach().to(loss_sum.dtype) * n_mine
                 if step % log_every == 0:  # the only read-backs inside an epoch
                     _check_finite(loss_sum, step)
                     report(progress, step, total_steps, stage=phase, epoch=len(history) + 1, loss=float(loss.detach()))

@@ -932,13 +932,17 @@ def save_detector(
     tensors = {}
     for k, v in model.state_dict().items():
         t = v.detach().cpu()
-        if half and t.is_floating_point() and k not in ("temperature", "threshold"):
+        if half and t.is_floating_point() and k.rsplit(".", 1)[-1] not in ("temperature", "threshold", "offsets"):
             t = t.half()
         tensors[k] = t.contiguous()
+    spec = model.spec.to_meta()
+    members = getattr(model, "members", None)
+    if members is not None:  # detect.anyof.AnyOf: the first member's spec, plus every member's
+        spec["members"] = [m.spec.to_meta() for m in members]
     metadata = {
         "format": DETECTOR_FORMAT,
         "version": "1",
-        "spec": json.dumps(model.spec.to_meta()),
+        "spec": json.dumps(spec),
         "meta": json.dumps(meta or {}),
     }
     with atomic_path(path) as tmp:
@@ -968,11 +972,16 @@ def read_detector(path: str | os.PathLike) -> tuple[dict, dict, dict[str, torch.
 
 
 def load_detector(path: str | os.PathLike) -> torch.nn.Module:
-    """A ready detector (eval mode, float32) from a file written by save_detector; `.meta` holds its metadata."""
+    """A ready detector (eval mode, float32) from a file written by save_detector (a Detector, or an AnyOf of
+    several); `.meta` holds its metadata."""
+    from machinegaze.detect.anyof import anyof_from_state
     from machinegaze.detect.model import detector_from_state
 
     spec, meta, tensors = read_detector(path)
-    det = detector_from_state(spec, tensors)
+    members = spec.get("members")
+    if members is not None and not (isinstance(members, list) and all(isinstance(m, dict) for m in members)):
+        raise GazeError(f"{path}: malformed member list in the detector metadata")
+    det = anyof_from_state(members, tensors) if members else detector_from_state(spec, tensors)
     det.meta = meta
     return det
 

@@ -22,7 +22,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ("machinegaze", "machinegaze.progress", "machinegaze.perf", "machinegaze.device", "machinegaze.distributed"),
     ),
     # Pure modules: nn.Modules and their math; they load nothing (zoo builds them, checkpoints fills them).
-    ("nets", ("machinegaze.nets", "machinegaze.nets.*", "machinegaze.detect.model", "machinegaze.detect.native")),
+    (
+        "nets",
+        (
+            "machinegaze.nets",
+            "machinegaze.nets.*",
+            "machinegaze.detect.model",
+            "machinegaze.detect.anyof",
+            "machinegaze.detect.native",
+        ),
+    ),
     # Formats and IO: weight files (pickle, safetensors, converters), image files, atomic writes.
     ("io", ("machinegaze.checkpoints", "machinegaze.data")),
     # The registry: a name -> a ready model; the one place that loads weights.

@@ -133,6 +133,51 @@ def detect_train_cmd(
     )
 
 
+@detect_app.command("combine")
+def detect_combine_cmd(
+    model: list[str] = typer.Option(..., "--model", help="a member detector (file or name); give two or more"),
+    out: Path = typer.Option(..., "--out", help="combined detector file to write (.safetensors)"),
+    val: str = typer.Option(
+        "utkface,lfw,ffhq256,ffhq1024,stylegan1,sd21_sdfd,sd14_blonde",
+        "--val",
+        help=_DETECT_SOURCES_HELP + " (their validation split)",
+    ),
+    max_flip: float = typer.Option(
+        0.01, "--max-flip", help="per real source: share of faces called real that a later member may call fake"
+    ),
+    max_per_source: int = typer.Option(100000, "--max-per-source"),
+    data: Optional[Path] = typer.Option(None, "--data"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    device: Optional[str] = DeviceOpt,
+    precision: str = PrecisionOpt,
+):
+    """Combine detectors: a face is fake when any member says so. Later members are held to at most --max-flip
+    false alarms per real source on the validation split, where the combined temperature is fitted too."""
+    from machinegaze import checkpoints, zoo
+    from machinegaze.detect.combine import CombineConfig, combine_on_sources
+
+    if out.suffix != ".safetensors":
+        raise GazeError(f"--out must end in .safetensors, got {out.name}")
+    if len(model) < 2:
+        raise GazeError("give two or more --model detectors to combine")
+    set_threads(threads)
+    dev, prec = resolve(device, precision)
+    _one_process("combine")
+    members = [zoo.load_detector(m, device=dev) for m in model]
+    if any(hasattr(m, "members") for m in members):
+        raise GazeError("a member is itself a combined detector: combine its members instead")
+    with progress_bar("combine") as cb:
+        det, items = combine_on_sources(members, val, CombineConfig(max_flip), data, max_per_source, cb, prec)
+    checkpoints.save_detector(
+        out, det, meta={"members": list(model), "val": val.split(","), "max_flip": max_flip, "n_val": len(items)}
+    )
+    offsets = ", ".join(f"{float(o):.3f}" for o in det.offsets)
+    print(
+        f"combined {len(members)} detectors on {len(items)} validation images: offsets {offsets}, "
+        f"temperature {float(det.temperature):.3f}; wrote {out}"
+    )
+
+
 @detect_app.command("eval")
 def detect_eval_cmd(
     model: str = typer.Option("default", "--model", help="detector file or name (default: the bundled one)"),

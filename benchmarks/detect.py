@@ -25,7 +25,7 @@ import time
 from _common import matmul_gflops, peak_rss_gb, run_child
 
 
-def _classifier_case(case: str, size: int, batch: int, reps: int) -> float:
+def _classifier_case(case: str, size: int, batch: int, reps: int, name: str = "default") -> float:
     """Seconds per `batch` preprocessed faces for the classify-* cases (best of `reps`)."""
     from contextlib import nullcontext
 
@@ -39,7 +39,7 @@ def _classifier_case(case: str, size: int, batch: int, reps: int) -> float:
     from machinegaze.detect.predict import classify_faces
 
     try:
-        model = zoo.load_detector(None)
+        model = zoo.load_detector(name)
         if model.spec.size != size:
             raise GazeError("bundled detector has another size")
     except GazeError:
@@ -67,7 +67,7 @@ def _classifier_case(case: str, size: int, batch: int, reps: int) -> float:
     return best
 
 
-def _path_case(case: str, photos: str, n: int, reps: int) -> tuple[float, int, int]:
+def _path_case(case: str, photos: str, n: int, reps: int, name: str = "default") -> tuple[float, int, int]:
     """(seconds, images, faces) for the whole predict path over the first n photos of a folder."""
     import numpy as np
     import torch
@@ -79,7 +79,7 @@ def _path_case(case: str, photos: str, n: int, reps: int) -> tuple[float, int, i
     from machinegaze.detect.sources import preprocess_of
 
     files = list_images(photos)[:n]
-    model = zoo.load_detector(None)
+    model = zoo.load_detector(name)
     mtcnn = zoo.load_mtcnn()
     best, faces = float("inf"), 0
     for _ in range(reps):
@@ -99,15 +99,17 @@ def _path_case(case: str, photos: str, n: int, reps: int) -> tuple[float, int, i
     return best, len(files), faces
 
 
-def run_predict_case(case: str, size: int, batch: int, reps: int, threads: int, photos: str, n: int) -> dict:
+def run_predict_case(
+    case: str, size: int, batch: int, reps: int, threads: int, photos: str, n: int, name: str = "default"
+) -> dict:
     import torch
 
     torch.set_num_threads(threads)
     if case.startswith("classify"):
-        dt = _classifier_case(case, size, batch, reps)
+        dt = _classifier_case(case, size, batch, reps, name)
         n_img, n_faces = batch, batch
     else:
-        dt, n_img, n_faces = _path_case(case, photos, n, reps)
+        dt, n_img, n_faces = _path_case(case, photos, n, reps, name)
     return dict(case=case, threads=threads, img_s=n_img / dt, faces=n_faces, images=n_img, peak_rss_gb=peak_rss_gb())
 
 
@@ -127,6 +129,7 @@ def predict_suite(a, reps: int, threads: list[int]) -> None:
         for t in threads:
             cmd = [sys.executable, __file__, "--case", case, "--size", str(a.size), "--batch", str(a.batch)]
             cmd += ["--reps", str(reps), "--threads", str(t), "--photos", photos, "--n-photos", str(a.n_photos)]
+            cmd += ["--model", a.model]
             d, r = run_child(cmd)
             if d is None:
                 err = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode
@@ -266,13 +269,15 @@ def main() -> None:
     ap.add_argument("--photos", help="folder of photos for the whole-path cases (default: ../shared ffhq1024)")
     ap.add_argument("--n-photos", type=int, default=32)
     ap.add_argument("--cases", help="predict suite: only cases starting with these (comma-separated), e.g. classify")
+    ap.add_argument("--model", default="default", help="predict suite: the detector (name or file)")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--arch", default="effnet_lite0", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
     ap.add_argument("--reps", type=int, default=5, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.case and a.case.startswith(("classify", "path")):
-        print(json.dumps(run_predict_case(a.case, a.size, a.batch, a.reps, int(a.threads), a.photos, a.n_photos)))
+        d = run_predict_case(a.case, a.size, a.batch, a.reps, int(a.threads), a.photos, a.n_photos, a.model)
+        print(json.dumps(d))
         return
     if a.case:  # child process: one case, JSON on stdout
         print(json.dumps(run_case(a.case, a.arch, a.size, a.batch, a.reps, int(a.threads))))

@@ -135,7 +135,8 @@ def _detector() -> DreamNet:
     return DreamNet(
         "detector",
         det,
-        default_layer="body.net._blocks.10._relu0",
+        # a combined detector (detect.anyof.AnyOf) dreams through its first member's body
+        default_layer=("members.0." if hasattr(det, "members") else "") + "body.net._blocks.10._relu0",
         forward=lambda x: det(x)[:, None],
         class_names=["fake"],
         min_size=32,
@@ -148,7 +149,7 @@ NETS: dict[str, tuple[str, Callable[..., DreamNet]]] = {
     "efficientnet": ("EfficientNet-Lite0, ImageNet classifier (default)", _efficientnet),
     "vgg16": ("VGG16 conv features (the ImageNet weights inside LPIPS-vgg)", _vgg16),
     "discriminator": ("a StyleGAN2 face discriminator (--network: a .pkl/.safetensors or model name)", _discriminator),
-    "detector": ("the bundled fake-face detector (EfficientNet-Lite0 fine-tuned on faces); class 'fake'", _detector),
+    "detector": ("the default fake-face detector (EfficientNet-Lite0s fine-tuned on faces); class 'fake'", _detector),
 }
 
 

@@ -185,12 +185,18 @@ DETECTORS: dict[str, tuple[str, object]] = {
         "EfficientNet-Lite0 real-vs-StyleGAN face detector, 256 px JPEG-q75 policy, fp16 (non-commercial)",
         _bundled("detector/effnetlite0_fakeface.safetensors"),
     ),
+    "anyof_fakeface": (
+        "effnetlite0_fakeface OR a diffusion-face detector (detect/anyof.py), 256 px JPEG-q75 policy, fp16 "
+        "(non-commercial)",
+        _bundled("detector/anyof_fakeface.safetensors"),
+    ),
 }
-DETECTOR_ALIASES = {"default": "effnetlite0_fakeface"}
+DETECTOR_ALIASES = {"default": "anyof_fakeface"}
 
 
 def resolve_detector(name_or_path: str | os.PathLike | None) -> Path:
-    """A detector: a registered name ('default', 'effnetlite0_fakeface') or a path to a detector .safetensors."""
+    """A detector: a registered name ('default' = 'anyof_fakeface', 'effnetlite0_fakeface') or a path to a detector
+    .safetensors."""
     s = "default" if name_or_path is None else str(name_or_path)
     key = DETECTOR_ALIASES.get(s, s)
     if key in DETECTORS:

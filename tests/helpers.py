@@ -50,3 +50,18 @@ def skip_without_efficientnet() -> None:
         zoo.efficientnet_lite0_file()
     except GazeError as e:
         pytest.skip(str(e))
+
+
+def noise_faces(root, n: int) -> None:
+    """`root/real` and `root/fake`, n 32 px PNGs each: real ones full-resolution noise, fake ones 8 px noise
+    blown up to 32 px (blocky), so a tiny detector can tell them apart. Seeded: the same files every run."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, side in (("real", 32), ("fake", 8)):
+        d = root / name
+        d.mkdir()
+        for i in range(n):
+            a = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+            Image.fromarray(a).resize((32, 32), Image.NEAREST).save(d / f"{i}.png")

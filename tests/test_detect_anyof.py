@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from machinegaze import GazeError, checkpoints
 from machinegaze.detect import evaluate as ev
@@ -18,6 +17,7 @@ from machinegaze.detect.anyof import AnyOf
 from machinegaze.detect.combine import combine, fit_offsets, flip_offset
 from machinegaze.detect.fast import fast_detector
 from machinegaze.detect.model import Detector, DetectorSpec
+from tests.helpers import noise_faces
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,13 +144,7 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_combine_and_predict_from_the_command_line(tmp_path):
-    rng = np.random.default_rng(0)
-    for name, side in (("real", 32), ("fake", 8)):
-        d = tmp_path / name
-        d.mkdir()
-        for i in range(24):
-            a = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
-            Image.fromarray(a).resize((32, 32), Image.NEAREST).save(d / f"{i}.png")
+    noise_faces(tmp_path, 24)
     for k, seed in enumerate((0, 1)):
         checkpoints.save_detector(tmp_path / f"m{k}.safetensors", _member(seed, 1.0, 0.5))
     r = _cli(

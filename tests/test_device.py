@@ -294,18 +294,11 @@ def test_torchrun_detect_train_two_processes_match_one(tmp_path):
     so two processes learn what one does. Head-only training (frozen body, BatchNorm in eval) without dropout (its
     masks would fall on other images per rank) differs only by the order of the gradient sums; rank 0 alone writes
     the file and prints."""
-    from PIL import Image
-
     from machinegaze import checkpoints
+    from tests.helpers import noise_faces
     from tests.test_distributed import _one, _two
 
-    rng = np.random.default_rng(0)
-    for name, side in (("real", 32), ("fake", 8)):
-        d = tmp_path / name
-        d.mkdir()
-        for i in range(16):
-            a = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
-            Image.fromarray(a).resize((32, 32), Image.NEAREST).save(d / f"{i}.png")
+    noise_faces(tmp_path, 16)
     args = ["detect", "train", "--train", f"real:{tmp_path / 'real'},fake:{tmp_path / 'fake'}", "--arch", "smallcnn"]
     args += ["--size", "32", "--epochs", "0", "--freeze-epochs", "2", "--batch-size", "8", "--device", "cpu", "--fp32"]
     args += ["--dropout", "0"]

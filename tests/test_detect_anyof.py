@@ -167,6 +167,8 @@ def test_combine_and_predict_from_the_command_line(tmp_path):
         ["detect", "combine", "--model", "m0.safetensors", "--out", "x.safetensors", "--val", "real:real,fake:fake"],
         ["detect", "combine", "--model", "m0.safetensors", "--model", "both.safetensors", "--out", "x.safetensors"],
         ["detect", "combine", "--model", "m0.safetensors", "--model", "m1.safetensors", "--out", "x.pt"],
+        ["detect", "combine", "--model", "m0.safetensors", "--model", "m1.safetensors", "--out", "x.safetensors"]
+        + ["--val", "real:real", "--split", "all"],  # no fakes to fit a temperature on
     ):
         r = _cli(args, tmp_path)
         assert r.returncode != 0 and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr

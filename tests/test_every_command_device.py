@@ -115,6 +115,8 @@ def _args(cmd: str, o: Path, network: Path, detector: Path, pics: dict[str, Path
         "detect train": ["detect", "train", "--train", src, "--arch", "smallcnn", "--size", "32", "--epochs", "1"]
         + ["--freeze-epochs", "0", "--batch-size", "4", "--max-per-source", "16", "--out", str(o / "d.safetensors")],
         "detect eval": ["detect", "eval", *det, "--test", src, "--n-boot", "10", "--out", str(o)],
+        "detect combine": ["detect", "combine", *det, *det, "--val", src, "--split", "all"]
+        + ["--out", str(o / "both.safetensors")],
         "detect predict": ["detect", "predict", str(pics["real"]), *det, "--out", str(o / "p.csv")],
         "detect experiment": ["detect", "experiment", str(o.parent / "e.toml"), "--out", str(o), "--no-report"],
         "serve": ["serve", *net, "--detector", str(detector), "--data-dir", str(o), "--port", "0"],
@@ -146,6 +148,11 @@ def _check(cmd: str, o: Path) -> None:
     elif cmd == "detect eval":
         s = json.loads((o / "metrics.json").read_text())["summary"]
         assert s["n_real"] > 0 and s["n_fake"] > 0 and 0 <= s["accuracy"] <= 1
+    elif cmd == "detect combine":
+        from machinegaze import checkpoints
+
+        both = checkpoints.load_detector(o / "both.safetensors")
+        assert len(both.members) == 2 and float(both.offsets[0]) == 0 and float(both.temperature) > 0
     elif cmd == "detect predict":
         assert len((o / "p.csv").read_text().splitlines()) == 1 + 16
     elif cmd == "detect experiment":
@@ -162,6 +169,7 @@ IN_PROCESS = [
     "metrics",
     "detect train",
     "detect eval",
+    "detect combine",
     "detect predict",
     "detect experiment",
 ]
@@ -286,7 +294,7 @@ def test_gaze_device_environment_is_the_default(tmp_path, network, tiny_detector
     _check("detect predict", o)
 
 
-@pytest.mark.parametrize("cmd", ["detect eval", "detect experiment"])
+@pytest.mark.parametrize("cmd", ["detect eval", "detect combine", "detect experiment"])
 def test_unsharded_detect_commands_refuse_torchrun(cmd, tmp_path, network, tiny_detector, pics, capsys, monkeypatch):
     """Under torchrun every rank would repeat eval/experiment whole: one line and a non-zero exit instead."""
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -146,6 +146,11 @@ def detect_combine_cmd(
         0.01, "--max-flip", help="per real source: share of faces called real that a later member may call fake"
     ),
     max_per_source: int = typer.Option(100000, "--max-per-source"),
+    split: str = typer.Option(
+        "val",
+        "--split",
+        help="val: the sources' validation split | all: every image (folders kept apart from training)",
+    ),
     data: Optional[Path] = typer.Option(None, "--data"),
     threads: Optional[int] = typer.Option(None, "--threads"),
     device: Optional[str] = DeviceOpt,
@@ -160,6 +165,8 @@ def detect_combine_cmd(
         raise GazeError(f"--out must end in .safetensors, got {out.name}")
     if len(model) < 2:
         raise GazeError("give two or more --model detectors to combine")
+    if split not in ("val", "all"):
+        raise GazeError(f"--split must be val or all, got {split!r}")
     set_threads(threads)
     dev, prec = resolve(device, precision)
     _one_process("combine")
@@ -167,9 +174,13 @@ def detect_combine_cmd(
     if any(hasattr(m, "members") for m in members):
         raise GazeError("a member is itself a combined detector: combine its members instead")
     with progress_bar("combine") as cb:
-        det, items = combine_on_sources(members, val, CombineConfig(max_flip), data, max_per_source, cb, prec)
+        det, items = combine_on_sources(
+            members, val, CombineConfig(max_flip), data, max_per_source, cb, prec, None if split == "all" else "val"
+        )
     checkpoints.save_detector(
-        out, det, meta={"members": list(model), "val": val.split(","), "max_flip": max_flip, "n_val": len(items)}
+        out,
+        det,
+        meta={"members": list(model), "val": val.split(","), "split": split, "max_flip": max_flip, "n_val": len(items)},
     )
     offsets = ", ".join(f"{float(o):.3f}" for o in det.offsets)
     print(

@@ -99,13 +99,22 @@ def combine_on_sources(
     max_per_source: int | None = None,
     progress=None,
     precision: str = "fp32",
+    split: str | None = "val",
 ) -> tuple[AnyOf, list]:
-    """`combine` on the validation split of `val_sources` (identity-disjoint from every training split);
-    returns the model and the validation items it was fitted on."""
+    """`combine` on the validation split of `val_sources` (identity-disjoint from every training split; split=None:
+    every image, for folders kept apart from training); returns the model and the items it was fitted on."""
     from machinegaze.detect.sources import ImageCache, gather, parse_sources, preprocess_of
 
     sources = parse_sources(val_sources, data_root)
-    items = gather(sources, "val", max_per_source)
+    items = gather(sources, split, max_per_source)
+    labels = [it.label for it in items]
+    if len(set(labels)) < 2:
+        where = "the validation split of " if split else ""
+        raise GazeError(
+            f"combining detectors needs real and fake images in {where}--val (got {labels.count(0)} real, "
+            f"{labels.count(1)} fake)"
+            + (": add sources, or --split all for folders kept apart from training" if split else "")
+        )
     x = ImageCache().arrays(items, preprocess_of(members[0]), sources, progress)
     model = combine(members, x, np.array([it.label for it in items]), [it.source for it in items], cfg, precision)
     return model, items

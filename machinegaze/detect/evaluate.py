@@ -117,7 +117,10 @@ def bootstrap_ci(
 
 # ---------------------------------------------------------------- calibration
 def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+    """1 / (1 + exp(-z)) in float64, without overflow for |z| beyond 709 (confident detectors reach that)."""
+    from scipy.special import expit
+
+    return expit(np.asarray(z, dtype=np.float64))
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:

@@ -28,7 +28,8 @@ class CombineConfig:
 
 
 def member_margins(model: AnyOf, images: np.ndarray, precision: str = "fp32") -> np.ndarray:
-    """[N, K] margins of uint8 images [N, S, S, 3] (preprocessed for model.spec) with the model's offsets."""
+    """[N, K] margins of uint8 images [N, S, S, 3] (preprocessed for model.spec), each member run once, with the
+    model's current offsets (zero while `combine` fits them)."""
     from machinegaze.detect.evaluate import predict_logits
 
     logits = [predict_logits(m, images, precision=precision) for m in model.members]
@@ -116,5 +117,5 @@ def combine_on_sources(
             + (": add sources, or --split all for folders kept apart from training" if split else "")
         )
     x = ImageCache().arrays(items, preprocess_of(members[0]), sources, progress)
-    model = combine(members, x, np.array([it.label for it in items]), [it.source for it in items], cfg, precision)
+    model = combine(members, x, np.array(labels), [it.source for it in items], cfg, precision)
     return model, items

@@ -32,6 +32,22 @@ def _one_process(command: str) -> None:
         )
 
 
+def _teacher_and_init(distill: str | None, init_from: str | None):
+    """The teacher (any detector) and the starting detector (a single network) that --distill / --init-from name."""
+    from machinegaze import zoo
+    from machinegaze.detect.model import Detector
+
+    teacher = zoo.load_detector(distill) if distill else None
+    init = zoo.load_detector(init_from) if init_from else None
+    if init is not None and not isinstance(init, Detector):
+        raise GazeError(f"--init-from needs a single detector, and {init_from} combines several (use one member)")
+    if init is not None:
+        init = init.float()
+    if teacher is not None:
+        teacher = teacher.float()
+    return teacher, init
+
+
 @detect_app.command("train")
 def detect_train_cmd(
     out: Path = typer.Option(..., "--out", help="detector file to write (.safetensors)"),
@@ -70,6 +86,15 @@ def detect_train_cmd(
     width: int = typer.Option(32, "--width", help="channel width of the smallcnn / npr bodies"),
     dropout: float = typer.Option(0.2, "--dropout", help="dropout before the head (0: off)"),
     seed: int = typer.Option(0, "--seed"),
+    distill: Optional[str] = typer.Option(
+        None, "--distill", help="teacher detector (name or file): learn its verdicts as well as the labels"
+    ),
+    hard_weight: float = typer.Option(
+        0.5, "--hard-weight", help="with --distill: weight of the true label in the target (the rest: the teacher's)"
+    ),
+    init_from: Optional[str] = typer.Option(
+        None, "--init-from", help="start from this trained detector (its architecture and input settings win)"
+    ),
     data: Optional[Path] = typer.Option(
         None, "--data", help="face data folder (default: $GAZE_FACES or ../shared/data/faces)"
     ),
@@ -79,7 +104,8 @@ def detect_train_cmd(
     precision: str = PrecisionOpt,
 ):
     """Fine-tune a detector on the train split of the sources; calibrate it on their validation split. Under
-    torchrun every process trains on its share of each batch (gradients averaged); rank 0 writes the file."""
+    torchrun every process trains on its share of each batch (gradients averaged); rank 0 writes the file.
+    `--distill default --init-from effnetlite0_fakeface` folds the two-network default into one network."""
     from contextlib import nullcontext
 
     from machinegaze import checkpoints, distributed
@@ -89,6 +115,11 @@ def detect_train_cmd(
         raise GazeError(f"--out must end in .safetensors, got {out.name}")
     set_threads(threads)
     dev, prec = resolve(device, precision)
+    teacher, init = _teacher_and_init(distill, init_from)
+    if init is not None:  # the starting detector decides what the network is and what it sees
+        s = init.spec
+        arch, size, jpeg_quality, policy = s.arch, s.size, s.jpeg_quality or jpeg_quality, s.jpeg_quality is not None
+        width, dropout, patch = s.width, s.dropout, s.patch
     cfg = TrainConfig(
         arch=arch,
         size=size,
@@ -107,10 +138,11 @@ def detect_train_cmd(
         lr_mult=lr_mult,
         balance_sources=balance_sources,
         seed=seed,
+        hard_weight=hard_weight,
     )
     world = distributed.init(dev)
     with progress_bar("train") if world.main else nullcontext() as cb:
-        res = train_detector(train, cfg, data, progress=cb, device=dev, precision=prec)
+        res = train_detector(train, cfg, data, progress=cb, device=dev, precision=prec, teacher=teacher, init=init)
     distributed.finish()
     if not world.main:
         return
@@ -119,7 +151,13 @@ def detect_train_cmd(
     checkpoints.save_detector(
         out,
         res.model,
-        meta={"train": train.split(","), "config": dataclasses.asdict(cfg), "history": res.history},
+        meta={
+            "train": train.split(","),
+            "config": dataclasses.asdict(cfg),
+            "history": res.history,
+            **({"distilled_from": distill} if distill else {}),
+            **({"init_from": init_from} if init_from else {}),
+        },
         half=full,
     )
     for h in res.history:

@@ -20,13 +20,20 @@ ranks (distributed.average_gradients_), so every step still learns from the whol
 
 With `augment` on, every training batch goes through Wang et al.'s augmentation (sources.Augment: random
 resize, Gaussian blur, JPEG re-encoding, crop, flip), drawn from the run's seed; validation and test images
-never are. With `patch` set the detector trains on random patch x patch crops at native pixels and classifies
+never are.
+
+Distillation: with a `teacher` (any detector, e.g. the two-network any-of default), each training batch's target is
+`hard_weight` * label + (1 - hard_weight) * the teacher's P(fake) for the same augmented, flipped batch, where
+the teacher's P(fake) is the sigmoid of its decision margin (calibrated logit minus the logit of its threshold),
+so the student learns where the teacher decides. `init` starts the student from a trained detector instead of
+ImageNet weights. With `patch` set the detector trains on random patch x patch crops at native pixels and classifies
 whole images by their mean patch logit (detect/native.py). From-scratch bodies (smallcnn, npr, spectrum) want
 freeze_epochs = 0: there is nothing pretrained to protect.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -74,6 +81,7 @@ class TrainConfig:
     crop: int | None = None  # train on random crops of this size (native pixels kept); test sees the whole image
     patch: int | None = None  # native-resolution patch policy: train on patches, test by the mean patch logit
     augment: bool = False  # Wang et al. blur / JPEG / resize / crop / flip augmentation of training batches
+    hard_weight: float = 0.5  # with a teacher: the weight of the true label in the target (1 - it: the teacher's)
 
     def __post_init__(self):
         if self.epochs < 0 or self.freeze_epochs < 0 or self.epochs + self.freeze_epochs == 0:
@@ -88,6 +96,8 @@ class TrainConfig:
             raise GazeError(f"patch must be 16..size ({self.size}) px, got {self.patch}")
         if not 0.0 <= self.dropout < 1.0:
             raise GazeError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.hard_weight <= 1.0:
+            raise GazeError(f"hard label weight must be in [0, 1], got {self.hard_weight}")
         _ = self.spec  # an unknown architecture is an error before any image is loaded
 
     @property
@@ -236,8 +246,23 @@ def _batch_on(dev: torch.device, xa: np.ndarray, flip: torch.Tensor) -> torch.Te
     return xb.contiguous(memory_format=torch.channels_last)  # 1.6x faster on CPU (depthwise convs)
 
 
+def decision_margin(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A detector's (or an any-of's) calibrated logit minus the logit of its threshold: > 0 where it says fake."""
+    t = model.threshold.float().clamp(1e-6, 1 - 1e-6)
+    return model(x).float() / model.temperature.float() - torch.log(t / (1 - t))
+
+
+def _targets(teacher: torch.nn.Module | None, xb: torch.Tensor, yb: torch.Tensor, hard_weight: float) -> torch.Tensor:
+    """The labels, or with a teacher the mix of labels and the teacher's P(fake) on this very batch."""
+    if teacher is None:
+        return yb
+    with torch.no_grad():
+        soft = torch.sigmoid(decision_margin(teacher, xb))
+    return hard_weight * yb.float() + (1.0 - hard_weight) * soft
+
+
 def _loss(model: Detector, phase: str, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
-    """Weighted BCE of one batch; in the frozen phase no graph is kept through the body."""
+    """Weighted BCE of one batch (yb: labels or soft targets); in the frozen phase no graph is kept through the body."""
     if phase == "frozen":
         with torch.no_grad():
             fmap = model.feature_map(xb)
@@ -264,12 +289,14 @@ def fit(
     device: torch.device | str | None = None,
     precision: str = "fp32",
     log_every: int = 10,
+    teacher: torch.nn.Module | None = None,
 ) -> list[dict]:
     """Train `model` in place on uint8 images [N, H, W, 3] with labels y (1 = fake); return the history.
 
     `sources` (the source name of each image) is used by `cfg.balance_sources`. The model moves to `device`
     (default: where it is); `precision` (device.resolve_precision) is the autocast precision of the forward
-    passes. Progress comes every step, with the loss every `log_every` steps."""
+    passes. Progress comes every step, with the loss every `log_every` steps. With a `teacher` the targets mix
+    the labels with its verdicts (cfg.hard_weight; module docstring)."""
     y = np.asarray(y).astype(np.float32)
     if len(x) < 2 or len(np.unique(y)) < 2:
         raise GazeError(
@@ -278,6 +305,8 @@ def fit(
     g = torch.Generator().manual_seed(cfg.seed)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     devmod.to_channels_last(model.to(dev), dev, precision)
+    if teacher is not None:
+        devmod.to_channels_last(teacher.to(dev).eval(), dev, precision)
     world, amp = distributed.joined(), _Amp(dev, precision)
     weights = torch.from_numpy(sample_weights(y, sources, cfg.balance, cfg.balance_sources)).to(dev)
     y_dev = torch.from_numpy(y).to(dev)
@@ -315,7 +344,8 @@ def fit(
                 xb = _batch_on(dev, xa[mine.numpy()], flip[mine])
                 sel = idx[mine].to(dev, non_blocking=True)
                 with amp.autocast():
-                    loss = _loss(model, phase, xb, y_dev[sel], weights[sel])
+                    target = _targets(teacher, xb, y_dev[sel], cfg.hard_weight)
+                    loss = _loss(model, phase, xb, target, weights[sel])
                 opt.zero_grad(set_to_none=True)
                 amp.backward(loss if len(mine) == len(idx) else loss * (len(mine) * world.size / len(idx)))
                 distributed.average_gradients_(model.parameters(), world)
@@ -359,9 +389,19 @@ def train_detector(
     progress: ProgressFn = None,
     device: torch.device | str = "cpu",
     precision: str = "fp32",
+    teacher: torch.nn.Module | None = None,
+    init: Detector | None = None,
 ) -> TrainResult:
     """Train on the train split of the sources, calibrate on their val split; return the ready detector (on
-    `device`; `precision` as in `fit`)."""
+    `device`; `precision` as in `fit`). `teacher`: distil it (module docstring); `init`: a trained detector to
+    start from (a copy; its spec must be cfg.spec's)."""
+    if teacher is not None and (teacher.spec.size, teacher.spec.jpeg_quality) != (cfg.size, cfg.spec.jpeg_quality):
+        raise GazeError(
+            f"the teacher takes {teacher.spec.size} px, JPEG {teacher.spec.jpeg_quality}; the student "
+            f"{cfg.size} px, JPEG {cfg.spec.jpeg_quality}: they must see the same images"
+        )
+    if init is not None and init.spec != cfg.spec:
+        raise GazeError(f"--init-from is a {init.spec}, the training config asks for {cfg.spec}")
     sources = (
         train_sources
         if train_sources and not isinstance(train_sources, str) and not isinstance(train_sources[0], str)
@@ -376,9 +416,13 @@ def train_detector(
     y_tr = np.array([it.label for it in tr])
     y_va = np.array([it.label for it in va])
     torch.manual_seed(cfg.seed)
-    model = zoo.new_detector(cfg.spec, pretrained=cfg.pretrained).to(device)
+    model = (copy.deepcopy(init) if init is not None else zoo.new_detector(cfg.spec, pretrained=cfg.pretrained)).to(
+        device
+    )
     t0 = time.perf_counter()
-    history = fit(model, x_tr, y_tr, cfg, x_va, y_va, progress, [it.source for it in tr], device, precision)
+    history = fit(
+        model, x_tr, y_tr, cfg, x_va, y_va, progress, [it.source for it in tr], device, precision, teacher=teacher
+    )
     seconds = time.perf_counter() - t0
     if len(va) and len(np.unique(y_va)) == 2:
         cal = ev.calibrate(ev.predict_logits(model, x_va, precision=precision), y_va)

@@ -922,23 +922,42 @@ DETECTOR_FORMAT = "machinegaze-detector"
 
 
 def save_detector(
-    path: str | os.PathLike, model: torch.nn.Module, meta: Optional[dict] = None, half: bool = True
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    meta: Optional[dict] = None,
+    half: bool = True,
+    member_files: Optional[dict[int, str | os.PathLike]] = None,
 ) -> Path:
-    """Write a detector (weights, fp16 by default; its spec and calibration; free-form meta) to .safetensors."""
+    """Write a detector (weights, fp16 by default; its spec and calibration; free-form meta) to .safetensors.
+
+    For an any-of detector, `member_files` {i: detector file in the same folder} stores member i as a reference
+    (file name and sha256) instead of a second copy of its weights; loading reads that file and refuses it if
+    its bytes changed. Without it every member's weights are inside the file."""
     from safetensors.torch import save_file
 
-    from machinegaze.data import atomic_path
+    from machinegaze.data import atomic_path, sha256_file
 
+    member_files = dict(member_files or {})
+    refs = {}
+    for i, f in member_files.items():
+        f = Path(f)
+        if f.resolve().parent != Path(path).resolve().parent:
+            raise GazeError(f"a referenced member detector must sit beside {Path(path).name}: {f}")
+        refs[i] = {"ref": f.name, "sha256": sha256_file(f)}
     tensors = {}
     for k, v in model.state_dict().items():
+        if k.startswith("members.") and int(k.split(".", 2)[1]) in refs:
+            continue
         t = v.detach().cpu()
         if half and t.is_floating_point() and k.rsplit(".", 1)[-1] not in ("temperature", "threshold", "offsets"):
             t = t.half()
         tensors[k] = t.contiguous()
     spec = model.spec.to_meta()
     members = getattr(model, "members", None)
-    if members is not None:  # detect.anyof.AnyOf: the first member's spec, plus every member's
-        spec["members"] = [m.spec.to_meta() for m in members]
+    if members is not None:  # detect.anyof.AnyOf: the first member's spec, plus every member's (or its reference)
+        spec["members"] = [refs.get(i, m.spec.to_meta()) for i, m in enumerate(members)]
+    elif refs:
+        raise GazeError("only an any-of detector has member detectors to reference")
     metadata = {
         "format": DETECTOR_FORMAT,
         "version": "1",
@@ -948,6 +967,29 @@ def save_detector(
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)
+
+
+def _referenced_members(path: Path, members: list, tensors: dict[str, torch.Tensor]) -> list[dict]:
+    """Member specs with every {'ref', 'sha256'} entry replaced by that file's spec; its tensors join `tensors`."""
+    from machinegaze.data import sha256_file
+
+    out = []
+    for i, m in enumerate(members):
+        if "ref" not in m:
+            out.append(m)
+            continue
+        ref = str(m["ref"])
+        f = path.parent / ref
+        if Path(ref).name != ref or not f.is_file():
+            raise GazeError(f"{path}: its member detector {ref} is missing (it must sit beside it)")
+        if sha256_file(f) != m.get("sha256"):
+            raise GazeError(f"{path}: its member detector {ref} has changed since the two were combined")
+        spec, _, member_tensors = read_detector(f)
+        if "members" in spec:
+            raise GazeError(f"{path}: its member detector {ref} is itself an any-of detector")
+        out.append(spec)
+        tensors.update({f"members.{i}.{k}": v for k, v in member_tensors.items()})
+    return out
 
 
 def read_detector(path: str | os.PathLike) -> tuple[dict, dict, dict[str, torch.Tensor]]:
@@ -981,6 +1023,8 @@ def load_detector(path: str | os.PathLike) -> torch.nn.Module:
     members = spec.get("members")
     if members is not None and not (isinstance(members, list) and all(isinstance(m, dict) for m in members)):
         raise GazeError(f"{path}: malformed member list in the detector metadata")
+    if members:
+        members = _referenced_members(Path(path), members, tensors)
     det = anyof_from_state(members, tensors) if members else detector_from_state(spec, tensors)
     det.meta = meta
     return det

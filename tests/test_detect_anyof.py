@@ -137,6 +137,33 @@ def test_save_load_fast_copy_and_grad_cam(tmp_path):
         assert torch.allclose(cam[i], own[0], atol=1e-4)
 
 
+def test_a_member_can_be_stored_as_a_reference_to_its_own_file(tmp_path):
+    a, b = _member(0, 0.8, 0.45), _member(1, 1.2, 0.55)
+    model = AnyOf([a, b], offsets=[0.0, 0.7]).eval()
+    model.set_calibration(1.7, 0.5)
+    first = checkpoints.save_detector(tmp_path / "first.safetensors", a, half=False)
+    whole = checkpoints.save_detector(tmp_path / "whole.safetensors", model, half=False)
+    slim = checkpoints.save_detector(tmp_path / "slim.safetensors", model, half=False, member_files={0: first})
+    assert slim.stat().st_size < whole.stat().st_size - 0.8 * first.stat().st_size  # no second copy of member 0
+    x = _images(6)
+    with torch.no_grad():
+        ref = model(x)
+        back = checkpoints.load_detector(slim)
+        assert isinstance(back, AnyOf) and torch.equal(back(x), checkpoints.load_detector(whole)(x))
+        assert torch.allclose(back(x), ref, atol=1e-5)
+    # a changed, missing or misplaced member file is one clear error
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    with pytest.raises(GazeError, match="beside"):
+        checkpoints.save_detector(tmp_path / "x.safetensors", model, member_files={0: moved / "first.safetensors"})
+    checkpoints.save_detector(first, _member(5, 0.8, 0.45), half=False)  # overwritten by another detector
+    with pytest.raises(GazeError, match="changed since"):
+        checkpoints.load_detector(slim)
+    first.unlink()
+    with pytest.raises(GazeError, match="missing"):
+        checkpoints.load_detector(slim)
+
+
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "machinegaze.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300

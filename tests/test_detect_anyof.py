@@ -137,6 +137,32 @@ def test_save_load_fast_copy_and_grad_cam(tmp_path):
         assert torch.allclose(cam[i], own[0], atol=1e-4)
 
 
+def test_a_pooled_member_sees_coarser_pixels_and_combines_with_a_full_one(tmp_path):
+    full = _member(0, 0.8, 0.45)
+    torch.manual_seed(3)
+    pooled = Detector(DetectorSpec("smallcnn", 32, 75, width=8, dropout=0.0, pool=2)).eval()
+    pooled.set_calibration(1.1, 0.5)
+    x = _images(6)
+    with torch.no_grad():  # pooling is the member's first step: the same body on a 2x average-pooled image
+        plain = Detector(DetectorSpec("smallcnn", 16, 75, width=8, dropout=0.0)).eval()
+        plain.load_state_dict(pooled.state_dict())
+        assert torch.allclose(pooled(x), plain(torch.nn.functional.avg_pool2d(x, 2)), atol=1e-6)
+    model = AnyOf([full, pooled]).eval()
+    with torch.no_grad():
+        fmap = model.feature_map(x)
+        assert fmap.shape[-2:] == full.feature_map(x).shape[-2:]  # the coarse map repeated up to the fine one
+        assert torch.allclose(model.logit_from_map(fmap), model(x), atol=1e-5)
+    back = checkpoints.load_detector(checkpoints.save_detector(tmp_path / "p.safetensors", model, half=False))
+    assert back.members[1].spec.pool == 2
+    fast = fast_detector(back)
+    assert fast is not back
+    with torch.no_grad():
+        assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), model(x), atol=1e-3)
+    assert ev.grad_cam(back, x).shape == (6, 1, 32, 32)
+    with pytest.raises(GazeError, match="pool"):
+        DetectorSpec("smallcnn", 30, 75, pool=4)
+
+
 def test_a_member_can_be_stored_as_a_reference_to_its_own_file(tmp_path):
     a, b = _member(0, 0.8, 0.45), _member(1, 1.2, 0.55)
     model = AnyOf([a, b], offsets=[0.0, 0.7]).eval()

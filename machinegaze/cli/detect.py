@@ -83,6 +83,7 @@ def detect_train_cmd(
     augment: bool = typer.Option(
         False, "--augment/--no-augment", help="Wang et al. blur/JPEG/resize/crop augmentation while training"
     ),
+    pool: int = typer.Option(1, "--pool", help="average-pool the input by 2 or 4 first: 4x or 16x cheaper, coarser"),
     width: int = typer.Option(32, "--width", help="channel width of the smallcnn / npr bodies"),
     dropout: float = typer.Option(0.2, "--dropout", help="dropout before the head (0: off)"),
     seed: int = typer.Option(0, "--seed"),
@@ -119,7 +120,7 @@ def detect_train_cmd(
     if init is not None:  # the starting detector decides what the network is and what it sees
         s = init.spec
         arch, size, jpeg_quality, policy = s.arch, s.size, s.jpeg_quality or jpeg_quality, s.jpeg_quality is not None
-        width, dropout, patch = s.width, s.dropout, s.patch
+        width, dropout, patch, pool = s.width, s.dropout, s.patch, s.pool
     cfg = TrainConfig(
         arch=arch,
         size=size,
@@ -139,6 +140,7 @@ def detect_train_cmd(
         balance_sources=balance_sources,
         seed=seed,
         hard_weight=hard_weight,
+        pool=pool,
     )
     world = distributed.init(dev)
     with progress_bar("train") if world.main else nullcontext() as cb:

@@ -13,7 +13,8 @@ threshold stays 0.5, which is the OR of the members' verdicts.
 
 Members must share their input (size, JPEG policy, patch setting), so one preprocessed face feeds every member.
 Grad-CAM works through `feature_map` (the members' maps side by side) and `logit_from_map`: the gradient of the
-max flows into the member that decided.
+max flows into the member that decided. A member that pools its input (spec.pool) has a coarser map; it is
+repeated up to the finest member's size, which leaves its average, and so its logit, unchanged.
 """
 
 from __future__ import annotations
@@ -64,7 +65,14 @@ class AnyOf(nn.Module):
         return self.margins([m(x) for m in self.members]).amax(1)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([m.feature_map(x) for m in self.members], 1)
+        maps = [m.feature_map(x) for m in self.members]
+        h, w = max(f.shape[-2] for f in maps), max(f.shape[-1] for f in maps)
+        for i, f in enumerate(maps):
+            if f.shape[-2:] != (h, w):
+                if h % f.shape[-2] or w % f.shape[-1]:
+                    raise GazeError(f"member maps of {tuple(f.shape[-2:])} and {(h, w)} cells cannot be aligned")
+                maps[i] = f.repeat_interleave(h // f.shape[-2], -2).repeat_interleave(w // f.shape[-1], -1)
+        return torch.cat(maps, 1)
 
     def logit_from_map(self, fmap: torch.Tensor) -> torch.Tensor:
         parts = fmap.split([m.body.out_channels for m in self.members], 1)

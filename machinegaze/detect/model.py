@@ -40,12 +40,15 @@ class DetectorSpec:
     width: int = 32  # smallcnn and npr only
     dropout: float = 0.2
     patch: int | None = None  # classify by the mean logit of patch x patch tiles at native pixels (None: whole)
+    pool: int = 1  # average-pool the input by this factor first (a cheaper member that looks at coarser pixels)
 
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise GazeError(f"unknown detector architecture '{self.arch}' (use one of {', '.join(ARCHS)})")
         if self.patch is not None and not 16 <= self.patch <= self.size:
             raise GazeError(f"patch must be 16..size ({self.size}) px, got {self.patch}")
+        if self.pool not in (1, 2, 4) or self.size % self.pool:
+            raise GazeError(f"pool must be 1, 2 or 4 and divide the size ({self.size}), got {self.pool}")
 
     def to_meta(self) -> dict:
         return asdict(self)
@@ -137,6 +140,8 @@ class Detector(nn.Module):
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise GazeError(f"detector expects [N, 3, H, W] images, got shape {tuple(x.shape)}")
+        if self.spec.pool > 1:
+            x = F.avg_pool2d(x, self.spec.pool, ceil_mode=True)
         return self.body.feature_map(x)
 
     def logit_from_map(self, fmap: torch.Tensor) -> torch.Tensor:

@@ -81,6 +81,7 @@ class TrainConfig:
     crop: int | None = None  # train on random crops of this size (native pixels kept); test sees the whole image
     patch: int | None = None  # native-resolution patch policy: train on patches, test by the mean patch logit
     augment: bool = False  # Wang et al. blur / JPEG / resize / crop / flip augmentation of training batches
+    pool: int = 1  # average-pool inputs by this factor before the body (DetectorSpec.pool)
     hard_weight: float = 0.5  # with a teacher: the weight of the true label in the target (1 - it: the teacher's)
 
     def __post_init__(self):
@@ -109,6 +110,7 @@ class TrainConfig:
             self.width,
             dropout=self.dropout,
             patch=self.patch,
+            pool=self.pool,
         )
 
     @property

@@ -106,3 +106,12 @@ def test_patches_cover_the_image_and_logits_are_their_mean():
         assert torch.allclose(det(img), per_patch, atol=1e-5)
     with pytest.raises(GazeError):
         DetectorSpec("npr", size=64, patch=128)
+
+
+@pytest.mark.parametrize("n, bs", [(33, 32), (65, 32), (32, 32), (1, 32), (40, 32)])
+def test_batches_cover_every_image_once_and_never_leave_a_single_image(n, bs):
+    from machinegaze.detect.train import _batches
+
+    out = _batches(n, bs, torch.Generator().manual_seed(0))
+    assert sorted(torch.cat(out).tolist()) == list(range(n))
+    assert n == 1 or min(len(b) for b in out) >= 2  # BatchNorm cannot train on a batch of one

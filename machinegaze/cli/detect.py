@@ -48,6 +48,20 @@ def _teacher_and_init(distill: str | None, init_from: str | None):
     return teacher, init
 
 
+def _inherited(s, jpeg_quality: int) -> tuple:
+    """arch, size, JPEG quality, policy, width, dropout, patch and pool of an --init-from detector's spec."""
+    return (
+        s.arch,
+        s.size,
+        s.jpeg_quality or jpeg_quality,
+        s.jpeg_quality is not None,
+        s.width,
+        s.dropout,
+        s.patch,
+        s.pool,
+    )
+
+
 @detect_app.command("train")
 def detect_train_cmd(
     out: Path = typer.Option(..., "--out", help="detector file to write (.safetensors)"),
@@ -107,8 +121,6 @@ def detect_train_cmd(
     """Fine-tune a detector on the train split of the sources; calibrate it on their validation split. Under
     torchrun every process trains on its share of each batch (gradients averaged); rank 0 writes the file.
     `--distill default --init-from effnetlite0_fakeface` folds the two-network default into one network."""
-    from contextlib import nullcontext
-
     from machinegaze import checkpoints, distributed
     from machinegaze.detect.train import TrainConfig, train_detector
 
@@ -118,9 +130,7 @@ def detect_train_cmd(
     dev, prec = resolve(device, precision)
     teacher, init = _teacher_and_init(distill, init_from)
     if init is not None:  # the starting detector decides what the network is and what it sees
-        s = init.spec
-        arch, size, jpeg_quality, policy = s.arch, s.size, s.jpeg_quality or jpeg_quality, s.jpeg_quality is not None
-        width, dropout, patch, pool = s.width, s.dropout, s.patch, s.pool
+        arch, size, jpeg_quality, policy, width, dropout, patch, pool = _inherited(init.spec, jpeg_quality)
     cfg = TrainConfig(
         arch=arch,
         size=size,
@@ -148,20 +158,18 @@ def detect_train_cmd(
     distributed.finish()
     if not world.main:
         return
+    extra_meta = {**({"distilled_from": distill} if distill else {}), **({"init_from": init_from} if init_from else {})}
+    checkpoints.save_detector(out, res.model, meta=_train_meta(train, cfg, res, extra_meta), half=full)
+    _print_training(res, dev, world, out)
+
+
+def _train_meta(train: str, cfg, res, extra: dict) -> dict:
     import dataclasses
 
-    checkpoints.save_detector(
-        out,
-        res.model,
-        meta={
-            "train": train.split(","),
-            "config": dataclasses.asdict(cfg),
-            "history": res.history,
-            **({"distilled_from": distill} if distill else {}),
-            **({"init_from": init_from} if init_from else {}),
-        },
-        half=full,
-    )
+    return {"train": train.split(","), "config": dataclasses.asdict(cfg), "history": res.history, **extra}
+
+
+def _print_training(res, dev, world, out: Path) -> None:
     for h in res.history:
         extra = f"  val loss {h['val_loss']:.3f}  val acc {100 * h['val_accuracy']:.1f}%" if "val_loss" in h else ""
         print(f"epoch {h['epoch']} ({h['phase']}): train loss {h['train_loss']:.3f}{extra}")

@@ -168,7 +168,8 @@ def _batches(n: int, bs: int, g: torch.Generator) -> list[torch.Tensor]:
     perm = torch.randperm(n, generator=g)
     out = [perm[i : i + bs] for i in range(0, n, bs)]
     if len(out) > 1 and len(out[-1]) < 2:  # BatchNorm cannot train on one image
-        out[-2] = torch.cat([out[-2], out.pop()])
+        last = out.pop()
+        out[-1] = torch.cat([out[-1], last])
     return out
 
 
@@ -279,6 +280,35 @@ def _check_finite(loss_sum: torch.Tensor, step: int) -> None:
         raise GazeError(f"training diverged (loss {float(loss_sum)}) by step {step}; try a lower --lr")
 
 
+def _phase_optimizer(model: Detector, groups: list, phase: str, cfg: TrainConfig, n_steps: int):
+    """AdamW and its one-cycle schedule for one phase: the head alone (frozen body), or every layer group with
+    discriminative learning rates (unfrozen)."""
+    if phase == "frozen":
+        freeze_body(model, True)
+        lrs = [cfg.lr] * len(groups)
+        pct, div = 0.99, 25.0
+    else:
+        freeze_body(model, False)
+        lrs = _discriminative(cfg.lr / 2, cfg.lr_mult, len(groups))
+        pct, div = 0.3, 5.0
+    param_groups = [{"params": [p for p in grp if p.requires_grad], "lr": lr} for grp, lr in zip(groups, lrs)]
+    param_groups = [pg for pg in param_groups if pg["params"]]
+    opt = torch.optim.AdamW(param_groups, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    return opt, _one_cycle(opt, [pg["lr"] for pg in param_groups], n_steps, pct, div)
+
+
+def _validation(model: Detector, x_val, y_val, precision: str) -> dict:
+    """Validation loss, accuracy at 0.5 and AUC after an epoch (empty without a validation set)."""
+    if x_val is None or y_val is None or not len(x_val):
+        return {}
+    p = ev.sigmoid(ev.predict_logits(model, x_val, precision=precision))
+    return {
+        "val_loss": float(ev.losses(y_val, p).mean()),
+        "val_accuracy": ev.accuracy(y_val, (p >= 0.5).astype(int)),
+        "val_auc": ev.roc_auc(y_val, p),
+    }
+
+
 def fit(
     model: Detector,
     x: np.ndarray,
@@ -321,18 +351,7 @@ def fit(
     for phase, n_epochs in phases:
         if n_epochs == 0:
             continue
-        if phase == "frozen":
-            freeze_body(model, True)
-            lrs = [cfg.lr] * len(groups)
-            pct, div = 0.99, 25.0
-        else:
-            freeze_body(model, False)
-            lrs = _discriminative(cfg.lr / 2, cfg.lr_mult, len(groups))
-            pct, div = 0.3, 5.0
-        param_groups = [{"params": [p for p in grp if p.requires_grad], "lr": lr} for grp, lr in zip(groups, lrs)]
-        param_groups = [pg for pg in param_groups if pg["params"]]
-        opt = torch.optim.AdamW(param_groups, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-        sched = _one_cycle(opt, [pg["lr"] for pg in param_groups], n_epochs * steps_per_epoch, pct, div)
+        opt, sched = _phase_optimizer(model, groups, phase, cfg, n_epochs * steps_per_epoch)
         for _ in range(n_epochs):
             model.train()
             if phase == "frozen":
@@ -371,13 +390,7 @@ def fit(
                 "train_loss": float(sums[0] / sums[1]),
                 "images_per_s": float(sums[1]) / (time.perf_counter() - t0),
             }
-            if x_val is not None and y_val is not None and len(x_val):
-                logits = ev.predict_logits(model, x_val, precision=precision)
-                p = ev.sigmoid(logits)
-                rec["val_loss"] = float(ev.losses(y_val, p).mean())
-                rec["val_accuracy"] = ev.accuracy(y_val, (p >= 0.5).astype(int))
-                rec["val_auc"] = ev.roc_auc(y_val, p)
-            history.append(rec)
+            history.append({**rec, **_validation(model, x_val, y_val, precision)})
     freeze_body(model, False)
     model.eval()
     return history

@@ -238,3 +238,23 @@ def test_layer_groups():
     assert group_layers(G, "fine") == [8, 9, 10, 11]
     assert parse_styles(G, "coarse,fine") == [0, 1, 2, 3, 8, 9, 10, 11]
     assert parse_styles(G, "0-5") == [0, 1, 2, 3, 4, 5]
+
+
+def test_cached_inference_tensors_follow_in_place_weight_changes():
+    """The inference path caches the weight energy and the scaled constant noise: an in-place change of the
+    weight or the noise strength (a state-dict load, an uncanny step) must reach the next image."""
+    torch.manual_seed(0)
+    G = Generator(8, 0, 8, 16, 3, synthesis_kwargs=dict(channel_base=64, channel_max=16))
+    ws = torch.randn(1, G.num_ws, 8)
+    layer = G.synthesis.b16.conv1
+    with torch.no_grad():
+        layer.noise_strength.fill_(0.5)
+        a = G.synthesis(ws, noise_mode="const")
+        layer.noise_strength.fill_(-0.5)
+        b = G.synthesis(ws, noise_mode="const")
+        layer.weight.add_(torch.randn_like(layer.weight))  # (a pure rescale would be undone by demodulation)
+        c = G.synthesis(ws, noise_mode="const")
+    with torch.enable_grad():  # the autograd path computes everything afresh: the reference
+        ref = G.synthesis(ws, noise_mode="const").detach()
+    assert not torch.equal(a, b) and not torch.equal(b, c)
+    assert torch.allclose(c, ref, atol=1e-5)

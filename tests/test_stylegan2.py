@@ -258,3 +258,25 @@ def test_cached_inference_tensors_follow_in_place_weight_changes():
         ref = G.synthesis(ws, noise_mode="const").detach()
     assert not torch.equal(a, b) and not torch.equal(b, c)
     assert torch.allclose(c, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("k, groups", [(1, 1), (3, 1), (3, 2)])
+def test_upsampling_conv_matches_its_definition(k, groups):
+    """conv_up2 = insert zeros after every pixel, true convolution with w (padding k - 1), then the FIR with gain 4
+    and the padding that lands on exactly twice the input size, computed literally with upfirdn2d."""
+    torch.manual_seed(0)
+    n, i, o, h = 2, 4, 6, 7
+    x = torch.randn(n, i, h, h)
+    w = torch.randn(o, i // groups, k, k)
+    f = ops.setup_filter()
+    got = ops.conv_up2(x, w, f, groups=groups)
+    z = ops.upfirdn2d(x, ops.setup_filter([1.0], normalize=False), up=2, padding=[0, 1, 0, 1])  # zeros inserted
+    full = F.conv2d(F.pad(z, [k - 1] * 4), w.flip([2, 3]), groups=groups)  # true convolution, full output
+    fw = f.shape[-1]
+    lo = (fw - k + 1) // 2
+    crop = full.shape[-1] + 2 * lo - fw + 1 - 2 * h  # what the FIR's output has beyond 2h, at the end
+    want = ops.blur(full, f, pad=lo, gain=4.0)[..., : 2 * h, : 2 * h]
+    assert crop >= 0 and got.shape == (n, o, 2 * h, 2 * h)
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    with pytest.raises(ValueError, match="odd kernels"):
+        ops.conv_up2(x, torch.randn(o, i, 4, 4), f)

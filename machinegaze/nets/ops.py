@@ -146,8 +146,14 @@ def conv_up2(
             .transpose(1, 2)
             .reshape(groups * i_per_group, o // groups, k, k)
         )
-    y = F.conv_transpose2d(x, w, stride=2, groups=groups)
-    return blur(y, f, pad=(f.shape[-1] - k + 1) // 2, gain=4.0, bias=bias)
+    if k % 2 == 0:
+        raise ValueError(f"upsampling convolutions take odd kernels (StyleGAN's are 1 and 3), got {k}")
+    pad = (f.shape[-1] - k + 1) // 2
+    # An odd kernel gives an odd-sized transposed-conv output, which oneDNN computes 1.3-1.4x slower than an even
+    # one (config-f, 128-512 px input). So one more row and column is asked for (no input reaches them: zeros),
+    # and the FIR gets a leading zero tap (the last in correlation order), which lands on exactly 2h again.
+    y = F.conv_transpose2d(x, w, stride=2, groups=groups, output_padding=1)
+    return blur(y, F.pad(f, [1, 0, 1, 0]), pad=pad, gain=4.0, bias=bias)
 
 
 def conv_down2(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor) -> torch.Tensor:

@@ -222,7 +222,7 @@ def test_ddp_two_gloo_processes_match_one_process(faces, tmp_path):
         "0.1",
     ]
     proc = _torchrun(args, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-12000:]
     single = train(
         TrainConfig(
             data=str(faces),

@@ -48,18 +48,14 @@ def _teacher_and_init(distill: str | None, init_from: str | None):
     return teacher, init
 
 
-def _inherited(s, jpeg_quality: int) -> tuple:
-    """arch, size, JPEG quality, policy, width, dropout, patch and pool of an --init-from detector's spec."""
-    return (
-        s.arch,
-        s.size,
-        s.jpeg_quality or jpeg_quality,
-        s.jpeg_quality is not None,
-        s.width,
-        s.dropout,
-        s.patch,
-        s.pool,
-    )
+def _as_init(cfg, s):
+    """cfg with what an --init-from detector's spec fixes: its network (arch, width, dropout) and its input (size,
+    JPEG policy, patch, pool)."""
+    import dataclasses
+
+    policy = dict(jpeg_quality=s.jpeg_quality or cfg.jpeg_quality, policy=s.jpeg_quality is not None)
+    net = dict(arch=s.arch, size=s.size, width=s.width, dropout=s.dropout, patch=s.patch, pool=s.pool)
+    return dataclasses.replace(cfg, **policy, **net)
 
 
 @detect_app.command("train")
@@ -129,8 +125,6 @@ def detect_train_cmd(
     set_threads(threads)
     dev, prec = resolve(device, precision)
     teacher, init = _teacher_and_init(distill, init_from)
-    if init is not None:  # the starting detector decides what the network is and what it sees
-        arch, size, jpeg_quality, policy, width, dropout, patch, pool = _inherited(init.spec, jpeg_quality)
     cfg = TrainConfig(
         arch=arch,
         size=size,
@@ -152,6 +146,8 @@ def detect_train_cmd(
         hard_weight=hard_weight,
         pool=pool,
     )
+    if init is not None:  # the starting detector decides what the network is and what it sees
+        cfg = _as_init(cfg, init.spec)
     world = distributed.init(dev)
     with progress_bar("train") if world.main else nullcontext() as cb:
         res = train_detector(train, cfg, data, progress=cb, device=dev, precision=prec, teacher=teacher, init=init)

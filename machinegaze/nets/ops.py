@@ -135,10 +135,12 @@ def conv_up2(
     bias: Optional[torch.Tensor] = None,
     w_is_transposed: bool = False,
 ) -> torch.Tensor:
-    """Upsampling k x k conv: stride-2 transposed convolution (true convolution of the zero-inserted input with
-    w, output 2h + k - 2), then the FIR (gain 4) with the padding that lands on exactly 2h. w is [O, I/groups,
+    """Upsampling k x k conv (odd k): stride-2 transposed convolution (true convolution of the zero-inserted input
+    with w, output 2h + k - 2), then the FIR (gain 4) with the padding that lands on exactly 2h. w is [O, I/groups,
     k, k], or already [I, O/groups, k, k] (the transposed-conv layout) when w_is_transposed."""
     k = w.shape[-1]
+    if k % 2 == 0:
+        raise ValueError(f"upsampling convolutions take odd kernels (StyleGAN's are 1 and 3), got {k}")
     if not w_is_transposed:
         o, i_per_group = w.shape[:2]
         w = (
@@ -146,8 +148,6 @@ def conv_up2(
             .transpose(1, 2)
             .reshape(groups * i_per_group, o // groups, k, k)
         )
-    if k % 2 == 0:
-        raise ValueError(f"upsampling convolutions take odd kernels (StyleGAN's are 1 and 3), got {k}")
     pad = (f.shape[-1] - k + 1) // 2
     # An odd kernel gives an odd-sized transposed-conv output, which oneDNN computes 1.3-1.4x slower than an even
     # one (config-f, 128-512 px input). So one more row and column is asked for (no input reaches them: zeros),

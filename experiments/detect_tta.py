@@ -28,7 +28,7 @@ def nine_tiles(det, x: torch.Tensor, batch: int = 8) -> np.ndarray:
     for i in range(0, len(x), batch):
         xb = x[i : i + batch]
         tiles = [xb[:, :, y : y + 128, c : c + 128] for y in (0, 64, 128) for c in (0, 64, 128)]
-        z = [det._whole_logits(t.contiguous(memory_format=torch.channels_last)) for t in tiles]
+        z = [det.logit_from_map(det.feature_map(t.contiguous(memory_format=torch.channels_last))) for t in tiles]
         out.append(torch.stack(z, 1).mean(1))
     return torch.cat(out).numpy()
 
